@@ -1,0 +1,448 @@
+"""The configuration: one TOML file loaded into typed, validated, immutable settings.
+
+Every error names the key (`dmp.base_url`, `structure.sites[1].finess_geo`, …) and what is wrong with it.
+Secrets never live in this file: certificates point to a PKCS#12 file and to a file holding its password.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_VAR = "DMP_CONNECTOR_CONFIG"
+OID_RE = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+FINESS_RE = re.compile(r"^[0-9][0-9AB][0-9]{7}$")
+RPPS_RE = re.compile(r"^[0-9]{11}$")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Site:
+    finess_geo: str
+    name: str
+    healthcare_facility_type: str  # SAxx, JDV_J02 / J61
+    practice_setting: str  # JDV_J04 / J62, e.g. ETABLISSEMENT
+
+
+@dataclass(frozen=True)
+class Structure:
+    finess_ej: str
+    oid_root: str
+    name: str
+    sites: tuple[Site, ...]
+    source_id: str  # XDS sourceId of the submissions: OID of the sending system
+
+    def site(self, finess_geo: str) -> Site | None:
+        return next((s for s in self.sites if s.finess_geo == finess_geo), None)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str
+    content_root: Path  # relative content_path values are resolved against it
+    write_back: bool = True
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    url: str
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    in_run_attempts: int = 3
+    in_run_wait_initial: float = 1.0
+    in_run_wait_max: float = 20.0
+    deferred_min_minutes: float = 15.0
+    deferred_max_minutes: float = 24 * 60.0
+    lifetime_days: float = 7.0
+
+
+@dataclass(frozen=True)
+class DmpSettings:
+    base_url: str
+    ca_bundle: Path | None
+    environment: str  # "test" or "production"
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    max_in_flight: int = 4
+    retry: RetrySettings = field(default_factory=RetrySettings)
+
+    @property
+    def repository_url(self) -> str:
+        return self.base_url.rstrip("/") + "/repository"
+
+    @property
+    def registry_url(self) -> str:
+        return self.base_url.rstrip("/") + "/registry"
+
+
+@dataclass(frozen=True)
+class CertificateSettings:
+    p12: Path
+    password_file: Path
+
+    def password(self) -> bytes:
+        """The PKCS#12 password, read when needed and never kept in the settings."""
+        try:
+            return self.password_file.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise ConfigError(f"password file {self.password_file}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class Certificates:
+    auth_cli: CertificateSettings
+    sign: CertificateSettings
+
+
+@dataclass(frozen=True)
+class RulesSettings:
+    allowed_type_codes: tuple[str, ...] = ()  # empty: every code of JDV_J07
+    max_document_bytes: int = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SubmissionSettings:
+    max_documents: int = 20
+    max_bytes: int = 50 * 1024 * 1024
+    content_type_code: str = "04"  # JDV_J59 [UNKNOWN in the notes]: "Hospitalisation de jour"
+    content_type_scheme: str = "1.2.250.1.213.2.2"
+    content_type_display: str = "Hospitalisation de jour"
+    class_code: str = "10"  # JDV_J57 "Compte rendu" [UNKNOWN mapping ASS_X04]
+    class_code_scheme: str = "1.2.250.1.213.1.1.4.1"
+    class_code_display: str = "Compte rendu"
+
+
+@dataclass(frozen=True)
+class SignatureSettings:
+    digest: str = "sha1"  # sha1 or sha256
+    xades_namespace: str = "http://uri.etsi.org/01903/v1.1.1#"
+
+
+@dataclass(frozen=True)
+class VihfSettings:
+    version: str = "3.0"
+    authn_context: str = "urn:oasis:names:tc:SAML:2.0:ac:classes:TLSClient"
+    responsible_rpps: str | None = None  # used when a document's author has no usable RPPS
+    generic_rpps: tuple[str, ...] = ()
+    subject_id: str = "dmp-connector"  # "software name, model and service" for an automated process
+    role_code: str = "10"
+    role_code_system: str = "1.2.250.1.71.1.2.7"
+    role_display: str = "Médecin"
+    lps_nom: str = "dmp-connector"
+    lps_version: str = "0.1.0"
+    lps_id_homologation_dmp: str = ""
+    lps_id: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: Path | None
+    state_dir: Path
+    structure: Structure
+    store: StoreSettings
+    ledger: LedgerSettings
+    dmp: DmpSettings
+    certificates: Certificates | None
+    rules: RulesSettings
+    submission: SubmissionSettings
+    signature: SignatureSettings
+    vihf: VihfSettings
+    schedule: str = "0 2 * * *"
+    timezone: str = "Europe/Paris"
+    audit_retention_days: int = 183
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def default_path() -> Path | None:
+    env = os.environ.get(ENV_VAR)
+    return Path(env) if env else None
+
+
+def load(path: Path | str | None) -> Settings:
+    """Read and validate the TOML file at `path` (or $DMP_CONNECTOR_CONFIG)."""
+    path = Path(path) if path else default_path()
+    if path is None:
+        raise ConfigError(f"no configuration given: use --config PATH or set {ENV_VAR}")
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_dict(data, base=path.resolve().parent, source=path)
+
+
+def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> Settings:
+    r = _Reader(data, base)
+    state_dir = r.path("state_dir", default=_default_state_dir())
+    settings = Settings(
+        source=source,
+        state_dir=state_dir,
+        structure=_structure(r),
+        store=StoreSettings(
+            url=r.db_url("store.url"),
+            content_root=r.path("store.content_root", default=base),
+            write_back=r.boolean("store.write_back", True),
+        ),
+        ledger=LedgerSettings(
+            url=r.db_url("ledger.url", default=f"sqlite:///{state_dir / 'ledger.sqlite3'}")
+        ),
+        dmp=_dmp(r),
+        certificates=_certificates(r),
+        rules=RulesSettings(
+            allowed_type_codes=tuple(r.str_list("rules.allowed_type_codes", [])),
+            max_document_bytes=r.integer("rules.max_document_bytes", RulesSettings.max_document_bytes, minimum=1),
+        ),
+        submission=_submission(r),
+        signature=_signature(r),
+        vihf=_vihf(r),
+        schedule=r.string("schedule.cron", "0 2 * * *"),
+        timezone=r.string("schedule.timezone", "Europe/Paris"),
+        audit_retention_days=r.integer("audit.retention_days", 183, minimum=1),
+    )
+    r.reject_unknown()
+    return settings
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= sets $STATE_DIRECTORY; otherwise the XDG state home.
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "dmp-connector"
+
+
+def _structure(r: _Reader) -> Structure:
+    finess_ej = r.string("structure.finess_ej", pattern=FINESS_RE, what="a 9-character FINESS")
+    oid_root = r.string("structure.oid_root", pattern=OID_RE, what="an OID such as 1.2.250.1.999.1")
+    if len(oid_root) > 30:
+        raise ConfigError("structure.oid_root: at most 30 characters (minted uniqueIds must stay within 64)")
+    raw_sites = r.get("structure.sites", None)
+    if not isinstance(raw_sites, list) or not raw_sites:
+        raise ConfigError("structure.sites: at least one [[structure.sites]] table is required")
+    sites = []
+    for i, raw in enumerate(raw_sites):
+        key = f"structure.sites[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{key}: must be a table")
+        sr = _Reader(raw, r.base, prefix=key + ".")
+        sites.append(
+            Site(
+                finess_geo=sr.string("finess_geo", pattern=FINESS_RE, what="a 9-character FINESS"),
+                name=sr.string("name"),
+                healthcare_facility_type=sr.string(
+                    "healthcare_facility_type", pattern=re.compile(r"^SA[0-9]{2}$"), what="a code SAxx"
+                ),
+                practice_setting=sr.string("practice_setting"),
+            )
+        )
+        sr.reject_unknown()
+    seen = [s.finess_geo for s in sites]
+    dup = {f for f in seen if seen.count(f) > 1}
+    if dup:
+        raise ConfigError(f"structure.sites: FINESS géographique {sorted(dup)[0]} is configured twice")
+    return Structure(
+        finess_ej=finess_ej,
+        oid_root=oid_root,
+        name=r.string("structure.name", "Structure " + finess_ej),
+        sites=tuple(sites),
+        source_id=r.string("structure.source_id", oid_root, pattern=OID_RE, what="an OID"),
+    )
+
+
+def _dmp(r: _Reader) -> DmpSettings:
+    base_url = r.string("dmp.base_url")
+    if not base_url.startswith("https://"):
+        raise ConfigError("dmp.base_url: must be an https:// URL")
+    environment = r.string("dmp.environment", choices=("test", "production"))
+    d = RetrySettings()
+    retry = RetrySettings(
+        in_run_attempts=r.integer("dmp.retry.in_run_attempts", d.in_run_attempts, minimum=1),
+        in_run_wait_initial=r.number("dmp.retry.in_run_wait_initial", d.in_run_wait_initial),
+        in_run_wait_max=r.number("dmp.retry.in_run_wait_max", d.in_run_wait_max),
+        deferred_min_minutes=r.number("dmp.retry.deferred_min_minutes", d.deferred_min_minutes),
+        deferred_max_minutes=r.number("dmp.retry.deferred_max_minutes", d.deferred_max_minutes),
+        lifetime_days=r.number("dmp.retry.lifetime_days", d.lifetime_days),
+    )
+    return DmpSettings(
+        base_url=base_url,
+        ca_bundle=r.path("dmp.ca_bundle", default=None, must_exist=True),
+        environment=environment,
+        connect_timeout=r.number("dmp.connect_timeout", 10.0),
+        read_timeout=r.number("dmp.read_timeout", 30.0),
+        max_in_flight=r.integer("dmp.max_in_flight", 4, minimum=1),
+        retry=retry,
+    )
+
+
+def _certificates(r: _Reader) -> Certificates | None:
+    if r.get("certificates", None) is None:
+        return None
+
+    def one(name: str) -> CertificateSettings:
+        return CertificateSettings(
+            p12=r.path(f"certificates.{name}.p12", must_exist=True),
+            password_file=r.path(f"certificates.{name}.password_file", must_exist=True),
+        )
+
+    return Certificates(auth_cli=one("auth_cli"), sign=one("sign"))
+
+
+def _submission(r: _Reader) -> SubmissionSettings:
+    d = SubmissionSettings()
+    return SubmissionSettings(
+        max_documents=r.integer("submission.max_documents", d.max_documents, minimum=1),
+        max_bytes=r.integer("submission.max_bytes", d.max_bytes, minimum=1),
+        content_type_code=r.string("submission.content_type_code", d.content_type_code),
+        content_type_scheme=r.string("submission.content_type_scheme", d.content_type_scheme),
+        content_type_display=r.string("submission.content_type_display", d.content_type_display),
+        class_code=r.string("submission.class_code", d.class_code),
+        class_code_scheme=r.string("submission.class_code_scheme", d.class_code_scheme),
+        class_code_display=r.string("submission.class_code_display", d.class_code_display),
+    )
+
+
+def _signature(r: _Reader) -> SignatureSettings:
+    d = SignatureSettings()
+    return SignatureSettings(
+        digest=r.string("signature.digest", d.digest, choices=("sha1", "sha256")),
+        xades_namespace=r.string(
+            "signature.xades_namespace",
+            d.xades_namespace,
+            choices=("http://uri.etsi.org/01903/v1.1.1#", "http://uri.etsi.org/01903/v1.3.2#"),
+        ),
+    )
+
+
+def _vihf(r: _Reader) -> VihfSettings:
+    d = VihfSettings()
+    responsible = r.string("vihf.responsible_rpps", None, pattern=RPPS_RE, what="an 11-digit RPPS")
+    return VihfSettings(
+        version=r.string("vihf.version", d.version),
+        authn_context=r.string("vihf.authn_context", d.authn_context),
+        responsible_rpps=responsible,
+        generic_rpps=tuple(r.str_list("vihf.generic_rpps", [])),
+        subject_id=r.string("vihf.subject_id", d.subject_id),
+        role_code=r.string("vihf.role_code", d.role_code),
+        role_code_system=r.string("vihf.role_code_system", d.role_code_system),
+        role_display=r.string("vihf.role_display", d.role_display),
+        lps_nom=r.string("vihf.lps_nom", d.lps_nom),
+        lps_version=r.string("vihf.lps_version", d.lps_version),
+        lps_id_homologation_dmp=r.string("vihf.lps_id_homologation_dmp", d.lps_id_homologation_dmp),
+        lps_id=r.string("vihf.lps_id", d.lps_id),
+    )
+
+
+_MISSING = object()
+
+
+class _Reader:
+    """Reads dotted keys from a TOML dict, type-checks them and remembers what was read."""
+
+    def __init__(self, data: dict[str, Any], base: Path, prefix: str = ""):
+        self.data, self.base, self.prefix = data, base, prefix
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        node: Any = self.data
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            self.read.add(".".join(parts[: i + 1]))
+            if not isinstance(node, dict) or part not in node:
+                if default is _MISSING:
+                    raise ConfigError(f"{self.prefix}{key}: missing (required)")
+                return default
+            node = node[part]
+        return node
+
+    def _fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.prefix}{key}: {message}")
+
+    def string(self, key, default=_MISSING, *, pattern=None, what=None, choices=None):
+        value = self.get(key, default)
+        if value is None or (value is default and default is not _MISSING):
+            return value
+        if not isinstance(value, str) or not value.strip():
+            raise self._fail(key, f"must be a non-empty string, got {value!r}")
+        if pattern is not None and not pattern.match(value):
+            raise self._fail(key, f"{value!r} is not {what or 'valid'}")
+        if choices is not None and value not in choices:
+            raise self._fail(key, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def boolean(self, key, default):
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise self._fail(key, f"must be true or false, got {value!r}")
+        return value
+
+    def integer(self, key, default, minimum=None):
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(key, f"must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self._fail(key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, key, default):
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise self._fail(key, f"must be a non-negative number, got {value!r}")
+        return float(value)
+
+    def str_list(self, key, default):
+        value = self.get(key, default)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._fail(key, f"must be a list of strings, got {value!r}")
+        return value
+
+    def path(self, key, default=_MISSING, must_exist=False):
+        value = self.get(key, default)
+        if value is None or isinstance(value, Path):
+            return value
+        if not isinstance(value, str) or not value:
+            raise self._fail(key, f"must be a path, got {value!r}")
+        p = Path(os.path.expandvars(value)).expanduser()
+        p = p if p.is_absolute() else self.base / p
+        if must_exist and not p.exists():
+            raise self._fail(key, f"{p} does not exist")
+        return p
+
+    def db_url(self, key, default=_MISSING):
+        value = self.string(key, default)
+        if not re.match(r"^[a-z][a-z0-9+]*://", value):
+            raise self._fail(key, f"{value!r} is not a SQLAlchemy URL such as sqlite:///path or postgresql+psycopg://…")
+        if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+            relative = value[len("sqlite:///"):]
+            if relative and relative != ":memory:":
+                value = f"sqlite:///{self.base / relative}"
+        return value
+
+    def reject_unknown(self) -> None:
+        """An unknown key is most often a typo: say so rather than silently ignore it."""
+
+        def walk(node: dict, path: str):
+            for k, v in node.items():
+                dotted = f"{path}{k}"
+                if dotted == "structure.sites":
+                    continue
+                if dotted not in self.read:
+                    raise ConfigError(f"{self.prefix}{dotted}: unknown key")
+                if isinstance(v, dict):
+                    walk(v, dotted + ".")
+
+        walk(self.data, "")

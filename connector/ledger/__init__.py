@@ -1,0 +1,1 @@
+"""Our own state: documents, submissions, runs, audit trail (SQLAlchemy + Alembic)."""

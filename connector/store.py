@@ -1,0 +1,337 @@
+"""The hospital's document store: what a DPI vendor exposes as tables or views (read), plus the
+`dmp_feed_status` write-back table that lets the DPI show "versé au DMP" (EXI 05).
+
+The contract is documented in the README. Rows are read through SQLAlchemy Core, streamed, and turned
+into immutable `Patient` / `Document` values; a row with a wrong type becomes a `RowProblem` naming the
+document and the column, so the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+dmp_patient = sa.Table(
+    "dmp_patient",
+    metadata,
+    sa.Column("patient_id", sa.String(64), primary_key=True),
+    sa.Column("ins_matricule", sa.String(15)),
+    sa.Column("ins_oid", sa.String(64)),
+    sa.Column("identity_status", sa.String(8)),
+    sa.Column("birth_family_name", sa.String(200)),
+    sa.Column("birth_given_names", sa.String(400)),
+    sa.Column("used_family_name", sa.String(200)),
+    sa.Column("used_given_name", sa.String(200)),
+    sa.Column("sex", sa.String(1)),
+    sa.Column("birth_date", sa.Date),
+    sa.Column("birth_place_code", sa.String(5)),
+    sa.Column("opposed_to_feeding", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("deceased_at", sa.Date),
+)
+
+dmp_document = sa.Table(
+    "dmp_document",
+    metadata,
+    sa.Column("document_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("patient_id", sa.String(64), nullable=False, index=True),
+    sa.Column("finess_geo", sa.String(9)),
+    sa.Column("type_code", sa.String(32)),
+    sa.Column("title", sa.String(500)),
+    sa.Column("created_at", sa.DateTime),
+    sa.Column("service_start", sa.DateTime),
+    sa.Column("service_stop", sa.DateTime),
+    sa.Column("author_rpps", sa.String(11)),
+    sa.Column("author_family_name", sa.String(200)),
+    sa.Column("author_given_name", sa.String(200)),
+    sa.Column("author_specialty_code", sa.String(32)),
+    sa.Column("legal_authenticator_rpps", sa.String(11)),
+    sa.Column("status", sa.String(16)),
+    sa.Column("mime_type", sa.String(64)),
+    sa.Column("content_path", sa.String(1000)),
+    sa.Column("content", sa.LargeBinary),
+    sa.Column("mask_professionals", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("invisible_to_patient", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("invisible_to_legal_representatives", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", sa.DateTime),
+)
+
+dmp_feed_status = sa.Table(
+    "dmp_feed_status",
+    metadata,
+    sa.Column("document_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("dmp_unique_id", sa.String(64)),
+    sa.Column("fed_at", sa.DateTime),
+    sa.Column("last_error", sa.String(1000)),
+)
+
+
+@dataclass(frozen=True)
+class Patient:
+    patient_id: str
+    ins_matricule: str | None
+    ins_oid: str | None
+    identity_status: str | None
+    birth_family_name: str | None
+    birth_given_names: str | None
+    used_family_name: str | None
+    used_given_name: str | None
+    sex: str | None
+    birth_date: dt.date | None
+    birth_place_code: str | None
+    opposed_to_feeding: bool
+    deceased_at: dt.date | None
+
+    @property
+    def given_names(self) -> list[str]:
+        return (self.birth_given_names or "").split()
+
+
+@dataclass(frozen=True)
+class Document:
+    document_id: str
+    version: int
+    patient_id: str
+    finess_geo: str | None
+    type_code: str | None
+    title: str | None
+    created_at: dt.datetime | None
+    service_start: dt.datetime | None
+    service_stop: dt.datetime | None
+    author_rpps: str | None
+    author_family_name: str | None
+    author_given_name: str | None
+    author_specialty_code: str | None
+    legal_authenticator_rpps: str | None
+    status: str | None
+    mime_type: str | None
+    content_path: str | None
+    content: bytes | None
+    mask_professionals: bool
+    invisible_to_patient: bool
+    invisible_to_legal_representatives: bool
+    updated_at: dt.datetime | None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.document_id, self.version)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One store document with its patient (None when the patient row is missing)."""
+
+    document: Document
+    patient: Patient | None
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """A store row that could not be read (wrong type, missing key column)."""
+
+    document_id: str
+    version: int | None
+    patient_id: str | None
+    message: str
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used at all (unreachable, a table or column missing)."""
+
+
+_PATIENT_COLS = [c.name for c in dmp_patient.columns]
+_DOCUMENT_COLS = [c.name for c in dmp_document.columns if c.name != "content"]
+
+
+class Store:
+    """Reads candidates from the store database and writes back the fed marker."""
+
+    def __init__(self, url: str, content_root: Path, write_back: bool = True):
+        self.url = url
+        self.content_root = content_root
+        self.write_back_enabled = write_back
+        self.engine = sa.create_engine(url, future=True)
+
+    def check_schema(self) -> None:
+        """Raise StoreError naming the missing table or column."""
+        try:
+            inspector = sa.inspect(self.engine)
+            names = set(inspector.get_table_names()) | set(inspector.get_view_names())
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"store database unreachable: {_short(exc)}") from None
+        for table in (dmp_patient, dmp_document):
+            if table.name not in names:
+                raise StoreError(f"store: table or view {table.name} is missing")
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            missing = [c.name for c in table.columns if c.name not in present]
+            if missing:
+                raise StoreError(f"store: {table.name} lacks column(s) {', '.join(missing)}")
+
+    def ensure_write_back_table(self) -> None:
+        if self.write_back_enabled:
+            dmp_feed_status.create(self.engine, checkfirst=True)
+
+    def candidates(self, batch_size: int = 500) -> Iterator[Candidate | RowProblem]:
+        """Every store document with its patient, streamed in (patient_id, document_id, version) order,
+        without their content (loaded later by `content`)."""
+        d, p = dmp_document, dmp_patient
+        query = (
+            sa.select(*[d.c[n] for n in _DOCUMENT_COLS], *[p.c[n].label(f"p_{n}") for n in _PATIENT_COLS])
+            .select_from(d.outerjoin(p, p.c.patient_id == d.c.patient_id))
+            .order_by(d.c.patient_id, d.c.document_id, d.c.version)
+        )
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(query)
+                for row in result.mappings():
+                    yield _candidate(row)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"store query failed: {_short(exc)}") from None
+
+    def content(self, document: Document) -> bytes:
+        """The document's bytes, from `content` or `content_path`; raises OSError if unreadable."""
+        if document.content_path:
+            path = Path(document.content_path)
+            return (path if path.is_absolute() else self.content_root / path).read_bytes()
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(dmp_document.c.content).where(
+                    dmp_document.c.document_id == document.document_id,
+                    dmp_document.c.version == document.version,
+                )
+            ).scalar()
+        if value is None:
+            raise FileNotFoundError("no content and no content_path")
+        return bytes(value)
+
+    def write_back(self, rows: list[dict]) -> None:
+        """Upsert `dmp_feed_status` rows (document_id, version, status, dmp_unique_id, fed_at, last_error)."""
+        if not self.write_back_enabled or not rows:
+            return
+        t = dmp_feed_status
+        with self.engine.begin() as conn:
+            for row in rows:
+                key = (t.c.document_id == row["document_id"]) & (t.c.version == row["version"])
+                if conn.execute(sa.update(t).where(key).values(**row)).rowcount == 0:
+                    conn.execute(sa.insert(t).values(**row))
+
+
+def _short(exc: Exception) -> str:
+    return str(getattr(exc, "orig", exc)).splitlines()[0][:300]
+
+
+def _candidate(row) -> Candidate | RowProblem:
+    document_id = str(row["document_id"])
+    try:
+        version = int(row["version"])
+    except (TypeError, ValueError):
+        return RowProblem(document_id, None, row["patient_id"], "column version: not an integer")
+    try:
+        document = Document(
+            document_id=document_id,
+            version=version,
+            patient_id=_text(row, "patient_id"),
+            finess_geo=_text(row, "finess_geo"),
+            type_code=_text(row, "type_code"),
+            title=_text(row, "title"),
+            created_at=_datetime(row, "created_at"),
+            service_start=_datetime(row, "service_start"),
+            service_stop=_datetime(row, "service_stop"),
+            author_rpps=_text(row, "author_rpps"),
+            author_family_name=_text(row, "author_family_name"),
+            author_given_name=_text(row, "author_given_name"),
+            author_specialty_code=_text(row, "author_specialty_code"),
+            legal_authenticator_rpps=_text(row, "legal_authenticator_rpps"),
+            status=_text(row, "status"),
+            mime_type=_text(row, "mime_type"),
+            content_path=_text(row, "content_path"),
+            content=None,
+            mask_professionals=_bool(row, "mask_professionals"),
+            invisible_to_patient=_bool(row, "invisible_to_patient"),
+            invisible_to_legal_representatives=_bool(row, "invisible_to_legal_representatives"),
+            updated_at=_datetime(row, "updated_at"),
+        )
+        patient = None
+        if row["p_patient_id"] is not None:
+            patient = Patient(
+                patient_id=_text(row, "p_patient_id"),
+                ins_matricule=_text(row, "p_ins_matricule"),
+                ins_oid=_text(row, "p_ins_oid"),
+                identity_status=_text(row, "p_identity_status"),
+                birth_family_name=_text(row, "p_birth_family_name"),
+                birth_given_names=_text(row, "p_birth_given_names"),
+                used_family_name=_text(row, "p_used_family_name"),
+                used_given_name=_text(row, "p_used_given_name"),
+                sex=_text(row, "p_sex"),
+                birth_date=_date(row, "p_birth_date"),
+                birth_place_code=_text(row, "p_birth_place_code"),
+                opposed_to_feeding=_bool(row, "p_opposed_to_feeding"),
+                deceased_at=_date(row, "p_deceased_at"),
+            )
+    except _BadColumn as exc:
+        return RowProblem(document_id, version, row["patient_id"], str(exc))
+    return Candidate(document, patient)
+
+
+class _BadColumn(ValueError):
+    pass
+
+
+def _column(key: str) -> str:
+    return ("dmp_patient." + key[2:]) if key.startswith("p_") else ("dmp_document." + key)
+
+
+def _text(row, key) -> str | None:
+    value = row[key]
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _BadColumn(f"column {_column(key)}: not valid UTF-8") from None
+    value = str(value).strip()
+    return value or None
+
+
+def _bool(row, key) -> bool:
+    value = row[key]
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("0", "1", "true", "false"):
+        return value.strip().lower() in ("1", "true")
+    raise _BadColumn(f"column {_column(key)}: not a boolean")
+
+
+def _date(row, key) -> dt.date | None:
+    try:
+        value = row[key]
+    except (ValueError, TypeError):
+        raise _BadColumn(f"column {_column(key)}: not a date") from None
+    if value is None or isinstance(value, dt.date):
+        return value.date() if isinstance(value, dt.datetime) else value
+    raise _BadColumn(f"column {_column(key)}: not a date")
+
+
+def _datetime(row, key) -> dt.datetime | None:
+    try:
+        value = row[key]
+    except (ValueError, TypeError):
+        raise _BadColumn(f"column {_column(key)}: not a date-time") from None
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time())
+    raise _BadColumn(f"column {_column(key)}: not a date-time")

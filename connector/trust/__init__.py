@@ -1,0 +1,1 @@
+"""Trust: certificates (PKCS#12), the signed VIHF token, the submission-set signature, the test PKI."""
