@@ -1,0 +1,121 @@
+"""Shared test factories: fictitious patients and documents (test INS OID .10), settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from connector import config
+from connector.store import Document, Patient
+
+TEST_INS_OID = "1.2.250.1.213.1.4.10"
+
+
+def make_patient(**overrides) -> Patient:
+    values = dict(
+        patient_id="IPP0001",
+        ins_matricule="279035121518989",  # ANS example NIR, key 89 verifies
+        ins_oid=TEST_INS_OID,
+        identity_status="QUAL",
+        birth_family_name="PAT-TROIS",
+        birth_given_names="DOMINIQUE MARIE",
+        used_family_name="PAT-TROIS",
+        used_given_name="DOMINIQUE",
+        sex="F",
+        birth_date=dt.date(1979, 3, 12),
+        birth_place_code="51215",
+        opposed_to_feeding=False,
+        deceased_at=None,
+    )
+    values.update(overrides)
+    return Patient(**values)
+
+
+def make_document(**overrides) -> Document:
+    values = dict(
+        document_id="DOC0001",
+        version=1,
+        patient_id="IPP0001",
+        finess_geo="0B0999998",
+        type_code="11490-0",  # Lettre de sortie (JDV_J07)
+        title="Lettre de liaison de sortie",
+        created_at=dt.datetime(2026, 11, 20, 14, 30),
+        service_start=dt.datetime(2026, 11, 15, 9, 0),
+        service_stop=dt.datetime(2026, 11, 20, 12, 0),
+        author_rpps="10001234567",
+        author_family_name="MARTIN",
+        author_given_name="Claire",
+        author_specialty_code="G15_10/SM26",
+        legal_authenticator_rpps="10001234567",
+        status="VALIDATED",
+        mime_type="application/pdf",
+        content_path="doc1.pdf",
+        content=None,
+        mask_professionals=False,
+        invisible_to_patient=False,
+        invisible_to_legal_representatives=False,
+        updated_at=dt.datetime(2026, 11, 20, 14, 31),
+    )
+    values.update(overrides)
+    return Document(**values)
+
+
+def settings_dict(tmp_path: Path) -> dict:
+    return {
+        "state_dir": str(tmp_path / "state"),
+        "structure": {
+            "finess_ej": "0B0999999",
+            "oid_root": "1.2.250.1.999.42",
+            "name": "Centre Hospitalier de Test",
+            "sites": [
+                {
+                    "finess_geo": "0B0999998",
+                    "name": "Hôpital Sainte-Anne-d'Auray (site test)",
+                    "healthcare_facility_type": "SA01",
+                    "practice_setting": "ETABLISSEMENT",
+                },
+                {
+                    "finess_geo": "0B0999997",
+                    "name": "Clinique de l'Étang",
+                    "healthcare_facility_type": "SA07",
+                    "practice_setting": "ETABLISSEMENT",
+                },
+            ],
+        },
+        "store": {"url": f"sqlite:///{tmp_path / 'store.sqlite3'}"},
+        "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"},
+        "dmp": {"base_url": "https://127.0.0.1:8443/si-dmp-server/v2/services", "environment": "test"},
+        "vihf": {"responsible_rpps": "10001234567"},
+    }
+
+
+def make_settings(tmp_path: Path, **section_overrides) -> config.Settings:
+    data = settings_dict(tmp_path)
+    for section, values in section_overrides.items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    return config.from_dict(data, base=tmp_path)
+
+
+@pytest.fixture
+def settings(tmp_path) -> config.Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def patient() -> Patient:
+    return make_patient()
+
+
+@pytest.fixture
+def document() -> Document:
+    return make_document()
+
+
+def replace(obj, **changes):
+    return dataclasses.replace(obj, **changes)
