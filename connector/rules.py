@@ -1,0 +1,213 @@
+"""Eligibility rules: may this store document be fed to the DMP now, and if not, why.
+
+Pure functions over the store's `Document`/`Patient` values and the settings: no I/O except reading the
+JDV_J07 value set once per process. A refusal is a `Skip(reason, detail)`; `reason` is one of `Reason`
+(stable codes for the ledger, reports and replay), `detail` tells an operator which field to correct and
+never contains an INS, a name, a birth date or document content.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+
+from lxml import etree
+
+from connector import ins
+from connector.config import Settings
+from connector.resources import ans_kit
+from connector.store import Document, Patient
+
+
+class Reason(StrEnum):
+    ALREADY_FED = "ALREADY_FED"
+    PATIENT_UNKNOWN = "PATIENT_UNKNOWN"  # the document's patient row is missing from the store
+    INS_INVALID = "INS_INVALID"
+    ENVIRONMENT_MISMATCH = "ENVIRONMENT_MISMATCH"
+    INS_NOT_QUALIFIED = "INS_NOT_QUALIFIED"
+    PATIENT_OPPOSED = "PATIENT_OPPOSED"
+    PATIENT_DECEASED = "PATIENT_DECEASED"
+    DOCUMENT_NOT_VALIDATED = "DOCUMENT_NOT_VALIDATED"
+    SITE_UNKNOWN = "SITE_UNKNOWN"
+    TYPE_NOT_ALLOWED = "TYPE_NOT_ALLOWED"
+    IDENTITY_INCOMPLETE = "IDENTITY_INCOMPLETE"  # a birth trait the CDA requires with an INS is missing
+    METADATA_MISSING = "METADATA_MISSING"  # a document field the CDA/XDS metadata requires is missing
+    REPLACEMENT_NEEDED = "REPLACEMENT_NEEDED"
+    CONTENT_MISSING = "CONTENT_MISSING"
+    CONTENT_INVALID = "CONTENT_INVALID"
+
+
+@dataclass(frozen=True)
+class Skip:
+    reason: str
+    detail: str
+
+
+QUALIFIED = "QUAL"
+VALIDATED = "VALIDATED"
+SEXES = frozenset({"M", "F", "U"})  # HL7 AdministrativeGender as used by the CDA
+SUPPORTED_MIME_TYPES = ("application/pdf", "text/xml")
+_RPPS = re.compile(r"^[0-9]{11}$")
+_PDF_EOF_WINDOW = 1024  # readers accept %%EOF within the last 1024 bytes (trailing junk)
+
+
+def check_record(
+    document: Document,
+    patient: Patient | None,
+    settings: Settings,
+    *,
+    already_fed: bool,
+    earlier_version_fed: bool = False,
+) -> Skip | None:
+    """None if the document may be fed, else the first reason why not.
+
+    Order matters, since only the first reason is reported:
+    1. ALREADY_FED first: a fed document is done, whatever changed since (a patient who died later).
+    2. Patient checks, from the most fundamental: no patient row, then a malformed INS, then an INS of
+       the wrong kind for the platform (a safety net: never send a real NIR to a test DMP nor a test NIR
+       to production), then the referentiel's exclusions (§4.1: not qualified, opposed, deceased), which
+       the identity-vigilance cell can act on and which are re-checked every run.
+    3. Document checks that depend on the hospital's workflow (not validated, unknown site, type).
+    4. Data the CDA cannot do without (birth traits, author, dates): checked after the exclusions so
+       that an opposed patient is reported as opposed, not as incomplete.
+    5. REPLACEMENT_NEEDED last: it is not a defect of the record and will disappear once replacement
+       (RPLC) is implemented; every reason above would still apply then.
+    """
+    if already_fed:
+        return Skip(Reason.ALREADY_FED, "this document version is already in the DMP")
+    if patient is None:
+        return Skip(Reason.PATIENT_UNKNOWN, "dmp_patient has no row for the document's patient_id")
+    problem = ins.check_ins(patient.ins_matricule, patient.ins_oid)
+    if problem:
+        return Skip(Reason.INS_INVALID, problem)
+    mismatch = _environment_mismatch(patient.ins_oid, settings.dmp.environment)
+    if mismatch:
+        return Skip(Reason.ENVIRONMENT_MISMATCH, mismatch)
+    if patient.identity_status != QUALIFIED:
+        status = patient.identity_status or "empty"
+        return Skip(Reason.INS_NOT_QUALIFIED, f"identity_status is {status}; only QUAL may be fed")
+    if patient.opposed_to_feeding:
+        return Skip(Reason.PATIENT_OPPOSED, "opposed_to_feeding is set")
+    if patient.deceased_at is not None:
+        return Skip(Reason.PATIENT_DECEASED, "deceased_at is set")
+    if document.status != VALIDATED:
+        return Skip(Reason.DOCUMENT_NOT_VALIDATED, f"status is {document.status or 'empty'}, not VALIDATED")
+    if not document.finess_geo:
+        return Skip(Reason.SITE_UNKNOWN, "finess_geo is empty")
+    if settings.structure.site(document.finess_geo) is None:
+        return Skip(Reason.SITE_UNKNOWN, f"finess_geo {document.finess_geo} is not a configured structure.sites")
+    type_problem = _type_problem(document.type_code, settings.rules.allowed_type_codes)
+    if type_problem:
+        return Skip(Reason.TYPE_NOT_ALLOWED, type_problem)
+    missing = _missing_birth_traits(patient)
+    if missing:
+        return Skip(Reason.IDENTITY_INCOMPLETE, missing)
+    missing = _missing_metadata(document)
+    if missing:
+        return Skip(Reason.METADATA_MISSING, missing)
+    if earlier_version_fed:
+        return Skip(
+            Reason.REPLACEMENT_NEEDED,
+            f"an earlier version is in the DMP; version {document.version} must replace it (not supported yet)",
+        )
+    return None
+
+
+def check_content(
+    document: Document, content: bytes | None, settings: Settings, *, error: str | None = None
+) -> Skip | None:
+    """None if the bytes can be wrapped in a CDA as the document's mime type, else why not.
+
+    `error` is the reason the content could not be read (give the exception class or strerror, not a
+    path that may contain a name).
+    """
+    if error is not None or content is None:
+        return Skip(Reason.CONTENT_MISSING, f"content unreadable: {error or 'no content'}")
+    if not content:
+        return Skip(Reason.CONTENT_INVALID, "content is empty (0 bytes)")
+    limit = settings.rules.max_document_bytes
+    if len(content) > limit:
+        return Skip(Reason.CONTENT_INVALID, f"content is {len(content)} bytes, over rules.max_document_bytes {limit}")
+    mime = (document.mime_type or "").split(";")[0].strip().lower()
+    if mime == "application/pdf":
+        if not content.startswith(b"%PDF-"):
+            return Skip(Reason.CONTENT_INVALID, "mime_type is application/pdf but content does not start with %PDF-")
+        if b"%%EOF" not in content[-_PDF_EOF_WINDOW:]:
+            return Skip(Reason.CONTENT_INVALID, "PDF content has no %%EOF at its end (truncated?)")
+        return None
+    if mime == "text/xml":
+        if not _looks_like_xml(content):
+            return Skip(Reason.CONTENT_INVALID, "mime_type is text/xml but content does not start with an XML tag")
+        return None
+    shown = mime or "empty"
+    return Skip(Reason.CONTENT_INVALID, f"mime_type {shown} is not supported ({', '.join(SUPPORTED_MIME_TYPES)})")
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _environment_mismatch(oid: str | None, environment: str) -> str | None:
+    if environment == "production" and oid in ins.TEST_OIDS:
+        return f"INS OID {oid} is a test/demo OID but dmp.environment is production"
+    if environment != "production" and oid in ins.REAL_OIDS:
+        return f"INS OID {oid} is a real NIR/NIA OID but dmp.environment is {environment}"
+    return None
+
+
+def _type_problem(type_code: str | None, allowed: tuple[str, ...]) -> str | None:
+    if not type_code:
+        return "type_code is empty"
+    if not is_type_code(type_code):
+        return f"type_code {type_code} is not in JDV_J07 (XDS typeCode CI-SIS)"
+    if allowed and type_code not in allowed:
+        return f"type_code {type_code} is not in rules.allowed_type_codes"
+    return None
+
+
+def _missing_birth_traits(patient: Patient) -> str | None:
+    # With an INS, the CI-SIS schematron requires the birth name, birth given names, birth date,
+    # INSEE code of the birth place and sex: the DMP would reject the CDA without them.
+    for column in ("birth_family_name", "birth_given_names", "birth_date", "birth_place_code", "sex"):
+        if not getattr(patient, column):
+            return f"dmp_patient.{column} is empty"
+    if patient.sex not in SEXES:
+        return "dmp_patient.sex must be M, F or U"
+    return None
+
+
+def _missing_metadata(document: Document) -> str | None:
+    if not document.author_rpps:
+        return "author_rpps is empty"
+    if not _RPPS.match(document.author_rpps):
+        return "author_rpps is not 11 digits"
+    for column in ("created_at", "service_start", "title"):
+        if not getattr(document, column):
+            return f"dmp_document.{column} is empty"
+    return None
+
+
+def _looks_like_xml(content: bytes) -> bool:
+    head = content[:64].removeprefix(b"\xef\xbb\xbf").lstrip()
+    return head.startswith(b"<")
+
+
+# --- value set JDV_J07 (XDS typeCode) --------------------------------------------------------
+# TODO: swap for connector.payload.codes.is_type_code once it exists (same contract).
+
+_SVS = "{urn:ihe:iti:svs:2008}"
+
+
+@cache
+def _j07_codes() -> frozenset[str]:
+    path = ans_kit() / "jeuxDeValeurs" / "JDV_J07_XdsTypeCode_CISIS.xml"
+    parser = etree.XMLParser(resolve_entities=False, no_network=True)
+    tree = etree.parse(str(path), parser)
+    return frozenset(c.get("code") for c in tree.iter(f"{_SVS}Concept"))
+
+
+def is_type_code(code: str) -> bool:
+    """True if `code` is an XDS typeCode of JDV_J07."""
+    return code in _j07_codes()
+
