@@ -1,4 +1,143 @@
+"""The `dmp-connector` command line: parse, call an action, print. No business logic here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
 import click
+
+from connector import __version__, config
+from connector.ledger.repo import LedgerError
+from connector.store import StoreError
+
+# Exit codes (documented in the README).
+EXIT_OK = 0
+EXIT_ATTENTION = 1  # the command ran but something needs a human (failed check, status --check)
+EXIT_CONFIG = 3
+EXIT_UNAVAILABLE = 4  # store, ledger or DMP unreachable / not usable
+EXIT_LOCKED = 5  # another run holds the lock
+EXIT_CERTIFICATE = 6
+
+log = logging.getLogger("connector")
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def with_settings(func):
+    """Adds --config to a command and hands it loaded settings; configuration errors end the command cleanly."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                  envvar=config.ENV_VAR, help=f"TOML configuration file (or ${config.ENV_VAR}).")
+    @functools.wraps(func)
+    def wrapper(config_path, **kwargs):
+        try:
+            settings = config.load(config_path)
+        except config.ConfigError as exc:
+            fail(f"configuration: {exc}", EXIT_CONFIG)
+        try:
+            return func(settings, **kwargs)
+        except (StoreError, LedgerError) as exc:
+            fail(str(exc), EXIT_UNAVAILABLE)
+        except config.ConfigError as exc:
+            fail(f"configuration: {exc}", EXIT_CONFIG)
+
+    return wrapper
+
+
 @click.group()
-def main():
-    """dmp-connector"""
+@click.version_option(__version__, prog_name="dmp-connector")
+@click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option("--log-json", is_flag=True, help="Log JSON lines (journald, ELK) instead of text.")
+def main(log_level: str, log_json: bool) -> None:
+    """Feed the DMP (Mon espace santé) with the structure's documents."""
+    from connector import logs
+
+    logs.setup(log_level, log_json)
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@with_settings
+@click.option("--dry-run", is_flag=True, help="Show every candidate and its decision; record and send nothing.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def run(settings, dry_run: bool, fmt: str) -> None:
+    """Scan the store and feed every eligible document to the DMP."""
+    if dry_run:
+        from connector.actions import dry_run as action
+
+        rows = [action.as_dict(d) for d in action.decisions(settings)]
+        if fmt == "json":
+            click.echo(json.dumps(rows, ensure_ascii=False, indent=1))
+        else:
+            for r in rows:
+                what = "eligible" if r["decision"] == "eligible" else f"skipped  {r['reason']}"
+                detail = f"  ({r['detail']})" if r["detail"] else ""
+                click.echo(f"{r['document_id']} v{r['version']}  {what}{detail}")
+            eligible = sum(r["decision"] == "eligible" for r in rows)
+            click.echo(f"{len(rows)} candidates: {eligible} eligible, {len(rows) - eligible} skipped")
+        return
+    from connector.actions import run as action
+
+    summary = action.run(settings)
+    click.echo(summary.text() if fmt == "text" else json.dumps(summary.as_dict(), ensure_ascii=False, indent=1))
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+@main.command()
+@with_settings
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status(settings, fmt: str) -> None:
+    """Summarise the ledger: last runs, documents by state and reason, failures."""
+    from connector.actions import status as action
+    from connector.actions.context import open_settings_ledger
+
+    report = action.collect(open_settings_ledger(settings))
+    click.echo(json.dumps(report, ensure_ascii=False, indent=1, default=str) if fmt == "json" else action.render_text(report))
+
+
+# --- samples and database ----------------------------------------------------------------------
+
+
+@main.group()
+def samples() -> None:
+    """The sample store of fictitious patients."""
+
+
+@samples.command("create")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def samples_create(directory: Path) -> None:
+    """Write a SQLite sample store (and its PDF files) into DIRECTORY."""
+    from connector import samples as sample_store
+
+    path = sample_store.create_sample_store(directory)
+    click.echo(f"sample store written: {path}")
+
+
+@main.group()
+def db() -> None:
+    """The ledger database."""
+
+
+@db.command("upgrade")
+@with_settings
+def db_upgrade(settings) -> None:
+    """Create or migrate the ledger schema (Alembic)."""
+    from connector.ledger.repo import open_ledger
+
+    open_ledger(settings.ledger.url, auto_migrate=True)
+    click.echo("ledger schema is up to date")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,29 @@
+"""`run --dry-run`: every candidate with its decision, nothing recorded, nothing sent."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from connector.actions.context import open_settings_ledger, open_store
+from connector.config import Settings
+from connector.scan import Decision, scan
+
+
+def decisions(settings: Settings) -> Iterator[Decision]:
+    store = open_store(settings)
+    ledger = open_settings_ledger(settings)
+    for group in scan(store, ledger, settings, load_content=False):
+        yield from group
+
+
+def as_dict(d: Decision) -> dict:
+    return {
+        "document_id": d.document_id,
+        "version": d.version,
+        "patient_id": d.patient_id,
+        "finess_geo": d.document.finess_geo if d.document else None,
+        "type_code": d.document.type_code if d.document else None,
+        "decision": "eligible" if d.eligible else "skipped",
+        "reason": d.reason,
+        "detail": d.detail,
+    }

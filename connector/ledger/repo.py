@@ -1,0 +1,278 @@
+"""The ledger: what we did with each store document, each submission set, each run, each DMP transaction.
+
+All times are naive UTC. Every write that matters for delivery (a submission's ids before sending, its outcome
+after) is its own committed transaction, so a crash at any point leaves a state the next run can settle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import sqlalchemy as sa
+
+from connector.ledger import migrate
+from connector.ledger.schema import (
+    DEFERRED,
+    FAILED,
+    FED,
+    PENDING,
+    SKIPPED,
+    SUBMITTING,
+    audit,
+    documents,
+    runs,
+    submission_documents,
+    submissions,
+)
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be used (unreachable, not migrated)."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+@dataclass(frozen=True)
+class DocState:
+    document_id: str
+    version: int
+    state: str
+    reason: str | None
+    held: bool
+    next_attempt_at: dt.datetime | None
+    submission_id: int | None
+
+
+@dataclass(frozen=True)
+class SubmissionDoc:
+    document_id: str
+    version: int
+    unique_id: str
+    entry_uuid: str
+
+
+@dataclass(frozen=True)
+class SubmissionRecord:
+    id: int
+    submission_set_uid: str
+    entry_uuid: str
+    patient_id: str
+    finess_geo: str
+    state: str
+    submission_time: dt.datetime
+    attempts: int
+    created_at: dt.datetime
+    documents: tuple[SubmissionDoc, ...]
+
+
+def open_ledger(url: str, *, auto_migrate: bool | None = None) -> "Ledger":
+    """Connect; SQLite ledgers are created and migrated automatically, PostgreSQL ones need `db upgrade`."""
+    is_sqlite = url.startswith("sqlite")
+    if is_sqlite and "///" in url and not url.endswith(":memory:"):
+        Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, future=True, pool_pre_ping=not is_sqlite)
+    if is_sqlite:
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        current = migrate.current(engine)
+        if current != migrate.head():
+            if auto_migrate if auto_migrate is not None else is_sqlite:
+                migrate.upgrade(engine)
+            else:
+                raise LedgerError(
+                    f"ledger schema is at {current or 'nothing'}, expected {migrate.head()}: run `dmp-connector db upgrade`"
+                )
+    except sa.exc.SQLAlchemyError as exc:
+        raise LedgerError(f"ledger database unreachable: {str(getattr(exc, 'orig', exc)).splitlines()[0]}") from None
+    return Ledger(engine)
+
+
+def _sqlite_pragmas(dbapi_conn, _record):
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (status) never block the run
+    cur.execute("PRAGMA synchronous=FULL")  # durable before acknowledged
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Ledger:
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    # --- runs ------------------------------------------------------------------------------
+
+    def start_run(self, mode: str) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(
+                sa.insert(runs).values(
+                    mode=mode, status="running", started_at=utcnow(), host=socket.gethostname(), pid=os.getpid()
+                )
+            ).inserted_primary_key[0]
+
+    def finish_run(self, run_id: int, status: str, counts: dict, message: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(runs)
+                .where(runs.c.id == run_id)
+                .values(status=status, finished_at=utcnow(), counts=counts, message=message)
+            )
+
+    # --- documents -------------------------------------------------------------------------
+
+    def states(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], DocState]:
+        """Ledger state of the given documents (absent ones are new)."""
+        keys = list(keys)
+        if not keys:
+            return {}
+        d = documents
+        ids = sorted({k[0] for k in keys})
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(
+                    d.c.document_id, d.c.version, d.c.state, d.c.reason, d.c.held, d.c.next_attempt_at, d.c.submission_id
+                ).where(d.c.document_id.in_(ids))
+            ).all()
+        return {(r.document_id, r.version): DocState(*r) for r in rows}
+
+    def record_decisions(self, rows: list[dict], run_id: int) -> None:
+        """Upsert the scan's decisions: SKIPPED (with reason) or PENDING. Never touches a document that is
+        FED, SUBMITTING or FAILED: those states are only left through a submission outcome or a replay."""
+        if not rows:
+            return
+        now = utcnow()
+        d = documents
+        with self.engine.begin() as conn:
+            existing = {
+                (r.document_id, r.version): r.state
+                for r in conn.execute(
+                    sa.select(d.c.document_id, d.c.version, d.c.state).where(
+                        d.c.document_id.in_(sorted({r["document_id"] for r in rows}))
+                    )
+                )
+            }
+            for row in rows:
+                key = (row["document_id"], row["version"])
+                values = dict(state=row["state"], reason=row.get("reason"), detail=row.get("detail"),
+                              updated_at=now, last_run_id=run_id,
+                              finess_geo=row.get("finess_geo"), type_code=row.get("type_code"))
+                if key not in existing:
+                    conn.execute(sa.insert(d).values(document_id=key[0], version=key[1], patient_id=row["patient_id"],
+                                                     first_seen_at=now, **values))
+                elif existing[key] in (PENDING, SKIPPED, DEFERRED) and not (
+                    existing[key] == DEFERRED and row["state"] == PENDING
+                ):
+                    conn.execute(sa.update(d).where(d.c.document_id == key[0], d.c.version == key[1]).values(**values))
+
+    def fail_documents(self, keys: list[tuple[str, int]], reason: str, detail: str, run_id: int,
+                       patient_id: str, finess_geo: str | None = None) -> None:
+        """A document that can never be sent as is (CDA_INVALID, METADATA_INVALID, …): FAILED, needs a human."""
+        now = utcnow()
+        d = documents
+        with self.engine.begin() as conn:
+            for key in keys:
+                values = dict(state=FAILED, reason=reason, detail=detail[:1000], updated_at=now, last_run_id=run_id)
+                if conn.execute(sa.update(d).where(d.c.document_id == key[0], d.c.version == key[1]).values(**values)).rowcount == 0:
+                    conn.execute(sa.insert(d).values(document_id=key[0], version=key[1], patient_id=patient_id,
+                                                     finess_geo=finess_geo, first_seen_at=now, **values))
+
+    # --- submissions -----------------------------------------------------------------------
+
+    def journal_submission(self, *, submission_set_uid: str, entry_uuid: str, patient_id: str, finess_geo: str,
+                           submission_time: dt.datetime, docs: list[SubmissionDoc], run_id: int) -> SubmissionRecord:
+        """Write-ahead: commit the submission's ids and mark its documents SUBMITTING before anything is sent.
+        The ids are deterministic from the documents, so an existing row with the same uid is the same
+        submission: it is reused as recorded (its ids and submission time), never regenerated."""
+        now = utcnow()
+        s, sd, d = submissions, submission_documents, documents
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(s.c.id).where(s.c.submission_set_uid == submission_set_uid)).first()
+            if row is None:
+                sub_id = conn.execute(sa.insert(s).values(
+                    submission_set_uid=submission_set_uid, entry_uuid=entry_uuid, patient_id=patient_id,
+                    finess_geo=finess_geo, state=SUBMITTING, submission_time=submission_time, created_at=now,
+                    updated_at=now, attempts=0, run_id=run_id)).inserted_primary_key[0]
+                conn.execute(sa.insert(sd), [dict(submission_id=sub_id, **doc.__dict__) for doc in docs])
+            else:
+                sub_id = row.id
+                conn.execute(sa.update(s).where(s.c.id == sub_id).values(state=SUBMITTING, updated_at=now, run_id=run_id))
+            for doc in docs:
+                conn.execute(sa.update(d).where(d.c.document_id == doc.document_id, d.c.version == doc.version).values(
+                    state=SUBMITTING, reason=None, detail=None, submission_id=sub_id, unique_id=doc.unique_id,
+                    updated_at=now, last_run_id=run_id,
+                    first_attempt_at=sa.func.coalesce(d.c.first_attempt_at, now)))
+        return self.submission(sub_id)
+
+    def submission(self, sub_id: int) -> SubmissionRecord:
+        s, sd = submissions, submission_documents
+        with self.engine.connect() as conn:
+            r = conn.execute(sa.select(s).where(s.c.id == sub_id)).one()
+            docs = conn.execute(sa.select(sd.c.document_id, sd.c.version, sd.c.unique_id, sd.c.entry_uuid)
+                                .where(sd.c.submission_id == sub_id).order_by(sd.c.document_id, sd.c.version)).all()
+        return SubmissionRecord(r.id, r.submission_set_uid, r.entry_uuid, r.patient_id, r.finess_geo, r.state,
+                                r.submission_time, r.attempts, r.created_at, tuple(SubmissionDoc(*x) for x in docs))
+
+    def open_submissions(self, now: dt.datetime | None = None) -> list[int]:
+        """Submissions to settle or resend this run: left SUBMITTING by a crash or an unknown outcome,
+        and DEFERRED ones that are due, oldest first."""
+        now = now or utcnow()
+        s = submissions
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(s.c.id).where(
+                    (s.c.state == SUBMITTING)
+                    | ((s.c.state == DEFERRED) & s.c.id.in_(
+                        sa.select(documents.c.submission_id).where(
+                            documents.c.state == DEFERRED, documents.c.next_attempt_at <= now,
+                            documents.c.held == sa.false())))
+                ).order_by(s.c.id)
+            ).scalars())
+
+    def record_attempt(self, sub_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(submissions).where(submissions.c.id == sub_id).values(
+                attempts=submissions.c.attempts + 1, updated_at=utcnow()))
+            conn.execute(sa.update(documents).where(documents.c.submission_id == sub_id).values(
+                attempts=documents.c.attempts + 1))
+
+    def settle_submission(self, sub_id: int, *, state: str, outcome: str, error_code: str | None = None,
+                          error_message: str | None = None, next_attempt_at: dt.datetime | None = None,
+                          reason: str | None = None) -> None:
+        """Record a submission's final or deferred outcome on it and on its documents, in one transaction."""
+        now = utcnow()
+        doc_values = dict(state=state, updated_at=now, next_attempt_at=next_attempt_at,
+                          reason=reason, detail=(error_message or None) and error_message[:1000])
+        if state == FED:
+            doc_values.update(fed_at=now, reason=None, detail=error_message and error_message[:1000])
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(submissions).where(submissions.c.id == sub_id).values(
+                state=state, outcome=outcome, error_code=error_code,
+                error_message=error_message and error_message[:2000], updated_at=now))
+            conn.execute(sa.update(documents).where(documents.c.submission_id == sub_id).values(**doc_values))
+
+    def first_attempt_at(self, sub_id: int) -> dt.datetime | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.min(documents.c.first_attempt_at))
+                                .where(documents.c.submission_id == sub_id)).scalar()
+
+    # --- audit (EXI 16) --------------------------------------------------------------------
+
+    def audit(self, *, run_id: int | None, action: str, outcome: str, finess_geo: str | None = None,
+              rpps: str | None = None, submission_set_uid: str | None = None, document_ids: Iterable[str] = (),
+              error_code: str | None = None, message: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(audit).values(
+                at=utcnow(), run_id=run_id, action=action, outcome=outcome, finess_geo=finess_geo, rpps=rpps,
+                submission_set_uid=submission_set_uid, document_ids=",".join(document_ids)[:2000] or None,
+                error_code=error_code, message=message and message[:2000]))

@@ -1,0 +1,101 @@
+"""The ledger's tables. Alembic migrations (connector/ledger/migrations) create and evolve them;
+this module is the single description the code queries against."""
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# Document states (DESIGN.md §4).
+PENDING, SUBMITTING, FED, DEFERRED, FAILED, SKIPPED = "PENDING", "SUBMITTING", "FED", "DEFERRED", "FAILED", "SKIPPED"
+STATES = (PENDING, SUBMITTING, FED, DEFERRED, FAILED, SKIPPED)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("mode", sa.String(16), nullable=False),  # run, dry-run, replay
+    sa.Column("status", sa.String(16), nullable=False),  # running, done, failed
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime),
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("counts", sa.JSON),
+    sa.Column("message", sa.String(1000)),
+)
+
+documents = sa.Table(
+    "documents",
+    metadata,
+    sa.Column("document_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("patient_id", sa.String(64), nullable=False),
+    sa.Column("finess_geo", sa.String(9)),
+    sa.Column("type_code", sa.String(32)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(32)),
+    sa.Column("detail", sa.String(1000)),
+    sa.Column("held", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("first_seen_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("first_attempt_at", sa.DateTime),
+    sa.Column("next_attempt_at", sa.DateTime),
+    sa.Column("fed_at", sa.DateTime),
+    sa.Column("unique_id", sa.String(64)),
+    sa.Column("submission_id", sa.Integer, sa.ForeignKey("submissions.id")),
+    sa.Column("last_run_id", sa.Integer),
+    sa.Index("ix_documents_state", "state", "next_attempt_at"),
+    sa.Index("ix_documents_patient", "patient_id"),
+    sa.Index("ix_documents_fed_at", "fed_at"),
+)
+
+# A submission set: the ids are chosen and committed BEFORE the first byte is sent, and reused on resend.
+submissions = sa.Table(
+    "submissions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("submission_set_uid", sa.String(64), nullable=False, unique=True),
+    sa.Column("entry_uuid", sa.String(64), nullable=False),
+    sa.Column("patient_id", sa.String(64), nullable=False),
+    sa.Column("finess_geo", sa.String(9), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # SUBMITTING, FED, DEFERRED, FAILED
+    sa.Column("submission_time", sa.DateTime, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("outcome", sa.String(32)),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.String(2000)),
+    sa.Column("run_id", sa.Integer),
+    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("lease_until", sa.DateTime),
+    sa.Index("ix_submissions_state", "state"),
+)
+
+submission_documents = sa.Table(
+    "submission_documents",
+    metadata,
+    sa.Column("submission_id", sa.Integer, sa.ForeignKey("submissions.id"), primary_key=True),
+    sa.Column("document_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("unique_id", sa.String(64), nullable=False),
+    sa.Column("entry_uuid", sa.String(64), nullable=False),
+)
+
+# EXI 16: every DMP transaction, append-only.
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Column("run_id", sa.Integer),
+    sa.Column("action", sa.String(32), nullable=False),  # ITI-41, ITI-18
+    sa.Column("finess_geo", sa.String(9)),
+    sa.Column("rpps", sa.String(11)),
+    sa.Column("submission_set_uid", sa.String(64)),
+    sa.Column("document_ids", sa.String(2000)),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("message", sa.String(2000)),
+    sa.Index("ix_audit_at", "at"),
+)

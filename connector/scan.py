@@ -1,0 +1,93 @@
+"""Scan the store and decide, for every document, whether it may be fed now and why not.
+
+Candidates stream from the store grouped by patient (one patient's documents at a time, never the whole
+store in memory); the ledger says what we already did with each; the rules say what the référentiel allows.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Iterator
+
+from connector import rules
+from connector.config import Settings
+from connector.ledger.repo import DocState, Ledger, utcnow
+from connector.ledger.schema import DEFERRED, FAILED, FED, SUBMITTING
+from connector.store import Candidate, Document, Patient, RowProblem, Store
+
+# Reasons that come from the ledger rather than from the rules.
+HELD = "HELD"
+IN_PROGRESS = "IN_PROGRESS"  # part of a submission not settled yet (settled at the start of a run)
+NOT_DUE = "DEFERRED_NOT_DUE"
+ROW_INVALID = "ROW_INVALID"
+
+
+@dataclass(frozen=True)
+class Decision:
+    document_id: str
+    version: int | None
+    patient_id: str | None
+    reason: str | None  # None: eligible
+    detail: str | None = None
+    document: Document | None = None
+    patient: Patient | None = None
+    content: bytes | None = None  # loaded for eligible documents only, when asked for
+    ledger_state: str | None = None
+
+    @property
+    def eligible(self) -> bool:
+        return self.reason is None
+
+    @property
+    def record_skip(self) -> bool:
+        """Whether the ledger should record this skip (ledger-driven reasons are already recorded there)."""
+        return self.reason is not None and self.ledger_state not in (FED, FAILED, SUBMITTING, DEFERRED)
+
+
+def scan(store: Store, ledger: Ledger, settings: Settings, *, load_content: bool = True) -> Iterator[list[Decision]]:
+    """Yield, patient by patient, the decisions for every store document."""
+    now = utcnow()
+    for patient_id, group in itertools.groupby(store.candidates(), key=_patient_of):
+        group = list(group)
+        states = ledger.states((c.document.key for c in group if isinstance(c, Candidate)))
+        yield [_decide(c, states, store, settings, now, load_content) for c in group]
+
+
+def _patient_of(item: Candidate | RowProblem) -> str | None:
+    return item.document.patient_id if isinstance(item, Candidate) else item.patient_id
+
+
+def _decide(item, states: dict[tuple[str, int], DocState], store: Store, settings: Settings, now, load_content) -> Decision:
+    if isinstance(item, RowProblem):
+        return Decision(item.document_id, item.version, item.patient_id, ROW_INVALID, item.message)
+    doc, patient = item.document, item.patient
+    base = dict(document_id=doc.document_id, version=doc.version, patient_id=doc.patient_id, document=doc, patient=patient)
+    state = states.get(doc.key)
+    if state is not None:
+        base["ledger_state"] = state.state
+        if state.state == FED:
+            return Decision(**base, reason=rules.ALREADY_FED, detail="fed earlier")
+        if state.held:
+            return Decision(**base, reason=HELD, detail="held by an operator; `dmp-connector release` to resume")
+        if state.state == FAILED:
+            return Decision(**base, reason=state.reason or FAILED, detail="failed earlier; `dmp-connector replay` to retry")
+        if state.state == SUBMITTING:
+            return Decision(**base, reason=IN_PROGRESS, detail="submission not settled yet")
+        if state.state == DEFERRED:
+            detail = f"next attempt at {state.next_attempt_at:%Y-%m-%d %H:%M} UTC" if state.next_attempt_at else None
+            return Decision(**base, reason=NOT_DUE if state.next_attempt_at and state.next_attempt_at > now else IN_PROGRESS,
+                            detail=detail)
+    earlier_fed = any(k[0] == doc.document_id and k[1] < doc.version and s.state == FED for k, s in states.items())
+    skip = rules.check_record(doc, patient, settings, already_fed=False, earlier_version_fed=earlier_fed)
+    if skip is not None:
+        return Decision(**base, reason=skip.reason, detail=skip.detail)
+    content, error = None, None
+    try:
+        content = store.content(doc)
+    except OSError as exc:
+        error = exc.strerror or str(exc)
+    skip = rules.check_content(doc, content, settings, error=error)
+    if skip is not None:
+        return Decision(**base, reason=skip.reason, detail=skip.detail)
+    return Decision(**base, reason=None, content=content if load_content else None)
