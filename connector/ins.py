@@ -47,10 +47,10 @@ def check_ins(matricule: str | None, oid: str | None) -> str | None:
         return f"INS OID {oid} is not an INS OID (NIR, NIA, test or demo NIR)"
     if len(matricule) != 15:
         return f"INS matricule has {len(matricule)} characters, expected 15"
-    if not matricule[13:].isdigit() or not matricule[13:].isascii():
-        return "INS matricule key (last 2 characters) is not 2 digits"
     try:
         key = nir_key(matricule[:13])
+        if not (matricule[13:].isascii() and matricule[13:].isdigit()):
+            raise ValueError("key")
     except ValueError:
         return "INS matricule has characters other than digits (only 2A/2B allowed, as département)"
     if matricule[0] not in SEX_DIGITS:

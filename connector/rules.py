@@ -93,11 +93,12 @@ def check_record(
     if patient.deceased_at is not None:
         return Skip(Reason.PATIENT_DECEASED, "deceased_at is set")
     if document.status != VALIDATED:
-        return Skip(Reason.DOCUMENT_NOT_VALIDATED, f"status is {document.status or 'empty'}, not VALIDATED")
+        status = document.status or "empty"
+        return Skip(Reason.DOCUMENT_NOT_VALIDATED, f"status is {status}, not VALIDATED")
     if not document.finess_geo:
         return Skip(Reason.SITE_UNKNOWN, "finess_geo is empty")
     if settings.structure.site(document.finess_geo) is None:
-        return Skip(Reason.SITE_UNKNOWN, f"finess_geo {document.finess_geo} is not a configured structure.sites")
+        return Skip(Reason.SITE_UNKNOWN, f"finess_geo {document.finess_geo} is not in structure.sites")
     type_problem = _type_problem(document.type_code, settings.rules.allowed_type_codes)
     if type_problem:
         return Skip(Reason.TYPE_NOT_ALLOWED, type_problem)
@@ -129,20 +130,22 @@ def check_content(
         return Skip(Reason.CONTENT_INVALID, "content is empty (0 bytes)")
     limit = settings.rules.max_document_bytes
     if len(content) > limit:
-        return Skip(Reason.CONTENT_INVALID, f"content is {len(content)} bytes, over rules.max_document_bytes {limit}")
+        size = len(content)
+        return Skip(Reason.CONTENT_INVALID, f"content is {size} bytes, over rules.max_document_bytes {limit}")
     mime = (document.mime_type or "").split(";")[0].strip().lower()
     if mime == "application/pdf":
         if not content.startswith(b"%PDF-"):
-            return Skip(Reason.CONTENT_INVALID, "mime_type is application/pdf but content does not start with %PDF-")
+            return Skip(Reason.CONTENT_INVALID, "mime_type is application/pdf but content lacks the %PDF- header")
         if b"%%EOF" not in content[-_PDF_EOF_WINDOW:]:
             return Skip(Reason.CONTENT_INVALID, "PDF content has no %%EOF at its end (truncated?)")
         return None
     if mime == "text/xml":
         if not _looks_like_xml(content):
-            return Skip(Reason.CONTENT_INVALID, "mime_type is text/xml but content does not start with an XML tag")
+            return Skip(Reason.CONTENT_INVALID, "mime_type is text/xml but content does not start with a tag")
         return None
     shown = mime or "empty"
-    return Skip(Reason.CONTENT_INVALID, f"mime_type {shown} is not supported ({', '.join(SUPPORTED_MIME_TYPES)})")
+    supported = ", ".join(SUPPORTED_MIME_TYPES)
+    return Skip(Reason.CONTENT_INVALID, f"mime_type {shown} is not supported ({supported})")
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def create_sample_store(directory: Path) -> Path:
 
     document_rows = []
     for d in DOCUMENTS:
-        path = documents_dir / f"{d.document_id}-v{d.version}.pdf"
+        path = directory / _relative_path(d)
         body = _content(d)
         path.unlink(missing_ok=True)
         if d.content in ("file", "empty", "not_pdf"):
@@ -223,13 +223,17 @@ def _document_row(d: _D, inline: bytes | None) -> dict:
         legal_authenticator_rpps=rpps,
         status=d.status,
         mime_type="application/pdf",
-        content_path=None if d.content == "inline" else f"{DOCUMENTS_DIR}/{d.document_id}-v{d.version}.pdf",
+        content_path=None if d.content == "inline" else _relative_path(d),
         content=inline,
         mask_professionals=d.flags.get("mask_professionals", False),
         invisible_to_patient=d.flags.get("invisible_to_patient", False),
         invisible_to_legal_representatives=d.flags.get("invisible_to_legal_representatives", False),
         updated_at=created + dt.timedelta(minutes=1),
     )
+
+
+def _relative_path(d: _D) -> str:
+    return f"{DOCUMENTS_DIR}/{d.document_id}-v{d.version}.pdf"
 
 
 def _content(d: _D) -> bytes:
