@@ -67,7 +67,7 @@ def _decide(item, states: dict[tuple[str, int], DocState], store: Store, setting
     if state is not None:
         base["ledger_state"] = state.state
         if state.state == FED:
-            return Decision(**base, reason=rules.ALREADY_FED, detail="fed earlier")
+            return Decision(**base, reason=rules.Reason.ALREADY_FED, detail="fed earlier")
         if state.held:
             return Decision(**base, reason=HELD, detail="held by an operator; `dmp-connector release` to resume")
         if state.state == FAILED:

@@ -196,6 +196,21 @@ class Store:
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"store query failed: {_short(exc)}") from None
 
+    def get(self, document_id: str, version: int) -> Candidate | RowProblem | None:
+        """One document with its patient (to resend a journaled submission)."""
+        d, p = dmp_document, dmp_patient
+        query = (
+            sa.select(*[d.c[n] for n in _DOCUMENT_COLS], *[p.c[n].label(f"p_{n}") for n in _PATIENT_COLS])
+            .select_from(d.outerjoin(p, p.c.patient_id == d.c.patient_id))
+            .where(d.c.document_id == document_id, d.c.version == version)
+        )
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(query).mappings().first()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"store query failed: {_short(exc)}") from None
+        return None if row is None else _candidate(row)
+
     def content(self, document: Document) -> bytes:
         """The document's bytes, from `content` or `content_path`; raises OSError if unreadable."""
         if document.content_path:

@@ -1,0 +1,208 @@
+"""`run`: settle what earlier runs left open, scan the store, journal and deliver new submission sets.
+
+scan → rules → CDA (built, validated) → group per patient (capped) → journal ids (committed) → sign,
+assemble, validate → send (a bounded number in flight) → classify → FED / DEFERRED / FAILED + write-back.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from connector import prepare
+from connector.actions.context import open_settings_ledger, open_store
+from connector.config import Settings
+from connector.deliver import Deliverer, Result
+from connector.dmp.client import DmpClient
+from connector.ledger.repo import Ledger, SubmissionDoc, SubmissionRecord, utcnow
+from connector.ledger.schema import FAILED, PENDING, SKIPPED
+from connector.payload import ids
+from connector.payload.errors import PayloadError
+from connector.runlock import run_lock
+from connector.scan import Decision, scan
+from connector.store import Candidate, Patient, Store
+from connector.trust.certs import load_credential
+
+log = logging.getLogger("connector.run")
+
+
+@dataclass
+class Summary:
+    run_id: int
+    mode: str
+    started: float = field(default_factory=time.monotonic)
+    duration: float = 0.0
+    counts: collections.Counter = field(default_factory=collections.Counter)
+    skipped: collections.Counter = field(default_factory=collections.Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, key: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[key] += n
+
+    def as_dict(self) -> dict:
+        return {"run_id": self.run_id, "mode": self.mode, "duration_s": round(self.duration, 3),
+                "documents": dict(self.counts), "skipped_by_reason": dict(self.skipped)}
+
+    def text(self) -> str:
+        c = self.counts
+        lines = [f"run #{self.run_id} finished in {self.duration:.1f}s: "
+                 f"{c['fed']} fed, {c['deferred']} deferred, {c['failed']} failed, {sum(self.skipped.values())} skipped"]
+        lines += [f"  skipped {reason:<24} {n}" for reason, n in sorted(self.skipped.items())]
+        return "\n".join(lines)
+
+
+def run(settings: Settings, *, mode: str = "run", hooks=None) -> Summary:
+    ledger = open_settings_ledger(settings)
+    store = open_store(settings)
+    store.ensure_write_back_table()
+    with run_lock(ledger, settings.state_dir):
+        return _run_locked(settings, ledger, store, mode, hooks)
+
+
+def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, hooks) -> Summary:
+    if settings.certificates is None:
+        raise prepare.PayloadError("METADATA_INVALID", "no [certificates] configured: a run needs auth_cli and sign")
+    sign = load_credential(settings.certificates.sign)
+    auth = load_credential(settings.certificates.auth_cli)
+    client = DmpClient(settings.dmp, auth, settings.certificates.auth_cli.password())
+    summary = Summary(ledger.start_run(mode), mode)
+    deliverer = Deliverer(settings, ledger, store, client, summary.run_id, hooks)
+    slots = threading.BoundedSemaphore(settings.dmp.max_in_flight * 2)  # bounded work queued ahead of the senders
+    status = "done"
+    try:
+        with ThreadPoolExecutor(settings.dmp.max_in_flight, thread_name_prefix="send") as pool:
+
+            def submit(record: SubmissionRecord, prepared: prepare.Prepared, patient: Patient) -> None:
+                slots.acquire()
+                future = pool.submit(deliverer.deliver, record, prepared, patient)
+                future.add_done_callback(lambda f: (slots.release(), _count(summary, record, f)))
+
+            for sub_id in ledger.open_submissions():
+                _resume(settings, ledger, store, sign, summary, ledger.submission(sub_id), submit)
+            for group in scan(store, ledger, settings):
+                _feed_patient(settings, ledger, sign, summary, group, submit)
+    except BaseException:
+        status = "failed"
+        raise
+    finally:
+        summary.duration = time.monotonic() - summary.started
+        ledger.finish_run(summary.run_id, status, {**summary.counts, **{f"skipped:{k}": v for k, v in summary.skipped.items()}})
+        log.info("run %d %s in %.1fs: %s", summary.run_id, status, summary.duration, dict(summary.counts))
+    return summary
+
+
+def _count(summary: Summary, record: SubmissionRecord, future) -> None:
+    try:
+        result: Result = future.result()
+    except Exception:
+        log.exception("submission %s: unexpected error; it stays open and is settled by the next run",
+                      record.submission_set_uid)
+        summary.add("error", len(record.documents))
+        return
+    summary.add({"FED": "fed", "DEFERRED": "deferred", "FAILED": "failed"}[result.state], len(record.documents))
+
+
+def _feed_patient(settings, ledger: Ledger, sign, summary: Summary, group: list[Decision], submit) -> None:
+    rows = []
+    for d in group:
+        if d.eligible:
+            rows.append(dict(document_id=d.document_id, version=d.version, patient_id=d.patient_id, state=PENDING,
+                             finess_geo=d.document.finess_geo, type_code=d.document.type_code))
+        else:
+            summary.skipped[d.reason] += 1
+            if d.record_skip and d.version is not None:
+                rows.append(dict(document_id=d.document_id, version=d.version, patient_id=d.patient_id or "?",
+                                 state=SKIPPED, reason=d.reason, detail=d.detail,
+                                 finess_geo=d.document.finess_geo if d.document else None,
+                                 type_code=d.document.type_code if d.document else None))
+    ledger.record_decisions(rows, summary.run_id)
+    eligible = [d for d in group if d.eligible]
+    by_site: dict[str, list[tuple]] = collections.defaultdict(list)
+    for d in eligible:
+        site = settings.structure.site(d.document.finess_geo)
+        try:
+            uid, xml = prepare.document_cda(settings, d.document, d.patient, site, d.content)
+        except PayloadError as exc:
+            log.warning("document %s v%d: %s", d.document_id, d.version, exc.reason)
+            ledger.fail_documents([(d.document_id, d.version)], exc.reason, str(exc), summary.run_id, d.patient_id)
+            summary.add("failed")
+            continue
+        by_site[site.finess_geo].append((d.document, uid, xml))
+    for finess_geo, docs in by_site.items():
+        for batch in _batches(docs, settings.submission.max_documents, settings.submission.max_bytes):
+            _journal_and_submit(settings, ledger, sign, summary, settings.structure.site(finess_geo),
+                                eligible[0].patient, batch, submit)
+
+
+def _batches(docs, max_count: int, max_bytes: int):
+    batch, size = [], 0
+    for item in docs:
+        if batch and (len(batch) >= max_count or size + len(item[2]) > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += len(item[2])
+    if batch:
+        yield batch
+
+
+def _journal_and_submit(settings, ledger: Ledger, sign, summary: Summary, site, patient: Patient, batch, submit) -> None:
+    oid_root = settings.structure.oid_root
+    keys = [(d.document_id, d.version) for d, _, _ in batch]
+    record = ledger.journal_submission(
+        submission_set_uid=ids.submission_set_unique_id(oid_root, keys),
+        entry_uuid=ids.submission_set_entry_uuid(oid_root, keys),
+        patient_id=patient.patient_id,
+        finess_geo=site.finess_geo,
+        submission_time=utcnow(),
+        docs=[SubmissionDoc(d.document_id, d.version, uid, ids.entry_uuid(oid_root, d.document_id, d.version))
+              for d, uid, _ in batch],
+        run_id=summary.run_id,
+    )
+    _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit)
+
+
+def _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit) -> None:
+    try:
+        prepared = prepare.submission(settings, sign, site=site, patient=patient, documents=batch,
+                                      submission_set_uid=record.submission_set_uid,
+                                      submission_set_entry_uuid=record.entry_uuid,
+                                      submission_time=record.submission_time)
+    except PayloadError as exc:
+        log.warning("submission %s: %s", record.submission_set_uid, exc.reason)
+        ledger.settle_submission(record.id, state=FAILED, outcome="invalid", error_code=exc.reason,
+                                 error_message=str(exc), reason=exc.reason)
+        summary.add("failed", len(batch))
+        return
+    submit(record, prepared, patient)
+
+
+def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, record: SubmissionRecord, submit) -> None:
+    """Rebuild a journaled submission from the store with its recorded ids and time, then deliver it."""
+    batch, patient, site = [], None, settings.structure.site(record.finess_geo)
+    for doc in record.documents:
+        item = store.get(doc.document_id, doc.version)
+        problem = None
+        if not isinstance(item, Candidate) or item.patient is None:
+            problem = "the document or its patient is no longer in the store"
+        else:
+            try:
+                uid, xml = prepare.document_cda(settings, item.document, item.patient, site, store.content(item.document))
+                batch.append((item.document, uid, xml))
+                patient = item.patient
+            except PayloadError as exc:
+                problem = str(exc)
+            except OSError as exc:
+                problem = f"content unreadable: {exc.strerror}"
+        if problem:
+            ledger.settle_submission(record.id, state=FAILED, outcome="invalid", error_code="RESEND_IMPOSSIBLE",
+                                     error_message=f"document {doc.document_id} v{doc.version}: {problem}",
+                                     reason="RESEND_IMPOSSIBLE")
+            summary.add("failed", len(record.documents))
+            return
+    _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit)

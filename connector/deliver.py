@@ -1,0 +1,151 @@
+"""Deliver one journaled submission set to the DMP and record what happened.
+
+The ids were committed by the ledger before we get here (write-ahead). A submission that was tried before
+(crash, unknown outcome, deferred) is first looked up with ITI-18: if the DMP has it, it is FED and nothing is
+resent; otherwise it is resent with the very same ids. Transient errors are retried in the run (tenacity,
+exponential backoff with jitter), then DEFERRED with a doubling delay, then FAILED (EXPIRED) after the lifetime.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import tenacity
+
+from connector.config import Settings
+from connector.dmp.client import DmpClient
+from connector.dmp.outcome import Outcome
+from connector.ledger.repo import Ledger, SubmissionRecord, utcnow
+from connector.ledger.schema import DEFERRED, FAILED, FED
+from connector.payload import xds
+from connector.prepare import Prepared
+from connector.store import Patient, Store
+
+log = logging.getLogger("connector.deliver")
+
+EXPIRED = "EXPIRED"
+UNKNOWN_OUTCOME = "UNKNOWN_OUTCOME"
+TRANSIENT = "TRANSIENT_ERROR"
+
+
+@dataclass(frozen=True)
+class Result:
+    state: str  # FED, DEFERRED, FAILED
+    outcome: str  # accepted, accepted_with_warnings, reconciled, transient, permanent, unknown, expired
+    error_code: str | None = None
+
+
+class Deliverer:
+    def __init__(self, settings: Settings, ledger: Ledger, store: Store, client: DmpClient, run_id: int, hooks=None):
+        self.settings, self.ledger, self.store, self.client, self.run_id = settings, ledger, store, client, run_id
+        self.hook = hooks or (lambda point: None)
+
+    def deliver(self, record: SubmissionRecord, prepared: Prepared, patient: Patient) -> Result:
+        ins_cx = xds.ins_cx(patient)
+        if record.attempts > 0:
+            found = self._lookup(record, prepared, ins_cx)
+            if found:
+                return self._settle(record, prepared, Result(FED, "reconciled"), "found in the DMP by ITI-18; not resent")
+        outcome = self._send_with_retries(record, prepared)
+        if outcome.kind in ("accepted", "accepted_with_warnings"):
+            return self._settle(record, prepared, Result(FED, outcome.kind), _warnings(outcome))
+        if outcome.kind == "unknown" or getattr(outcome, "duplicate_submission", False):
+            # Sent but no reply, or the registry already holds this submission set: ask it.
+            found = self._lookup(record, prepared, ins_cx)
+            if found:
+                return self._settle(record, prepared, Result(FED, "reconciled"), "confirmed by ITI-18 after " + outcome.kind)
+            if found is None or outcome.kind == "unknown":
+                return self._defer(record, prepared, outcome, UNKNOWN_OUTCOME if outcome.kind == "unknown" else TRANSIENT)
+        if outcome.kind == "transient" or outcome.kind == "unknown":
+            return self._defer(record, prepared, outcome, TRANSIENT)
+        code = _first_code(outcome) or "DMP_REJECTED"
+        return self._settle(record, prepared, Result(FAILED, "permanent", code), outcome.message)
+
+    # --- steps -----------------------------------------------------------------------------
+
+    def _send_with_retries(self, record: SubmissionRecord, prepared: Prepared) -> Outcome:
+        r = self.settings.dmp.retry
+
+        def attempt() -> Outcome:
+            self.ledger.record_attempt(record.id)
+            self.hook("before_send")
+            outcome = self.client.provide_and_register(prepared.request, prepared.attachments, prepared.vihf)
+            self.hook("after_send")
+            self._audit("ITI-41", record, prepared, outcome.kind, _first_code(outcome), outcome.message)
+            log.info("submission %s (%d documents): %s%s", record.submission_set_uid, len(record.documents),
+                     outcome.kind, f" {_first_code(outcome)}" if _first_code(outcome) else "")
+            return outcome
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(r.in_run_attempts),
+            wait=tenacity.wait_random_exponential(multiplier=r.in_run_wait_initial, max=r.in_run_wait_max),
+            retry=tenacity.retry_if_result(lambda o: o.kind == "transient"),
+            retry_error_callback=lambda state: state.outcome.result(),
+            reraise=True,
+        )
+        return retrying(attempt)
+
+    def _lookup(self, record: SubmissionRecord, prepared: Prepared, ins_cx: str) -> bool | None:
+        try:
+            found = self.client.find_submission_set(record.submission_set_uid, ins_cx, prepared.vihf)
+        except Exception as exc:  # the query failing must not lose the submission: it stays to settle
+            log.warning("ITI-18 lookup of submission %s failed: %s", record.submission_set_uid, exc)
+            found = None
+        self._audit("ITI-18", record, prepared, {True: "found", False: "not_found", None: "error"}[found])
+        return found
+
+    def _defer(self, record: SubmissionRecord, prepared: Prepared, outcome: Outcome, reason: str) -> Result:
+        r = self.settings.dmp.retry
+        now = utcnow()
+        first = self.ledger.first_attempt_at(record.id) or now
+        if now - first >= dt.timedelta(days=r.lifetime_days):
+            return self._settle(record, prepared, Result(FAILED, "expired", EXPIRED),
+                                f"still failing after {r.lifetime_days:g} days: {outcome.message}")
+        attempts = max(1, self.ledger.submission(record.id).attempts // max(1, r.in_run_attempts))
+        delay = min(r.deferred_max_minutes, r.deferred_min_minutes * 2 ** (attempts - 1))
+        self.ledger.settle_submission(record.id, state=DEFERRED, outcome=outcome.kind, error_code=_first_code(outcome),
+                                      error_message=outcome.message, reason=reason,
+                                      next_attempt_at=now + dt.timedelta(minutes=delay))
+        return Result(DEFERRED, outcome.kind, _first_code(outcome))
+
+    def _settle(self, record: SubmissionRecord, prepared: Prepared, result: Result, message: str | None) -> Result:
+        self.hook("before_settle")
+        self.ledger.settle_submission(record.id, state=result.state, outcome=result.outcome, error_code=result.error_code,
+                                      error_message=message, reason=None if result.state == FED else result.error_code)
+        self._write_back(record, result, message)
+        return result
+
+    def _write_back(self, record: SubmissionRecord, result: Result, message: str | None) -> None:
+        now = utcnow()
+        rows = [
+            dict(document_id=d.document_id, version=d.version, status=result.state,
+                 dmp_unique_id=d.unique_id if result.state == FED else None,
+                 fed_at=now if result.state == FED else None,
+                 last_error=None if result.state == FED else (message or result.error_code or "")[:1000])
+            for d in record.documents
+        ]
+        try:
+            self.store.write_back(rows)
+        except Exception as exc:  # the ledger is the source of truth; the marker is rewritten by `status --write-back`
+            log.warning("write-back to the store failed for submission %s: %s", record.submission_set_uid, exc)
+
+    def _audit(self, action, record: SubmissionRecord, prepared: Prepared, outcome, code=None, message=None) -> None:
+        self.ledger.audit(run_id=self.run_id, action=action, outcome=outcome, finess_geo=record.finess_geo,
+                          rpps=_vihf_subject(prepared), submission_set_uid=record.submission_set_uid,
+                          document_ids=[f"{d.document_id}:{d.version}" for d in record.documents],
+                          error_code=code, message=message)
+
+
+def _first_code(outcome: Outcome) -> str | None:
+    return outcome.errors[0].code if outcome.errors else None
+
+
+def _warnings(outcome: Outcome) -> str | None:
+    return "; ".join(f"{e.code}: {e.context}" for e in outcome.errors) or None
+
+
+def _vihf_subject(prepared: Prepared) -> str | None:
+    name_id = prepared.vihf.find(".//{urn:oasis:names:tc:SAML:2.0:assertion}NameID")
+    return name_id.text if name_id is not None else None

@@ -1,0 +1,113 @@
+"""Turn store documents into the exact payload of one submission set: CDA per document (built or passed
+through, validated), the XAdES submission-set signature, the ITI-41 request (validated), and the VIHF.
+
+Everything here is deterministic from the ids and the submission time recorded in the ledger, so a resend
+rebuilds the same metadata and the same CDA bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from lxml import etree
+
+from connector.config import Settings, Site
+from connector.payload import cda, ids, validate, xds
+from connector.payload.errors import PayloadError
+from connector.store import Document, Patient
+from connector.trust import dsig, vihf
+from connector.trust.certs import Credential
+
+CDA_MIME = "text/xml"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    submission_set_uid: str
+    request: etree._Element  # xdsb:ProvideAndRegisterDocumentSetRequest with empty xdsb:Document elements
+    attachments: dict[str, bytes]  # xdsb:Document id -> bytes (MTOM parts)
+    vihf: etree._Element
+    signature_xml: bytes
+    cdas: dict[str, bytes]  # document uniqueId -> CDA bytes
+
+
+def document_cda(settings: Settings, document: Document, patient: Patient, site: Site, content: bytes) -> tuple[str, bytes]:
+    """The document's uniqueId and its validated CDA; raises PayloadError (CDA_INVALID / METADATA_INVALID)."""
+    unique_id = ids.document_unique_id(settings.structure.oid_root, document.document_id, document.version)
+    if document.mime_type == CDA_MIME:
+        xml = cda.check_passthrough_cda(content, document, patient, site)
+    else:
+        xml = cda.build_cda(document, patient, site, settings.structure, content, unique_id=unique_id)
+    validate.validate_cda(xml, document.document_id)
+    return unique_id, xml
+
+
+def submission(
+    settings: Settings,
+    sign: Credential,
+    *,
+    site: Site,
+    patient: Patient,
+    documents: list[tuple[Document, str, bytes]],  # (document, uniqueId, CDA)
+    submission_set_uid: str,
+    submission_set_entry_uuid: str,
+    submission_time: dt.datetime,
+) -> Prepared:
+    """Sign, assemble and validate the ITI-41 request of one patient's documents."""
+    oid_root = settings.structure.oid_root
+    entries = [
+        xds.Entry(document=d, patient=patient, cda=xml, unique_id=uid,
+                  entry_uuid=ids.entry_uuid(oid_root, d.document_id, d.version))
+        for d, uid, xml in documents
+    ]
+    signature_uid = ids.signature_unique_id(oid_root, submission_set_uid)
+    signature_xml = dsig.sign_submission_set(
+        sign,
+        submission_set_uid=submission_set_uid,
+        documents=[(e.unique_id, e.cda) for e in entries],
+        signature_id=signature_uid,
+        digest=settings.signature.digest,
+        xades_namespace=settings.signature.xades_namespace,
+        signing_time=submission_time,
+    )
+    request, attachments = xds.build_provide_and_register(
+        structure=settings.structure,
+        site=site,
+        patient=patient,
+        entries=entries,
+        submission=settings.submission,
+        submission_set_uid=submission_set_uid,
+        submission_set_entry_uuid=submission_set_entry_uuid,
+        submission_time=submission_time,
+        signature=xds.SignatureEntry(
+            xml=signature_xml,
+            unique_id=signature_uid,
+            entry_uuid=ids.signature_entry_uuid(oid_root, submission_set_uid),
+            signing_time=submission_time,
+        ),
+    )
+    errors = validate.xds_request_errors(request) or xds.metadata_errors(request, attachments)
+    if errors:
+        raise PayloadError("METADATA_INVALID", f"submission set {submission_set_uid}: {'; '.join(errors[:3])}")
+    token = vihf.build_vihf(
+        sign,
+        settings.vihf,
+        finess_geo=site.finess_geo,
+        facility_type=site.healthcare_facility_type,
+        patient_ins_cx=xds.ins_cx(patient),
+        subject_rpps=responsible_rpps(settings, [d for d, _, _ in documents]),
+    )
+    return Prepared(submission_set_uid, request, attachments, token, signature_xml,
+                    {uid: xml for _, uid, xml in documents})
+
+
+def responsible_rpps(settings: Settings, documents: list[Document]) -> str:
+    """VIHF subject (EXI 24): the RPPS of an author, or of the configured responsible physician; never generic."""
+    generic = set(settings.vihf.generic_rpps)
+    for d in documents:
+        if d.author_rpps and d.author_rpps not in generic:
+            return d.author_rpps
+    if settings.vihf.responsible_rpps:
+        return settings.vihf.responsible_rpps
+    raise PayloadError("METADATA_INVALID", "no non-generic RPPS for the VIHF subject: set vihf.responsible_rpps")

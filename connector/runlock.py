@@ -1,0 +1,54 @@
+"""One run at a time per ledger: an OS file lock beside a SQLite ledger, a session advisory lock on
+PostgreSQL. Both die with the process, so a crashed run never blocks the next one."""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from pathlib import Path
+
+import filelock
+import sqlalchemy as sa
+
+from connector.ledger.repo import Ledger
+
+
+class AlreadyRunning(RuntimeError):
+    """Another run holds the lock of this ledger."""
+
+
+@contextlib.contextmanager
+def run_lock(ledger: Ledger, state_dir: Path):
+    if ledger.is_postgresql:
+        key = zlib.crc32(b"dmp-connector run") & 0x7FFFFFFF
+        conn = ledger.engine.connect()
+        try:
+            if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                raise AlreadyRunning("another dmp-connector run holds this ledger's lock (PostgreSQL advisory lock)")
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+        finally:
+            conn.close()
+        return
+    path = _sqlite_lock_path(ledger, state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise AlreadyRunning(f"another dmp-connector run holds the lock {path}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _sqlite_lock_path(ledger: Ledger, state_dir: Path) -> Path:
+    database = ledger.engine.url.database
+    if database and database != ":memory:":
+        return Path(database).with_suffix(".run.lock")
+    return state_dir / "run.lock"
