@@ -1,0 +1,320 @@
+"""Reading an ITI-41 request back: structural checks of the DMP metadata and a parsed view.
+
+Used on both sides of the wire: the connector checks what it is about to send, the sandbox DMP
+checks and stores what it received. Messages name object ids and metadata names, never patient data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from lxml import etree
+
+from connector.payload import hl7
+from connector.payload.xds import (
+    DE_AUTHOR, DE_CLASS_CODE, DE_CONFIDENTIALITY, DE_FACILITY_TYPE, DE_FORMAT_CODE, DE_PATIENT_ID,
+    DE_PRACTICE_SETTING, DE_TYPE_CODE, DE_UNIQUE_ID, DOCUMENT_ENTRY, HAS_MEMBER, RIM, SIGNATURE_CLASS, SIGNS,
+    SS_AUTHOR, SS_CONTENT_TYPE, SS_PATIENT_ID, SS_SOURCE_ID, SS_UNIQUE_ID, SUBMISSION_SET, XDSB,
+)
+
+_R = f"{{{RIM}}}"
+OID_RE = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+DTM_RE = re.compile(r"^[0-9]{4}([0-9]{2}){0,5}$")
+SHA1_RE = re.compile(r"^[0-9a-fA-F]{40}$")
+
+_REQUIRED_DE_SLOTS = ("creationTime", "languageCode", "serviceStartTime", "hash", "size", "sourcePatientId")
+_REQUIRED_DE_CODES = {
+    DE_CLASS_CODE: "classCode",
+    DE_CONFIDENTIALITY: "confidentialityCode",
+    DE_FORMAT_CODE: "formatCode",
+    DE_FACILITY_TYPE: "healthcareFacilityTypeCode",
+    DE_PRACTICE_SETTING: "practiceSettingCode",
+    DE_TYPE_CODE: "typeCode",
+}
+
+
+@dataclass(frozen=True)
+class EntryView:
+    entry_uuid: str
+    unique_id: str | None
+    patient_id: str | None  # CX
+    hash: str | None
+    size: int | None
+    mime_type: str | None
+    finess_geo: str | None
+    type_code: str | None
+    class_code: str | None
+    format_code: str | None
+    confidentiality_codes: tuple[str, ...]
+    title: str | None
+
+
+@dataclass(frozen=True)
+class SubmissionView:
+    submission_set_uid: str | None
+    submission_set_entry_uuid: str | None
+    patient_id: str | None  # CX `<INS>^^^&<OID>&ISO^NH`
+    source_id: str | None
+    submission_time: str | None
+    finess_geo: str | None
+    content_type_code: str | None
+    entries: tuple[EntryView, ...]  # the documents, signature excluded
+    signature: EntryView | None
+
+    @property
+    def ins(self) -> tuple[str, str | None] | None:
+        """(INS, INS OID) of the patientId, or None."""
+        if not self.patient_id:
+            return None
+        value, oid, _ = hl7.parse_cx(self.patient_id)
+        return value, oid
+
+
+def parse_request(element: etree._Element) -> SubmissionView:
+    """What a ProvideAndRegisterDocumentSetRequest says; missing parts are None (see metadata_errors)."""
+    package = _submission_set(element)
+    ss_id = package.get("id") if package is not None else None
+    entries, signature = [], None
+    for eo in element.iter(f"{_R}ExtrinsicObject"):
+        view = _entry_view(eo)
+        if view.class_code == SIGNATURE_CLASS.code:
+            signature = view
+        else:
+            entries.append(view)
+    return SubmissionView(
+        submission_set_uid=_external_id(package, SS_UNIQUE_ID) if package is not None else None,
+        submission_set_entry_uuid=ss_id,
+        patient_id=_external_id(package, SS_PATIENT_ID) if package is not None else None,
+        source_id=_external_id(package, SS_SOURCE_ID) if package is not None else None,
+        submission_time=_slot(package, "submissionTime") if package is not None else None,
+        finess_geo=_finess(package, SS_AUTHOR) if package is not None else None,
+        content_type_code=_code(package, SS_CONTENT_TYPE) if package is not None else None,
+        entries=tuple(entries),
+        signature=signature,
+    )
+
+
+def metadata_errors(
+    element: etree._Element, attachments: dict[str, bytes], *, require_signature: bool = False
+) -> list[str]:
+    """Missing or inconsistent DMP metadata (notes §3) in a request and its attachments; [] if none."""
+    errors: list[str] = []
+    if element.tag != f"{{{XDSB}}}ProvideAndRegisterDocumentSetRequest":
+        return [f"root element is {element.tag}, not xdsb:ProvideAndRegisterDocumentSetRequest"]
+    package = _submission_set(element)
+    if package is None:
+        return ["no RegistryPackage classified as SubmissionSet"]
+    ss = package.get("id")
+    view = parse_request(element)
+
+    # Submission set.
+    time = _slot(package, "submissionTime")
+    if not time or not DTM_RE.match(time):
+        errors.append("SubmissionSet: submissionTime missing or not YYYYMMDD[hhmmss]")
+    errors += _author_errors(package, SS_AUTHOR, "SubmissionSet")
+    errors += _code_errors(package, SS_CONTENT_TYPE, "SubmissionSet", "contentTypeCode")
+    for scheme, label in ((SS_PATIENT_ID, "patientId"), (SS_SOURCE_ID, "sourceId"), (SS_UNIQUE_ID, "uniqueId")):
+        if not _external_id(package, scheme):
+            errors.append(f"SubmissionSet: {label} missing")
+    if view.submission_set_uid and not _short_oid(view.submission_set_uid):
+        errors.append("SubmissionSet: uniqueId is not an OID of at most 64 characters")
+    if view.source_id and not OID_RE.match(view.source_id):
+        errors.append("SubmissionSet: sourceId is not an OID")
+    if view.patient_id and not _is_ins_cx(view.patient_id):
+        errors.append("SubmissionSet: patientId is not a CX of type NH")
+
+    # Document entries (the signature document included).
+    extrinsic = list(element.iter(f"{_R}ExtrinsicObject"))
+    if not view.entries:
+        errors.append("no DocumentEntry")
+    finesses = {view.finess_geo} if view.finess_geo else set()
+    unique_ids: list[str] = [view.submission_set_uid or ""]
+    for eo in extrinsic:
+        eid = eo.get("id")
+        where = f"DocumentEntry {eid}"
+        if eo.get("objectType") != DOCUMENT_ENTRY:
+            errors.append(f"{where}: objectType is not DocumentEntry")
+        if not eo.get("mimeType"):
+            errors.append(f"{where}: mimeType missing")
+        for name in _REQUIRED_DE_SLOTS:
+            if not _slot(eo, name):
+                errors.append(f"{where}: {name} missing")
+        for name in ("creationTime", "serviceStartTime", "serviceStopTime"):
+            value = _slot(eo, name)
+            if value and not DTM_RE.match(value):
+                errors.append(f"{where}: {name} is not YYYYMMDD[hhmmss]")
+        errors += _author_errors(eo, DE_AUTHOR, where)
+        for scheme, label in _REQUIRED_DE_CODES.items():
+            errors += _code_errors(eo, scheme, where, label)
+        patient_id = _external_id(eo, DE_PATIENT_ID)
+        if not patient_id:
+            errors.append(f"{where}: patientId missing")
+        elif patient_id != view.patient_id:
+            errors.append(f"{where}: patientId differs from the SubmissionSet's")
+        unique_id = _external_id(eo, DE_UNIQUE_ID)
+        if not unique_id:
+            errors.append(f"{where}: uniqueId missing")
+        elif not _short_oid(unique_id):
+            errors.append(f"{where}: uniqueId is not an OID of at most 64 characters")
+        unique_ids.append(unique_id or "")
+        if finess := _finess(eo, DE_AUTHOR):
+            finesses.add(finess)
+        errors += _content_errors(eo, where, attachments)
+        if not _associated(element, HAS_MEMBER, ss, eid):
+            errors.append(f"{where}: no HasMember association from the SubmissionSet")
+
+    if len(finesses) > 1:
+        errors.append(f"authorInstitution: FINESS géographique not identical everywhere ({', '.join(sorted(finesses))})")
+    duplicates = sorted({u for u in unique_ids if u and unique_ids.count(u) > 1})
+    if duplicates:
+        errors.append(f"uniqueId used twice: {', '.join(duplicates)}")
+    known = {eo.get("id") for eo in extrinsic}
+    for doc in element.findall(f"{{{XDSB}}}Document"):
+        if doc.get("id") not in known:
+            errors.append(f"xdsb:Document {doc.get('id')}: no DocumentEntry with this id")
+    if view.signature is not None and not _associated(element, SIGNS, view.signature.entry_uuid, ss):
+        errors.append(f"DocumentEntry {view.signature.entry_uuid}: signature without a 'signs' association")
+    if require_signature and view.signature is None:
+        errors.append("no submission-set signature document")
+    return errors
+
+
+# --- internals ----------------------------------------------------------------------------------
+
+
+def _submission_set(element: etree._Element) -> etree._Element | None:
+    for cl in element.iter(f"{_R}Classification"):
+        if cl.get("classificationNode") == SUBMISSION_SET:
+            target = cl.get("classifiedObject")
+            for package in element.iter(f"{_R}RegistryPackage"):
+                if package.get("id") == target:
+                    return package
+    return None
+
+
+def _slots(owner: etree._Element, name: str) -> list[str]:
+    return [
+        (v.text or "").strip()
+        for slot in owner.findall(f"{_R}Slot")
+        if slot.get("name") == name
+        for v in slot.iterfind(f"{_R}ValueList/{_R}Value")
+    ]
+
+
+def _slot(owner: etree._Element, name: str) -> str | None:
+    values = _slots(owner, name)
+    return values[0] if values and values[0] else None
+
+
+def _classifications(owner: etree._Element, scheme: str) -> list[etree._Element]:
+    return [c for c in owner.findall(f"{_R}Classification") if c.get("classificationScheme") == scheme]
+
+
+def _code(owner: etree._Element, scheme: str) -> str | None:
+    found = _classifications(owner, scheme)
+    return (found[0].get("nodeRepresentation") or None) if found else None
+
+
+def _codes(owner: etree._Element, scheme: str) -> tuple[str, ...]:
+    return tuple(c.get("nodeRepresentation") or "" for c in _classifications(owner, scheme))
+
+
+def _external_id(owner: etree._Element, scheme: str) -> str | None:
+    for ei in owner.findall(f"{_R}ExternalIdentifier"):
+        if ei.get("identificationScheme") == scheme:
+            return ei.get("value") or None
+    return None
+
+
+def _finess(owner: etree._Element, author_scheme: str) -> str | None:
+    for author in _classifications(owner, author_scheme):
+        for institution in _slots(author, "authorInstitution"):
+            if finess := hl7.xon_finess(institution):
+                return finess
+    return None
+
+
+def _name(owner: etree._Element) -> str | None:
+    node = owner.find(f"{_R}Name/{_R}LocalizedString")
+    return node.get("value") if node is not None else None
+
+
+def _entry_view(eo: etree._Element) -> EntryView:
+    size = _slot(eo, "size")
+    return EntryView(
+        entry_uuid=eo.get("id"),
+        unique_id=_external_id(eo, DE_UNIQUE_ID),
+        patient_id=_external_id(eo, DE_PATIENT_ID),
+        hash=_slot(eo, "hash"),
+        size=int(size) if size and size.isdigit() else None,
+        mime_type=eo.get("mimeType"),
+        finess_geo=_finess(eo, DE_AUTHOR),
+        type_code=_code(eo, DE_TYPE_CODE),
+        class_code=_code(eo, DE_CLASS_CODE),
+        format_code=_code(eo, DE_FORMAT_CODE),
+        confidentiality_codes=_codes(eo, DE_CONFIDENTIALITY),
+        title=_name(eo),
+    )
+
+
+def _author_errors(owner: etree._Element, scheme: str, where: str) -> list[str]:
+    authors = _classifications(owner, scheme)
+    if not authors:
+        return [f"{where}: author missing"]
+    errors = []
+    for author in authors:
+        person = _slot(author, "authorPerson")
+        if not person:
+            errors.append(f"{where}: authorPerson missing")
+        institution = _slot(author, "authorInstitution")
+        if not institution:
+            errors.append(f"{where}: authorInstitution missing")
+        elif not hl7.xon_finess(institution):
+            errors.append(f"{where}: authorInstitution carries no FINESS (IDNST)")
+    return errors
+
+
+def _code_errors(owner: etree._Element, scheme: str, where: str, label: str) -> list[str]:
+    found = _classifications(owner, scheme)
+    if not found:
+        return [f"{where}: {label} missing"]
+    errors = []
+    for cl in found:
+        if not cl.get("nodeRepresentation"):
+            errors.append(f"{where}: {label} without code")
+        if not _slot(cl, "codingScheme"):
+            errors.append(f"{where}: {label} without codingScheme")
+    return errors
+
+
+def _content_errors(eo: etree._Element, where: str, attachments: dict[str, bytes]) -> list[str]:
+    content = attachments.get(eo.get("id"))
+    if content is None:
+        return [f"{where}: no attached document"]
+    errors = []
+    declared_hash, declared_size = _slot(eo, "hash"), _slot(eo, "size")
+    if declared_hash and (
+        not SHA1_RE.match(declared_hash) or declared_hash.lower() != hashlib.sha1(content).hexdigest()
+    ):
+        errors.append(f"{where}: hash does not match the attached document")
+    if declared_size and declared_size != str(len(content)):
+        errors.append(f"{where}: size does not match the attached document")
+    return errors
+
+
+def _associated(element: etree._Element, kind: str, source: str | None, target: str | None) -> bool:
+    return any(
+        a.get("associationType") == kind and a.get("sourceObject") == source and a.get("targetObject") == target
+        for a in element.iter(f"{_R}Association")
+    )
+
+
+def _short_oid(value: str) -> bool:
+    return bool(OID_RE.match(value)) and len(value) <= 64
+
+
+def _is_ins_cx(value: str) -> bool:
+    ident, oid, type_code = hl7.parse_cx(value)
+    return bool(ident) and bool(oid) and type_code == "NH"
