@@ -1,7 +1,7 @@
 """Eligibility rules: may this store document be fed to the DMP now, and if not, why.
 
 Pure functions over the store's `Document`/`Patient` values and the settings: no I/O except reading the
-JDV_J07 value set once per process. A refusal is a `Skip(reason, detail)`; `reason` is one of `Reason`
+JDV_J07 value set once per process (connector.payload.codes). A refusal is a `Skip(reason, detail)`; `reason` is one of `Reason`
 (stable codes for the ledger, reports and replay), `detail` tells an operator which field to correct and
 never contains an INS, a name, a birth date or document content.
 """
@@ -11,13 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cache
-
-from lxml import etree
-
 from connector import ins
 from connector.config import Settings
-from connector.resources import ans_kit
+from connector.payload.codes import is_type_code
 from connector.store import Document, Patient
 
 
@@ -182,10 +178,11 @@ def _missing_birth_traits(patient: Patient) -> str | None:
 
 def _missing_metadata(document: Document) -> str | None:
     if not document.author_rpps:
-        return "author_rpps is empty"
+        return "dmp_document.author_rpps is empty"
     if not _RPPS.match(document.author_rpps):
-        return "author_rpps is not 11 digits"
-    for column in ("created_at", "service_start", "title"):
+        return "dmp_document.author_rpps is not 11 digits"
+    # title may be empty: the builders fall back to the type code's display name
+    for column in ("created_at", "service_start"):
         if not getattr(document, column):
             return f"dmp_document.{column} is empty"
     return None
@@ -194,23 +191,3 @@ def _missing_metadata(document: Document) -> str | None:
 def _looks_like_xml(content: bytes) -> bool:
     head = content[:64].removeprefix(b"\xef\xbb\xbf").lstrip()
     return head.startswith(b"<")
-
-
-# --- value set JDV_J07 (XDS typeCode) --------------------------------------------------------
-# TODO: swap for connector.payload.codes.is_type_code once it exists (same contract).
-
-_SVS = "{urn:ihe:iti:svs:2008}"
-
-
-@cache
-def _j07_codes() -> frozenset[str]:
-    path = ans_kit() / "jeuxDeValeurs" / "JDV_J07_XdsTypeCode_CISIS.xml"
-    parser = etree.XMLParser(resolve_entities=False, no_network=True)
-    tree = etree.parse(str(path), parser)
-    return frozenset(c.get("code") for c in tree.iter(f"{_SVS}Concept"))
-
-
-def is_type_code(code: str) -> bool:
-    """True if `code` is an XDS typeCode of JDV_J07."""
-    return code in _j07_codes()
-
