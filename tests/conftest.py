@@ -119,3 +119,30 @@ def document() -> Document:
 
 def replace(obj, **changes):
     return dataclasses.replace(obj, **changes)
+
+
+# --- PostgreSQL: a required component. Tests that need it FAIL (never skip) when it is unreachable. ----
+
+PG_URL = __import__("os").environ.get("DMP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_url():
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards (tests stay independent)."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(PG_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required at {PG_URL} and is unreachable: {exc.orig}")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()

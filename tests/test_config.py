@@ -1,0 +1,84 @@
+"""Configuration: the example loads, every error names its key."""
+
+from pathlib import Path
+
+import pytest
+
+from connector import config
+from conftest import settings_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _example_dir(tmp_path):
+    text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
+    (tmp_path / "pki").mkdir()
+    for name in ("ca.pem", "auth_cli.p12", "auth_cli.pass", "sign.p12", "sign.pass"):
+        (tmp_path / "pki" / name).write_bytes(b"x")
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_example_config_loads_with_every_key(tmp_path):
+    s = config.load(_example_dir(tmp_path))
+    assert s.structure.finess_ej == "0B0999999"
+    assert [x.finess_geo for x in s.structure.sites] == ["0B0999998", "0B0999997"]
+    assert s.dmp.repository_url.endswith("/si-dmp-server/v2/services/repository")
+    assert s.dmp.registry_url.endswith("/registry")
+    assert s.store.url == f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    assert s.certificates.sign.p12 == tmp_path / "pki" / "sign.p12"
+    assert s.signature.digest == "sha1" and s.vihf.version == "3.0"
+
+
+def test_ledger_defaults_to_sqlite_in_state_dir(tmp_path):
+    data = settings_dict(tmp_path)
+    del data["ledger"]
+    s = config.from_dict(data, base=tmp_path)
+    assert s.ledger.url == f"sqlite:///{tmp_path / 'state' / 'ledger.sqlite3'}"
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda d: d["structure"].pop("finess_ej"), "structure.finess_ej: missing"),
+        (lambda d: d["structure"].update(finess_ej="12345"), "structure.finess_ej"),
+        (lambda d: d["structure"].update(oid_root="1.2.abc"), "structure.oid_root"),
+        (lambda d: d["structure"]["sites"][1].update(finess_geo="0B0999998"), "configured twice"),
+        (lambda d: d["structure"]["sites"][0].update(healthcare_facility_type="01"), "structure.sites[0].healthcare_facility_type"),
+        (lambda d: d["structure"].update(sites=[]), "structure.sites"),
+        (lambda d: d["dmp"].update(base_url="http://insecure"), "dmp.base_url"),
+        (lambda d: d["dmp"].update(environment="prod"), "dmp.environment"),
+        (lambda d: d["dmp"].update(max_in_flight=0), "dmp.max_in_flight"),
+        (lambda d: d["store"].update(url="not a url"), "store.url"),
+        (lambda d: d["store"].update(write_back="yes"), "store.write_back"),
+        (lambda d: d.update(certificates={"auth_cli": {"p12": "missing.p12", "password_file": "x"}}), "certificates.auth_cli.p12"),
+        (lambda d: d["dmp"].update(bse_url="typo"), "dmp.bse_url: unknown key"),
+        (lambda d: d.update(signature={"digest": "md5"}), "signature.digest"),
+        (lambda d: d.update(vihf={"responsible_rpps": "123"}), "vihf.responsible_rpps"),
+    ],
+)
+def test_errors_name_the_key(tmp_path, mutate, key):
+    data = settings_dict(tmp_path)
+    mutate(data)
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict(data, base=tmp_path)
+    assert key in str(err.value)
+
+
+def test_malformed_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[structure\nfiness_ej = 1", encoding="utf-8")
+    with pytest.raises(config.ConfigError, match="not valid TOML"):
+        config.load(bad)
+    with pytest.raises(config.ConfigError, match="file not found"):
+        config.load(tmp_path / "nope.toml")
+    with pytest.raises(config.ConfigError, match="DMP_CONNECTOR_CONFIG"):
+        config.load(None)
+
+
+def test_password_is_read_from_its_file(tmp_path):
+    (tmp_path / "p").write_bytes(b"s3cret\n")
+    c = config.CertificateSettings(p12=tmp_path / "x.p12", password_file=tmp_path / "p")
+    assert c.password() == b"s3cret"
+    assert "s3cret" not in repr(c)

@@ -1,0 +1,117 @@
+"""The ledger on SQLite and PostgreSQL: migrations, write-ahead submissions, state rules, run lock."""
+
+import datetime as dt
+
+import pytest
+import sqlalchemy as sa
+
+from connector.ledger import migrate
+from connector.ledger.repo import LedgerError, SubmissionDoc, open_ledger, utcnow
+from connector.ledger.schema import DEFERRED, FAILED, FED, PENDING, SKIPPED, SUBMITTING, documents
+from connector.runlock import AlreadyRunning, run_lock
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request, tmp_path):
+    if request.param == "sqlite":
+        return open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    url = request.getfixturevalue("pg_url")
+    with pytest.raises(LedgerError, match="db upgrade"):
+        open_ledger(url)  # PostgreSQL is never migrated behind the operator's back
+    return open_ledger(url, auto_migrate=True)
+
+
+def _state(ledger, key):
+    with ledger.engine.connect() as conn:
+        return conn.execute(sa.select(documents).where(documents.c.document_id == key[0], documents.c.version == key[1])).one()
+
+
+def _pending(ledger, run_id, *keys):
+    ledger.record_decisions([dict(document_id=k, version=v, patient_id="IPP-1", state=PENDING) for k, v in keys], run_id)
+
+
+def test_migrated_to_head(ledger):
+    assert migrate.current(ledger.engine) == migrate.head()
+
+
+def test_write_ahead_ids_are_committed_and_reused(ledger):
+    run_id = ledger.start_run("run")
+    _pending(ledger, run_id, ("D1", 1), ("D2", 1))
+    docs = [SubmissionDoc("D1", 1, "1.2.3.1", "urn:uuid:a"), SubmissionDoc("D2", 1, "1.2.3.2", "urn:uuid:b")]
+    t0 = dt.datetime(2026, 11, 21, 1, 0, 0)
+    rec = ledger.journal_submission(submission_set_uid="1.2.3.9", entry_uuid="urn:uuid:s", patient_id="IPP-1",
+                                    finess_geo="0B0999998", submission_time=t0, docs=docs, run_id=run_id)
+    assert rec.state == SUBMITTING and [d.unique_id for d in rec.documents] == ["1.2.3.1", "1.2.3.2"]
+    assert _state(ledger, ("D1", 1)).state == SUBMITTING
+    # A crash here leaves the submission open: the next run finds it, with the same ids and time.
+    assert ledger.open_submissions() == [rec.id]
+    again = ledger.journal_submission(submission_set_uid="1.2.3.9", entry_uuid="urn:uuid:other", patient_id="IPP-1",
+                                      finess_geo="0B0999998", submission_time=utcnow(), docs=docs, run_id=run_id + 1)
+    assert again.id == rec.id and again.submission_time == t0 and again.entry_uuid == "urn:uuid:s"
+
+
+def test_settle_fed_and_decisions_never_downgrade_it(ledger):
+    run_id = ledger.start_run("run")
+    _pending(ledger, run_id, ("D1", 1))
+    rec = ledger.journal_submission(submission_set_uid="1.9", entry_uuid="urn:uuid:s", patient_id="IPP-1",
+                                    finess_geo="0B0999998", submission_time=utcnow(),
+                                    docs=[SubmissionDoc("D1", 1, "1.9.1", "urn:uuid:a")], run_id=run_id)
+    ledger.record_attempt(rec.id)
+    ledger.settle_submission(rec.id, state=FED, outcome="accepted")
+    row = _state(ledger, ("D1", 1))
+    assert row.state == FED and row.fed_at is not None and row.attempts == 1
+    ledger.record_decisions([dict(document_id="D1", version=1, patient_id="IPP-1", state=SKIPPED, reason="X")], run_id)
+    assert _state(ledger, ("D1", 1)).state == FED
+    assert ledger.open_submissions() == []
+
+
+def test_deferred_is_due_only_after_next_attempt(ledger):
+    run_id = ledger.start_run("run")
+    _pending(ledger, run_id, ("D1", 1))
+    rec = ledger.journal_submission(submission_set_uid="1.8", entry_uuid="urn:uuid:s", patient_id="IPP-1",
+                                    finess_geo="0B0999998", submission_time=utcnow(),
+                                    docs=[SubmissionDoc("D1", 1, "1.8.1", "urn:uuid:a")], run_id=run_id)
+    later = utcnow() + dt.timedelta(minutes=15)
+    ledger.settle_submission(rec.id, state=DEFERRED, outcome="transient", error_code="XDSRegistryBusy",
+                             next_attempt_at=later, reason="TRANSIENT_ERROR")
+    assert ledger.open_submissions() == []
+    assert ledger.open_submissions(now=later + dt.timedelta(seconds=1)) == [rec.id]
+
+
+def test_skips_are_recorded_and_reevaluated(ledger):
+    run_id = ledger.start_run("run")
+    ledger.record_decisions([dict(document_id="D1", version=1, patient_id="IPP-1", state=SKIPPED,
+                                  reason="INS_NOT_QUALIFIED")], run_id)
+    assert _state(ledger, ("D1", 1)).reason == "INS_NOT_QUALIFIED"
+    _pending(ledger, run_id, ("D1", 1))  # the INS became qualified
+    row = _state(ledger, ("D1", 1))
+    assert row.state == PENDING and row.reason is None
+
+
+def test_failed_documents_keep_their_reason(ledger):
+    run_id = ledger.start_run("run")
+    ledger.fail_documents([("D1", 1)], "CDA_INVALID", "D1: schematron error", run_id, "IPP-1")
+    row = _state(ledger, ("D1", 1))
+    assert (row.state, row.reason) == (FAILED, "CDA_INVALID")
+    _pending(ledger, run_id, ("D1", 1))
+    assert _state(ledger, ("D1", 1)).state == FAILED  # only a replay requeues a failure
+
+
+def test_audit_and_runs(ledger):
+    run_id = ledger.start_run("run")
+    ledger.audit(run_id=run_id, action="ITI-41", outcome="accepted", finess_geo="0B0999998", rpps="10001234567",
+                 submission_set_uid="1.2", document_ids=["D1:1"])
+    ledger.finish_run(run_id, "done", {"fed": 1})
+    from connector.actions.status import collect
+
+    report = collect(ledger)
+    assert report["last_runs"][0]["counts"] == {"fed": 1}
+
+
+def test_one_run_at_a_time(ledger, tmp_path):
+    with run_lock(ledger, tmp_path):
+        with pytest.raises(AlreadyRunning):
+            with run_lock(open_ledger(str(ledger.engine.url.render_as_string(hide_password=False))), tmp_path):
+                pass
+    with run_lock(ledger, tmp_path):  # released: the next run proceeds
+        pass
