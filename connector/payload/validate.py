@@ -1,0 +1,353 @@
+"""Validation against the official schemas vendored in `schemas/`: the ANS CDA XSD and the ANS
+"structuration minimale" schematron for CDA documents, the IHE XDS.b / ebRS schemas for ITI-41
+requests, the OASIS schema for SAML assertions.
+
+Each schema or stylesheet is compiled once per process, lazily, under a lock; validation calls are
+serialised per validator (lxml schema objects keep their error log, and concurrent Saxon transforms
+gave no speed-up when measured), so all functions are safe to call from several threads.
+
+The schematron (ART-DECOR, queryBinding xslt2) is turned into XSLT with lxml's shipped ISO skeleton
+(include -> abstract-expand -> queryBinding "xslt" -> iso_svrl_for_xslt1.xsl) and run by Saxon (XSLT 3).
+Generating that XSLT takes ~10 s, so it is cached on disk, keyed by a hash of its inputs; Saxon's
+compilation (~12 s, SaxonC-HE cannot export it) is paid once per process.
+
+Error strings never carry patient data: schematron messages have their value-of fragments that could
+echo document values redacted at generation time, and XSD messages have quoted values redacted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+
+import lxml
+import lxml.isoschematron
+from lxml import etree
+
+from connector.payload.errors import CDA_INVALID, PayloadError
+from connector.resources import ans_kit, schemas_dir
+
+_RECIPE_VERSION = "1"  # bump when the generation below changes, to invalidate cached stylesheets
+_SCH = "{http://purl.oclc.org/dsdl/schematron}"
+_SVRL = "{http://purl.oclc.org/dsdl/svrl}"
+_SVS = "{urn:ihe:iti:svs:2008}"
+_TYPE_CODE_VOC = "voc-1.2.250.1.213.1.1.5.471-DYNAMIC.xml"  # JDV_J07, referenced but not shipped by the kit
+
+# value-of expressions in assertion messages that cannot echo document values (kept as is);
+# any other (e.g. @value, @extension, $theTS) is replaced by "…".
+_SAFE_VALUE_OF = {
+    "namespace-uri-from-QName(resolve-QName(@xsi:type,.))",
+    "local-name-from-QName(resolve-QName(@xsi:type,.))",
+    "local-name()", "name()", "$name", "@use", "@hl7:use", "@codeSystem", "@codeSystemName",
+    "@typeCode", "@classCode", "@moodCode", "@qualifier", "$urlScheme",
+    "string-length(@root)", "string-length(@extension)",
+}
+
+
+def _safe_parser() -> etree.XMLParser:
+    """A parser for foreign XML: no entity expansion, no network, no huge trees."""
+    return etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
+
+
+def parse_untrusted(xml: bytes) -> etree._ElementTree:
+    """Parse foreign XML safely; raise ValueError (without echoing content) on a DOCTYPE or bad XML.
+
+    A DOCTYPE is refused outright: CDA, ebXML and SAML never need one, and it is the carrier of
+    entity bombs and external entities (XXE)."""
+    try:
+        tree = etree.ElementTree(etree.fromstring(xml, _safe_parser()))
+    except etree.XMLSyntaxError as exc:
+        raise ValueError(f"not well-formed XML (line {exc.lineno})") from None
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+        raise ValueError("a DOCTYPE is not allowed")
+    return tree
+
+
+# --- XSD ----------------------------------------------------------------------------------------
+
+_XML_XSD = "SAML-Toolkits-python3-saml/src/onelogin/saml2/schemas/xml.xsd"
+_REMOTE_SCHEMAS = {  # remote schemaLocations of the vendored XSDs -> local copies
+    "http://www.w3.org/2001/xml.xsd": _XML_XSD,
+    "https://www.w3.org/2001/xml.xsd": _XML_XSD,
+}
+
+
+class _LocalSchemas(etree.Resolver):
+    def resolve(self, url, pubid, context):
+        local = _REMOTE_SCHEMAS.get(url)
+        return self.resolve_filename(str(schemas_dir() / local), context) if local else None
+
+
+def _compile_xsd(text_or_path: str | Path) -> etree.XMLSchema:
+    parser = etree.XMLParser(no_network=True, resolve_entities=False)
+    parser.resolvers.add(_LocalSchemas())
+    if isinstance(text_or_path, Path):
+        doc = etree.parse(str(text_or_path), parser)
+    else:
+        doc = etree.ElementTree(etree.fromstring(text_or_path.encode(), parser, base_url=str(schemas_dir()) + "/"))
+    return etree.XMLSchema(doc)
+
+
+def _ebxml_driver() -> str:
+    """One schema importing every ITI-41/ITI-18 message root (xdsb, lcm, query, rs)."""
+    ebrs = schemas_dir() / "IHE-IT-Infrastructure/schema/ebRS"
+    imports = {
+        "urn:ihe:iti:xds-b:2007": schemas_dir() / "IHE-IT-Infrastructure/schema/IHE/XDS.b_DocumentRepository.xsd",
+        "urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0": ebrs / "lcm.xsd",
+        "urn:oasis:names:tc:ebxml-regrep:xsd:query:3.0": ebrs / "query.xsd",
+        "urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0": ebrs / "rs.xsd",
+    }
+    lines = "".join(f'<xs:import namespace="{ns}" schemaLocation="{p.as_uri()}"/>' for ns, p in imports.items())
+    return f'<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">{lines}</xs:schema>'
+
+
+class _XsdValidator:
+    """A lazily compiled XMLSchema, used under a lock (lxml keeps the error log on the object)."""
+
+    def __init__(self, source):
+        self._source = source  # callable -> Path or schema text
+        self._schema: etree.XMLSchema | None = None
+        self._lock = threading.Lock()
+
+    def errors(self, tree) -> list[str]:
+        with self._lock:
+            if self._schema is None:
+                self._schema = _compile_xsd(self._source())
+            if self._schema.validate(tree):
+                return []
+            return [f"{_readable_path(tree, e.path)}: {_redact_xsd(e.message)}" for e in self._schema.error_log]
+
+
+def _readable_path(tree: etree._ElementTree, path: str | None) -> str:
+    """libxml2's `/*/*[14]/*[6]` as `/ClinicalDocument/recordTarget[1]/…` (local names, positions)."""
+    try:
+        found = tree.xpath(path) if path else []
+    except etree.XPathError:
+        found = []
+    if not found or not isinstance(found[0], etree._Element):
+        return path or "/"
+    steps, node = [], found[0]
+    while node is not None:
+        name = etree.QName(node).localname
+        parent = node.getparent()
+        same = [n for n in parent if n.tag == node.tag] if parent is not None else [node]
+        steps.append(name if len(same) == 1 else f"{name}[{same.index(node) + 1}]")
+        node = parent
+    return "/" + "/".join(reversed(steps))
+
+
+def _redact_xsd(message: str) -> str:
+    message = re.sub(r"The value '[^']*'", "The value '…'", message)
+    return re.sub(r": '[^']*' is not a valid value", ": '…' is not a valid value", message)
+
+
+_cda_xsd = _XsdValidator(lambda: ans_kit() / "infrastructure/cda/CDA_extended.xsd")
+_ebxml_xsd = _XsdValidator(_ebxml_driver)
+_saml_xsd = _XsdValidator(
+    lambda: schemas_dir() / "SAML-Toolkits-python3-saml/src/onelogin/saml2/schemas/saml-schema-assertion-2.0.xsd"
+)
+
+_EBXML_ROOTS = {
+    "{urn:ihe:iti:xds-b:2007}ProvideAndRegisterDocumentSetRequest",
+    "{urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0}SubmitObjectsRequest",
+    "{urn:oasis:names:tc:ebxml-regrep:xsd:query:3.0}AdhocQueryRequest",
+    "{urn:oasis:names:tc:ebxml-regrep:xsd:query:3.0}AdhocQueryResponse",
+    "{urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0}RegistryResponse",
+}
+
+
+def _tree(element_or_bytes) -> etree._ElementTree:
+    if isinstance(element_or_bytes, (bytes, bytearray)):
+        return parse_untrusted(bytes(element_or_bytes))
+    if isinstance(element_or_bytes, etree._ElementTree):
+        return element_or_bytes
+    # validate a detached copy: the element may sit inside a SOAP envelope
+    return etree.ElementTree(etree.fromstring(etree.tostring(element_or_bytes)))
+
+
+def xds_request_errors(element_or_bytes) -> list[str]:
+    """Schema errors of an ITI-41 request (xdsb:ProvideAndRegisterDocumentSetRequest) or of an
+    lcm:SubmitObjectsRequest, query:AdhocQueryRequest/Response or rs:RegistryResponse; [] if valid."""
+    try:
+        tree = _tree(element_or_bytes)
+    except ValueError as exc:
+        return [str(exc)]
+    if tree.getroot().tag not in _EBXML_ROOTS:
+        return [f"unexpected root element {tree.getroot().tag}"]
+    return _ebxml_xsd.errors(tree)
+
+
+def saml_assertion_errors(element_or_bytes) -> list[str]:
+    """Schema errors of a saml:Assertion (VIHF) against the OASIS SAML 2.0 schema; [] if valid."""
+    try:
+        tree = _tree(element_or_bytes)
+    except ValueError as exc:
+        return [str(exc)]
+    if tree.getroot().tag != "{urn:oasis:names:tc:SAML:2.0:assertion}Assertion":
+        return [f"unexpected root element {tree.getroot().tag}"]
+    return _saml_xsd.errors(tree)
+
+
+# --- schematron -------------------------------------------------------------------------------
+
+def _schematron_dir() -> Path:
+    return ans_kit() / "schematrons/profils/structurationMinimale"
+
+
+def _cache_root() -> Path:
+    """Where derived files go: $DMP_CONNECTOR_CACHE_DIR, systemd's $CACHE_DIRECTORY, the XDG cache,
+    or (if none is writable) a private temporary directory."""
+    for candidate in (
+        os.environ.get("DMP_CONNECTOR_CACHE_DIR"),
+        (os.environ.get("CACHE_DIRECTORY") or "").split(":")[0] or None,
+        os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dmp-connector"),
+    ):
+        if candidate:
+            try:
+                Path(candidate).mkdir(parents=True, exist_ok=True)
+                if os.access(candidate, os.W_OK):
+                    return Path(candidate)
+            except OSError:
+                pass
+    return Path(tempfile.mkdtemp(prefix="dmp-connector-"))
+
+
+def _inputs_hash() -> str:
+    h = hashlib.sha256(f"{_RECIPE_VERSION}|{lxml.__version__}|{ans_kit()}".encode())
+    for path in sorted(_schematron_dir().rglob("*")) + [ans_kit() / "jeuxDeValeurs/JDV_J07_XdsTypeCode_CISIS.xml"]:
+        if path.is_file():
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _type_code_voc() -> bytes:
+    """JDV_J07 in ART-DECOR's `voc-*.xml` layout (valueSets/valueSet/conceptList/concept), as the
+    schematron's doc('include/voc-1.2.250.1.213.1.1.5.471-DYNAMIC.xml') expects it."""
+    j07 = etree.parse(str(ans_kit() / "jeuxDeValeurs/JDV_J07_XdsTypeCode_CISIS.xml"), _safe_parser())
+    root = etree.Element("{urn:hl7-org:v3}valueSets", nsmap={"hl7": "urn:hl7-org:v3"})
+    vs = etree.SubElement(root, "valueSet", id="1.2.250.1.213.1.1.5.471", name="JDV_J07_XdsTypeCode_CISIS")
+    concepts = etree.SubElement(vs, "conceptList")
+    for c in j07.iter(f"{_SVS}Concept"):
+        etree.SubElement(concepts, "concept", code=c.get("code"), codeSystem=c.get("codeSystem"),
+                         displayName=c.get("displayName") or "")
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def _generate_stylesheet(directory: Path) -> str:
+    """The SVRL-producing XSLT of the structuration minimale schematron (text)."""
+    skeleton = Path(lxml.isoschematron.__file__).parent / "resources/xsl/iso-schematron-xslt1"
+    step = lambda name: etree.XSLT(etree.parse(str(skeleton / name)))  # noqa: E731
+    schema = etree.parse(str(_schematron_dir() / "ASIP-STRUCT-MIN-StrucMin.sch"))
+    schema = step("iso_abstract_expand.xsl")(step("iso_dsdl_include.xsl")(schema))
+    root = schema.getroot()
+    root.set("queryBinding", "xslt")  # the XSLT1 skeleton only accepts xslt; Saxon runs the XPath 2 tests
+    for value_of in root.iter(f"{_SCH}value-of"):
+        if value_of.get("select") not in _SAFE_VALUE_OF:
+            value_of.getparent().replace(value_of, _text_element(value_of))
+    svrl = step("iso_svrl_for_xslt1.xsl")(schema, **{"generate-fired-rule": "'false'"})
+    xsl = etree.tostring(svrl, encoding="unicode")
+    # ART-DECOR value sets are loaded relative to the schematron: point them at the kit, and the one
+    # the kit lacks at our generated copy.
+    xsl = xsl.replace(f"doc('include/{_TYPE_CODE_VOC}')", f"doc('{(directory / _TYPE_CODE_VOC).as_uri()}')")
+    return xsl.replace("doc('include/", f"doc('{(_schematron_dir() / 'include').as_uri()}/")
+
+
+def _text_element(value_of: etree._Element) -> etree._Element:
+    text = etree.Element(f"{_SCH}emph")
+    text.text = "…"
+    text.tail = value_of.tail
+    return text
+
+
+def stylesheet_path() -> Path:
+    """The generated schematron XSLT (and its value set), built once and reused across processes."""
+    directory = _cache_root() / f"strucmin-{_inputs_hash()}"
+    xsl_path = directory / "strucmin.xsl"
+    if xsl_path.is_file():
+        return xsl_path
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_atomically(directory / _TYPE_CODE_VOC, _type_code_voc())
+    _write_atomically(xsl_path, _generate_stylesheet(directory).encode("utf-8"))
+    return xsl_path
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class _Schematron:
+    """The compiled schematron; Saxon objects are created and used under one lock."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._processor = None
+        self._executable = None
+
+    def _compile(self) -> None:
+        from saxonche import PySaxonProcessor  # heavy: imported on first use
+
+        self._processor = PySaxonProcessor(license=False)
+        compiler = self._processor.new_xslt30_processor()
+        self._executable = compiler.compile_stylesheet(stylesheet_file=str(stylesheet_path()))
+
+    def warm_up(self) -> None:
+        with self._lock:
+            if self._executable is None:
+                self._compile()
+
+    def svrl(self, tree: etree._ElementTree) -> etree._Element:
+        text = etree.tostring(tree, encoding="unicode")
+        with self._lock:
+            if self._executable is None:
+                self._compile()
+            node = self._processor.parse_xml(xml_text=text)
+            out = self._executable.transform_to_string(xdm_node=node)
+        return etree.fromstring(out.encode("utf-8"))
+
+
+_schematron = _Schematron()
+
+
+def warm_up() -> None:
+    """Compile the CDA schematron now (~10-25 s the first time), e.g. while the run scans the store."""
+    _schematron.warm_up()
+
+
+def schematron_errors(tree: etree._ElementTree) -> list[str]:
+    """Failed assertions of role error (or without role) of the structuration minimale schematron."""
+    errors = []
+    for failed in _schematron.svrl(tree).iter(f"{_SVRL}failed-assert"):
+        if failed.get("role") in (None, "", "error", "fatal"):
+            text = " ".join("".join(failed.find(f"{_SVRL}text").itertext()).split())
+            errors.append(f"{_short_path(failed.get('location') or '')}: {text}")
+    return errors
+
+
+def _short_path(location: str) -> str:
+    """`/*[local-name()='ClinicalDocument' and namespace-uri()='urn:hl7-org:v3']/…` -> `/ClinicalDocument/…`."""
+    return re.sub(r"\*\[local-name\(\)='([^']+)' and namespace-uri\(\)='[^']*'\]", r"\1", location)
+
+
+def cda_errors(xml: bytes) -> list[str]:
+    """All errors of a CDA document: ANS CDA XSD, then the structuration minimale schematron. [] = valid."""
+    try:
+        tree = parse_untrusted(xml)
+    except ValueError as exc:
+        return [str(exc)]
+    return [f"XSD {e}" for e in _cda_xsd.errors(tree)] + [f"schematron {e}" for e in schematron_errors(tree)]
+
+
+def validate_cda(xml: bytes, document_id: str) -> None:
+    """Raise PayloadError(CDA_INVALID) naming the document and its first errors if the CDA is invalid."""
+    errors = cda_errors(xml)
+    if errors:
+        more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise PayloadError(CDA_INVALID, f"{document_id}: {'; '.join(errors[:3])}{more}")
