@@ -1,9 +1,9 @@
 """Eligibility rules: may this store document be fed to the DMP now, and if not, why.
 
-Pure functions over the store's `Document`/`Patient` values and the settings: no I/O except reading the
-JDV_J07 value set once per process (connector.payload.codes). A refusal is a `Skip(reason, detail)`; `reason` is one of `Reason`
-(stable codes for the ledger, reports and replay), `detail` tells an operator which field to correct and
-never contains an INS, a name, a birth date or document content.
+Pure functions over the store's `Document`/`Patient` values and the settings (no I/O but the JDV_J07
+value set, read once per process by connector.payload.codes). A refusal is a `Skip(reason, detail)`:
+`reason` is a `Reason` (stable codes for the ledger, reports and replay); `detail` tells an operator which
+field to correct and never contains an INS, a name, a birth date or document content.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+
 from connector import ins
 from connector.config import Settings
 from connector.payload.codes import is_type_code

@@ -123,3 +123,14 @@ def test_inline_content_is_read_from_the_content_column(sample_dir):
     doc = next(c.document for c in store.candidates() if c.document.document_id == "DOC-004")
     assert doc.content_path is None
     assert store.content(doc).startswith(b"%PDF-1.4")
+
+
+def test_readme_lists_the_expected_decisions():
+    readme = (Path(__file__).parent.parent / "samples" / "README.md").read_text(encoding="utf-8")
+    listed = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0].startswith("DOC-"):
+            code = re.match(r"`(\w+)`", cells[-1])
+            listed[(cells[0], int(cells[1]))] = code.group(1) if code else None
+    assert listed == samples.expected_decisions()
