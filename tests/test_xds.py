@@ -5,15 +5,12 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import hashlib
-from functools import cache
 
 import pytest
 from lxml import etree
 
-from connector.config import SubmissionSettings
-from connector.payload import hl7, ids, xds
+from connector.payload import hl7, ids, validate, xds
 from connector.payload.xds_read import metadata_errors, parse_request
-from connector.resources import schemas_dir
 from conftest import make_document, make_patient, make_settings
 
 R = "{urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0}"
@@ -21,25 +18,8 @@ SUBMISSION_TIME = dt.datetime(2026, 11, 21, 2, 5, 7, tzinfo=dt.timezone.utc)
 SIGNING_TIME = dt.datetime(2026, 11, 21, 2, 5, 6, tzinfo=dt.timezone.utc)
 
 
-@cache
-def xds_schema() -> etree.XMLSchema:
-    class Resolver(etree.Resolver):
-        def resolve(self, url, pubid, context):
-            if url.endswith("/xml.xsd"):  # rim.xsd imports it by URL
-                return self.resolve_filename(
-                    str(schemas_dir() / "SAML-Toolkits-python3-saml/src/onelogin/saml2/schemas/xml.xsd"), context
-                )
-            return None
-
-    parser = etree.XMLParser(no_network=True, resolve_entities=False)
-    parser.resolvers.add(Resolver())
-    path = schemas_dir() / "IHE-IT-Infrastructure/schema/IHE/XDS.b_DocumentRepository.xsd"
-    return etree.XMLSchema(etree.parse(str(path), parser))
-
-
 def schema_errors(element) -> list[str]:
-    schema = xds_schema()
-    return [] if schema.validate(element) else [str(e) for e in schema.error_log]
+    return validate.xds_request_errors(element)
 
 
 def build(tmp_path, n=1, *, patient=None, documents=None, signed=True, **doc_overrides):
@@ -190,7 +170,9 @@ def test_submission_set_metadata(tmp_path):
     members = {
         a.get("targetObject")
         for a in element.iter(f"{R}Association")
-        if a.get("associationType") == xds.HAS_MEMBER and a.get("sourceObject") == ss and slot(a, "SubmissionSetStatus") == ["Original"]
+        if a.get("associationType") == xds.HAS_MEMBER
+        and a.get("sourceObject") == ss
+        and slot(a, "SubmissionSetStatus") == ["Original"]
     }
     assert members == {e.entry_uuid for e in entries} | {signature.entry_uuid}
     (signs,) = [a for a in element.iter(f"{R}Association") if a.get("associationType") == xds.SIGNS]
@@ -383,7 +365,8 @@ def test_errors_carry_no_patient_data(tmp_path):
 def test_parse_request_round_trips_the_build(tmp_path):
     element, attachments, entries, signature = build(tmp_path, 3, invisible_to_patient=True)
     view = parse_request(etree.fromstring(etree.tostring(element)))
-    assert view.submission_set_uid == ids.submission_set_unique_id("1.2.250.1.999.42", [e.document.key for e in entries])
+    keys = [e.document.key for e in entries]
+    assert view.submission_set_uid == ids.submission_set_unique_id("1.2.250.1.999.42", keys)
     assert view.patient_id == "279035121518989^^^&1.2.250.1.213.1.4.10&ISO^NH"
     assert view.ins == ("279035121518989", "1.2.250.1.213.1.4.10")
     assert view.source_id == "1.2.250.1.999.42"
@@ -400,6 +383,18 @@ def test_parse_request_round_trips_the_build(tmp_path):
     assert view.signature.entry_uuid == signature.entry_uuid
     assert view.signature.unique_id == signature.unique_id
     assert view.signature.size == len(signature.xml)
+
+
+def test_builder_module_exposes_the_checks(tmp_path):
+    element, attachments, _, _ = build(tmp_path)
+    assert xds.metadata_errors(element, {}) != [] and xds.metadata_errors(element, attachments) == []
+    assert xds.parse_request(element) == parse_request(element)
+
+
+def test_schema_validation_catches_a_broken_request(tmp_path):
+    element, _, _, _ = build(tmp_path)
+    element.find(f".//{R}ExtrinsicObject").append(etree.Element(f"{R}Bogus"))
+    assert schema_errors(element) != []
 
 
 def test_parse_request_tolerates_a_foreign_request():
@@ -423,3 +418,10 @@ def test_missing_required_document_data_is_refused(tmp_path, field):
     with pytest.raises(PayloadError) as info:
         build(tmp_path, **{field: None})
     assert "DOC0001" in str(info.value)
+
+
+def test_a_type_code_outside_j07_keeps_the_title_as_display(tmp_path):
+    doc = make_document(type_code="99999-9", title="Note locale")
+    element, attachments, (entry,), _ = build(tmp_path, documents=[doc])
+    found = codes(extrinsic(element, entry.entry_uuid), xds.DE_TYPE_CODE)
+    assert found == [("99999-9", "2.16.840.1.113883.6.1", "Note locale")]

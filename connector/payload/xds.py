@@ -177,6 +177,7 @@ def build_provide_and_register(
     members = []
     for entry in entries:
         doc = entry.document
+        type_code = _lookup(codes.type_code, doc.type_code, LOINC, doc.title)
         doc_author = _Author(
             person=hl7.xcn_professional(doc.author_rpps, doc.author_family_name, doc.author_given_name),
             institution=author.institution,
@@ -188,7 +189,7 @@ def build_provide_and_register(
                 entry_uuid=entry.entry_uuid,
                 unique_id=entry.unique_id,
                 mime_type="text/xml",
-                title=doc.title or doc.type_code,
+                title=doc.title or type_code.display,
                 language="fr-FR",
                 creation_time=doc.created_at,
                 service_start=doc.service_start or doc.created_at,
@@ -197,7 +198,7 @@ def build_provide_and_register(
                 author=doc_author,
                 legal_authenticator=_legal_authenticator(doc),
                 class_code=Code(submission.class_code, submission.class_code_scheme, submission.class_code_display),
-                type_code=_lookup(codes.type_code, doc.type_code, LOINC, doc.title),
+                type_code=type_code,
                 format_code=format_code(doc),
                 confidentiality=confidentiality_codes(doc),
                 event_codes=[],
@@ -248,6 +249,22 @@ def build_provide_and_register(
     for document_id in attachments:
         etree.SubElement(root, f"{{{XDSB}}}Document", id=document_id)
     return root, attachments
+
+
+def metadata_errors(
+    element: etree._Element, attachments: dict[str, bytes], *, require_signature: bool = False
+) -> list[str]:
+    """Missing or inconsistent DMP metadata of a request and its attachments (see `xds_read`)."""
+    from connector.payload import xds_read  # imported here: xds_read reads this module's constants
+
+    return xds_read.metadata_errors(element, attachments, require_signature=require_signature)
+
+
+def parse_request(element: etree._Element):
+    """The `xds_read.SubmissionView` of a request (see `xds_read`)."""
+    from connector.payload import xds_read
+
+    return xds_read.parse_request(element)
 
 
 # --- internals ----------------------------------------------------------------------------------

@@ -166,7 +166,8 @@ def metadata_errors(
             errors.append(f"{where}: no HasMember association from the SubmissionSet")
 
     if len(finesses) > 1:
-        errors.append(f"authorInstitution: FINESS géographique not identical everywhere ({', '.join(sorted(finesses))})")
+        found = ", ".join(sorted(finesses))
+        errors.append(f"authorInstitution: FINESS géographique not identical everywhere ({found})")
     duplicates = sorted({u for u in unique_ids if u and unique_ids.count(u) > 1})
     if duplicates:
         errors.append(f"uniqueId used twice: {', '.join(duplicates)}")
