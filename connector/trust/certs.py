@@ -265,10 +265,8 @@ def _usage(cert: x509.Certificate, purpose: Purpose, label: str) -> list[Finding
     if ku is None or not ku.digital_signature:
         found.append(Finding("error", f"{label}: keyUsage lacks digitalSignature"))
     if purpose == "auth_cli":
-        if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        if eku is None or ExtendedKeyUsageOID.CLIENT_AUTH not in eku:  # IGC-Santé AUTH_CLI always has it
             found.append(Finding("error", f"{label}: extendedKeyUsage lacks clientAuth (TLS client)"))
-        elif eku is None:
-            found.append(Finding("warning", f"{label}: no extendedKeyUsage (clientAuth expected)"))
     else:
         if ku is not None and not ku.content_commitment:
             found.append(Finding("warning", f"{label}: keyUsage lacks nonRepudiation (an ORG SIGN has it)"))
