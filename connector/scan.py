@@ -21,6 +21,7 @@ HELD = "HELD"
 IN_PROGRESS = "IN_PROGRESS"  # part of a submission not settled yet (settled at the start of a run)
 NOT_DUE = "DEFERRED_NOT_DUE"
 ROW_INVALID = "ROW_INVALID"
+SUPERSEDED = "SUPERSEDED"  # a later version of the same document is in the store: only the latest is fed
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,19 @@ def scan(store: Store, ledger: Ledger, settings: Settings, *, load_content: bool
     for patient_id, group in itertools.groupby(store.candidates(), key=_patient_of):
         group = list(group)
         states = ledger.states((c.document.key for c in group if isinstance(c, Candidate)))
-        yield [_decide(c, states, store, settings, now, load_content) for c in group]
+        latest: dict[str, int] = {}
+        for c in group:
+            if isinstance(c, Candidate):
+                latest[c.document.document_id] = max(c.document.version, latest.get(c.document.document_id, 0))
+        yield [_decide(c, states, latest, store, settings, now, load_content) for c in group]
 
 
 def _patient_of(item: Candidate | RowProblem) -> str | None:
     return item.document.patient_id if isinstance(item, Candidate) else item.patient_id
 
 
-def _decide(item, states: dict[tuple[str, int], DocState], store: Store, settings: Settings, now, load_content) -> Decision:
+def _decide(item, states: dict[tuple[str, int], DocState], latest: dict[str, int], store: Store, settings: Settings,
+            now, load_content) -> Decision:
     if isinstance(item, RowProblem):
         return Decision(item.document_id, item.version, item.patient_id, ROW_INVALID, item.message)
     doc, patient = item.document, item.patient
@@ -78,6 +84,8 @@ def _decide(item, states: dict[tuple[str, int], DocState], store: Store, setting
             detail = f"next attempt at {state.next_attempt_at:%Y-%m-%d %H:%M} UTC" if state.next_attempt_at else None
             return Decision(**base, reason=NOT_DUE if state.next_attempt_at and state.next_attempt_at > now else IN_PROGRESS,
                             detail=detail)
+    if doc.version < latest[doc.document_id]:
+        return Decision(**base, reason=SUPERSEDED, detail=f"version {latest[doc.document_id]} is in the store")
     earlier_fed = any(k[0] == doc.document_id and k[1] < doc.version and s.state == FED for k, s in states.items())
     skip = rules.check_record(doc, patient, settings, already_fed=False, earlier_version_fed=earlier_fed)
     if skip is not None:
@@ -86,7 +94,7 @@ def _decide(item, states: dict[tuple[str, int], DocState], store: Store, setting
     try:
         content = store.content(doc)
     except OSError as exc:
-        error = exc.strerror or str(exc)
+        error = exc.strerror or type(exc).__name__  # never the path: it may hold a name
     skip = rules.check_content(doc, content, settings, error=error)
     if skip is not None:
         return Decision(**base, reason=skip.reason, detail=skip.detail)
