@@ -94,7 +94,8 @@ def finess_from_name(name: x509.Name) -> str | None:
 
 # --- loading, once per process ---------------------------------------------------------------
 
-_cache: dict[tuple[Path, int], Credential] = {}
+# Keyed by both files and their mtimes: a renewed p12 or a changed password file is loaded afresh.
+_cache: dict[tuple[Path, int, Path, int | None], Credential] = {}
 _cache_lock = threading.Lock()
 
 
@@ -102,7 +103,7 @@ def load_credential(settings: CertificateSettings) -> Credential:
     """The credential of a PKCS#12 file, decrypted once per process and per file version (mtime)."""
     p12 = settings.p12.resolve()
     try:
-        key = (p12, p12.stat().st_mtime_ns)
+        key = (p12, p12.stat().st_mtime_ns, settings.password_file.resolve(), _mtime(settings.password_file))
     except OSError as exc:
         raise CertificateError(f"{settings.p12}: cannot read the PKCS#12 file ({exc.strerror})") from None
     with _cache_lock:
@@ -110,6 +111,13 @@ def load_credential(settings: CertificateSettings) -> Credential:
         if cached is None:
             cached = _cache[key] = _load(settings, p12)
         return cached
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None  # reported by _load with the file's name
 
 
 def _load(settings: CertificateSettings, p12: Path) -> Credential:
