@@ -20,8 +20,12 @@ Messages carry error codes and the registry's own codeContext, never patient dat
 
 from __future__ import annotations
 
+import re
+import ssl
 from dataclasses import dataclass
 
+import requests
+import urllib3.exceptions
 from lxml import etree
 
 from connector.dmp import mtom, soap
@@ -40,6 +44,10 @@ TRANSIENT_CODES = frozenset({
     "XDSUnavailableCommunity", "XDSTimeout",
 })  # fmt: skip
 DUPLICATE_UNIQUE_ID = "XDSDuplicateUniqueIdInRegistry"
+# How OpenSSL reports a server refusing our client certificate (TLS 1.3: often a bare EOF).
+_TLS_REFUSED_HINTS = re.compile(
+    r"EOF occurred in violation of protocol|ALERT_(BAD_CERTIFICATE|UNKNOWN_CA|CERTIFICATE_(EXPIRED|REQUIRED|UNKNOWN))"
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,7 @@ class Outcome:
     errors: tuple[RegistryError, ...] = ()
     message: str = ""
     sent: bool = True  # False: the request never reached the DMP (nothing to reconcile)
+    message_id: str | None = None  # WS-Addressing MessageID of the request, for the audit trail
 
     @property
     def accepted(self) -> bool:
@@ -82,6 +91,9 @@ def classify_response(
     if exc is not None:
         reason = describe_exception(exc)
         if not sent:
+            if _TLS_REFUSED_HINTS.search(reason):
+                reason += (" (the server ended the TLS handshake: check that the AUTH_CLI certificate is"
+                           " valid and issued by a CA the DMP trusts)")
             return Outcome(TRANSIENT, http_status, message=f"not sent: {reason}", sent=False)
         return Outcome(UNKNOWN, http_status, message=f"sent, no usable reply: {reason}")
 
@@ -108,6 +120,36 @@ def describe_exception(exc: BaseException) -> str:
         inner = nxt
     text = str(inner) or type(inner).__name__
     return f"{type(exc).__name__}: {text}"
+
+
+# Failures that happen before a single byte of the HTTP request reaches the DMP's application: name
+# resolution, TCP connect, TLS handshake (a TLS alert means the peer refused us at the TLS layer).
+_NOT_SENT = (
+    requests.ConnectTimeout,
+    requests.exceptions.SSLError,
+    requests.exceptions.InvalidURL,
+    urllib3.exceptions.NewConnectionError,  # includes NameResolutionError, connection refused
+    urllib3.exceptions.ConnectTimeoutError,
+    urllib3.exceptions.SSLError,
+    ssl.SSLError,
+    ConnectionRefusedError,
+)
+
+
+def request_was_sent(exc: BaseException) -> bool:
+    """False when `exc` (or what it wraps) shows the request never reached the server; True otherwise
+    (read timeout, connection reset or closed while waiting for the reply: it may have been processed)."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, _NOT_SENT):
+            return False
+        stack += [a for a in (*e.args, getattr(e, "reason", None), e.__cause__) if isinstance(a, BaseException)]
+    return True
 
 
 def _media_type(content_type: str | None) -> str:

@@ -1,0 +1,74 @@
+"""The DMP client: ITI-41 (MTOM over mutual TLS) and ITI-18 reconciliation, each call ending in an Outcome.
+
+Nothing here raises for a transport or DMP problem: every exchange is classified (outcome.py), and
+whether the request had left when it failed decides between "transient, not sent" and "unknown".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+
+import requests
+from lxml import etree
+
+from connector.config import DmpSettings
+from connector.dmp import iti18, mtom, outcome, soap, tls
+from connector.trust.certs import Credential
+
+log = logging.getLogger(__name__)
+
+ACCEPT = "multipart/related, application/soap+xml"
+
+class DmpClient:
+    """ITI-41 and ITI-18 towards one DMP configuration, over one pooled mutual-TLS session."""
+
+    def __init__(self, dmp_settings: DmpSettings, auth_cli: Credential, password: bytes | None = None):
+        self.settings = dmp_settings
+        self.session = tls.mtls_session(dmp_settings, auth_cli, password)
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        return (self.settings.connect_timeout, self.settings.read_timeout)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def provide_and_register(
+        self, request: etree._Element, attachments: dict[str, bytes], vihf: etree._Element
+    ) -> outcome.Outcome:
+        """Send one ITI-41 ProvideAndRegisterDocumentSet-b; the xdsb:Document bytes travel as MTOM parts."""
+        url = self.settings.repository_url
+        message_id = f"urn:uuid:{uuid.uuid4()}"
+        env = soap.envelope(request, action=soap.ITI41_ACTION, to=url, security=[vihf], message_id=message_id)
+        content_type, body = mtom.encode(env, attachments, action=soap.ITI41_ACTION)
+        headers = {"Content-Type": content_type, "Accept": ACCEPT, "MIME-Version": "1.0"}
+        try:
+            reply = self.session.post(url, data=body, headers=headers, timeout=self.timeout)
+            result = outcome.classify_response(
+                reply.status_code, reply.headers.get("Content-Type"), reply.content, sent=True
+            )
+        except requests.RequestException as exc:
+            result = outcome.classify_response(None, None, None, exc, sent=outcome.request_was_sent(exc))
+        log.info(
+            "ITI-41 %s: %s (%s) %s", message_id, result.kind, result.status,
+            ", ".join(e.code for e in result.errors) or "",
+        )
+        return dataclasses.replace(result, message_id=message_id)
+
+    def find_submission_set(self, submission_set_uid: str, patient_ins_cx: str, vihf: etree._Element) -> bool | None:
+        """ITI-18: True if the DMP holds the submission set, False if not, None if the query failed."""
+        try:
+            return iti18.find_submission_set(
+                self.session, self.settings.registry_url, self.timeout, submission_set_uid, patient_ins_cx, vihf
+            )
+        except iti18.Iti18Error as exc:
+            log.warning("ITI-18 for submission set %s failed: %s", submission_set_uid, exc)
+            return None
