@@ -1,0 +1,252 @@
+"""The sandbox DMP's memory: one SQLite file (WAL) that survives restarts and is shared by the
+handler threads (one connection per operation; writes serialised by BEGIN IMMEDIATE).
+
+Registry rules applied when a checked submission is stored, all in one transaction:
+- a submission-set uniqueId already received → XDSDuplicateUniqueIdInRegistry, nothing stored;
+- a document uniqueId already received with another hash → XDSNonIdenticalHash, nothing stored;
+- a document uniqueId already received with the same hash → accepted (IHE: identical re-registration),
+  stored again and flagged `duplicate` — the benchmark's "duplicate delivery" that must stay at 0;
+- the patient's DMP: absent → created active when `auto_create_patients` and the INS has a test OID,
+  XDSUnknownPatientId otherwise; closed → XDSUnknownPatientId "DMP fermé".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from connector.sandbox.checks import RegistryError, Submission
+
+# INS assigning authorities of fictitious patients: test NIR and demonstration NIR.
+TEST_INS_OIDS = ("1.2.250.1.213.1.4.10", "1.2.250.1.213.1.4.11")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS patients (
+    ins_cx TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('active', 'closed')),
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS submissions (
+    uid TEXT PRIMARY KEY,
+    entry_uuid TEXT,
+    patient TEXT NOT NULL,
+    source_id TEXT,
+    finess TEXT,
+    received_at TEXT NOT NULL,
+    status TEXT NOT NULL,             -- 'stored'
+    reply_dropped INTEGER NOT NULL DEFAULT 0  -- committed, then the connection was closed unanswered
+);
+CREATE TABLE IF NOT EXISTS documents (
+    id INTEGER PRIMARY KEY,
+    uid TEXT NOT NULL,
+    entry_uuid TEXT,
+    submission_uid TEXT NOT NULL REFERENCES submissions(uid),
+    patient TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    type_code TEXT,
+    finess TEXT,
+    is_signature INTEGER NOT NULL DEFAULT 0,
+    set_id TEXT,                      -- CDA setId and versionNumber: the producer's document identity
+    version TEXT,
+    duplicate INTEGER NOT NULL DEFAULT 0,
+    stored_at TEXT NOT NULL,
+    content BLOB
+);
+CREATE INDEX IF NOT EXISTS documents_uid ON documents(uid);
+CREATE INDEX IF NOT EXISTS documents_patient ON documents(patient);
+CREATE INDEX IF NOT EXISTS documents_submission ON documents(submission_uid);
+CREATE TABLE IF NOT EXISTS rejections (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    request TEXT,                     -- WS-Addressing MessageID (or a generated id): groups the errors
+    code TEXT NOT NULL,
+    check_name TEXT,
+    context TEXT,
+    location TEXT,
+    submission_uid TEXT
+);
+"""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def ins_oid(ins_cx: str) -> str | None:
+    """The assigning authority OID of a CX `<id>^^^&<oid>&ISO^NH`."""
+    parts = ins_cx.split("^")
+    authority = parts[3].split("&") if len(parts) > 3 else []
+    return authority[1] if len(authority) > 1 else None
+
+
+class _Refused(Exception):
+    def __init__(self, errors: list[RegistryError]):
+        self.errors = errors
+
+
+class SandboxState:
+    def __init__(self, path: Path | str, *, keep_content: bool = False, auto_create_patients: bool = True):
+        self.path = Path(path)
+        self.keep_content = keep_content
+        self.auto_create_patients = auto_create_patients
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous=FULL")  # a commit the client never heard of must survive a crash
+        return db
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        db = self._connect()
+        try:
+            yield db
+        finally:
+            db.close()
+
+    # --- patients ------------------------------------------------------------------------------
+
+    def set_patient(self, ins_cx: str, status: str = "active") -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO patients (ins_cx, status, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(ins_cx) DO UPDATE SET status = excluded.status",
+                (ins_cx, status, _now()),
+            )
+
+    def patient_status(self, ins_cx: str) -> str | None:
+        with self._read() as db:
+            row = db.execute("SELECT status FROM patients WHERE ins_cx = ?", (ins_cx,)).fetchone()
+        return row["status"] if row else None
+
+    def _patient_errors(self, db: sqlite3.Connection, ins_cx: str) -> list[RegistryError]:
+        row = db.execute("SELECT status FROM patients WHERE ins_cx = ?", (ins_cx,)).fetchone()
+        if row is None:
+            if self.auto_create_patients and ins_oid(ins_cx) in TEST_INS_OIDS:
+                db.execute(
+                    "INSERT INTO patients (ins_cx, status, created_at) VALUES (?, 'active', ?)", (ins_cx, _now())
+                )
+                return []
+            return [RegistryError("XDSUnknownPatientId", "DMP inexistant pour ce patient", check="patient.unknown")]
+        if row["status"] == "closed":
+            return [RegistryError("XDSUnknownPatientId", "DMP fermé", check="patient.closed")]
+        return []
+
+    # --- submissions ---------------------------------------------------------------------------
+
+    def store(self, submission: Submission, *, reply_dropped: bool = False) -> list[RegistryError]:
+        """Store a checked submission all-or-nothing; the registry errors that refused it, else []."""
+        try:
+            self._store(submission, reply_dropped)
+        except _Refused as refused:
+            return refused.errors
+        return []
+
+    def _store(self, submission: Submission, reply_dropped: bool) -> None:
+        with self._transaction() as db:
+            errors = self._patient_errors(db, submission.patient)
+            if db.execute("SELECT 1 FROM submissions WHERE uid = ?", (submission.uid,)).fetchone():
+                errors.append(
+                    RegistryError(
+                        "XDSDuplicateUniqueIdInRegistry",
+                        "uniqueId du lot de soumission déjà reçu",
+                        submission.uid,
+                        check="duplicate.submission_set",
+                    )
+                )
+            duplicates = set()
+            for entry in submission.entries:
+                hashes = {r["hash"] for r in db.execute("SELECT hash FROM documents WHERE uid = ?", (entry.uid,))}
+                if hashes - {entry.hash}:
+                    errors.append(
+                        RegistryError(
+                            "XDSNonIdenticalHash",
+                            "uniqueId de document déjà reçu avec un autre contenu (hash différent)",
+                            entry.uid,
+                            check="duplicate.document_hash",
+                        )
+                    )
+                elif hashes:
+                    duplicates.add(entry.uid)
+            if errors:  # roll back, an auto-created patient too: nothing of a refused request stays
+                raise _Refused(errors)
+            now = _now()
+            db.execute(
+                "INSERT INTO submissions (uid, entry_uuid, patient, source_id, finess, received_at, status,"
+                " reply_dropped) VALUES (?, ?, ?, ?, ?, ?, 'stored', ?)",
+                (submission.uid, submission.entry_uuid, submission.patient, submission.source_id,
+                 submission.finess, now, int(reply_dropped)),
+            )  # fmt: skip
+            db.executemany(
+                "INSERT INTO documents (uid, entry_uuid, submission_uid, patient, hash, size, type_code, finess,"
+                " is_signature, set_id, version, duplicate, stored_at, content)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (e.uid, e.entry_uuid, submission.uid, e.patient, e.hash, e.size, e.type_code, e.finess,
+                     int(e.is_signature), e.set_id, e.version, int(e.uid in duplicates), now,
+                     e.content if self.keep_content else None)
+                    for e in submission.entries
+                ],
+            )  # fmt: skip
+
+    def reject(self, errors: list[RegistryError], *, request: str | None, submission_uid: str | None) -> None:
+        with self._transaction() as db:
+            now = _now()
+            db.executemany(
+                "INSERT INTO rejections (at, request, code, check_name, context, location, submission_uid)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(now, request, e.code, e.check, e.context, e.location, submission_uid) for e in errors],
+            )
+
+    def submission(self, uid: str) -> dict | None:
+        """A stored submission set with its documents (ITI-18 GetSubmissionSetAndContents)."""
+        with self._read() as db:
+            row = db.execute("SELECT * FROM submissions WHERE uid = ?", (uid,)).fetchone()
+            if row is None:
+                return None
+            docs = db.execute(
+                "SELECT * FROM documents WHERE submission_uid = ? ORDER BY id", (uid,)
+            ).fetchall()
+        return dict(row) | {"documents": [_document(d) for d in docs]}
+
+    def documents_of(self, patient: str) -> list[dict]:
+        """The documents stored for a patient, first delivery of each uniqueId only (ITI-18 FindDocuments)."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT * FROM documents WHERE patient = ? AND duplicate = 0 AND is_signature = 0 ORDER BY id",
+                (patient,),
+            ).fetchall()
+        return [_document(r) for r in rows]
+
+    def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        """Read-only access for the report."""
+        with self._read() as db:
+            return db.execute(sql, params).fetchall()
+
+
+def _document(row: sqlite3.Row) -> dict:
+    doc = dict(row)
+    doc.pop("content", None)
+    return doc

@@ -1,0 +1,450 @@
+"""The sandbox DMP, in-process on a free port, driven over real mutual TLS with requests built by the
+connector's own modules (XDS metadata, VIHF, MTOM)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import socket
+import ssl
+import uuid
+
+import pytest
+import requests
+from lxml import etree
+
+from connector.config import CertificateSettings
+from connector.dmp import mtom, soap
+from connector.dmp.tls import MutualTlsAdapter, client_context
+from connector.payload import ids, xds
+from connector.resources import ans_kit
+from connector.sandbox import report as sandbox_report
+from connector.sandbox.server import serve
+from connector.trust import pki as test_pki
+from connector.trust.certs import load_credential
+from connector.trust.dsig import sign_submission_set
+from connector.trust.vihf import build_vihf
+from conftest import make_document, make_patient, make_settings
+
+CDA_EXAMPLE = ans_kit() / "ExemplesCDA/DOC_NON_STRUCTURE_CDA-R2-N1.xml"
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return test_pki.create_test_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    return make_settings(tmp_path_factory.mktemp("settings"))
+
+
+@pytest.fixture(scope="module")
+def credentials(pki):
+    auth = load_credential(CertificateSettings(pki.auth_cli_p12, pki.auth_cli_password_file))
+    sign = load_credential(CertificateSettings(pki.sign_p12, pki.sign_password_file))
+    return auth, sign
+
+
+@pytest.fixture(scope="module")
+def session(pki, credentials):
+    s = requests.Session()
+    s.mount("https://", MutualTlsAdapter(client_context(pki.ca_cert, credentials[0])))
+    return s
+
+
+@pytest.fixture
+def state_path(tmp_path):
+    return tmp_path / "sandbox.sqlite3"
+
+
+@pytest.fixture
+def start(pki, state_path):
+    servers = []
+
+    def start(**options):
+        options.setdefault("fast", True)
+        options.setdefault("state_path", state_path)
+        server = serve(pki_dir=pki.directory, **options).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def sandbox(start):
+    return start()
+
+
+# --- building requests ----------------------------------------------------------------------------
+
+
+def cda_for(uid: str, set_id: str, version: int, extra: str = "") -> bytes:
+    """The ANS level-1 example CDA, re-identified as document `uid`."""
+    cda = CDA_EXAMPLE.read_bytes()
+    cda = cda.replace(b'<id root="1.3.6.1.4.1.19376.1.2.20.12345.1.1"/>', f'<id root="{uid}"/>'.encode(), 1)
+    cda = cda.replace(b'<setId root="1.3.6.1.4.1.19376.1.2.20.12345.1"/>', f'<setId root="{set_id}"/>'.encode(), 1)
+    cda = cda.replace(b'<versionNumber value="1"/>', f'<versionNumber value="{version}"/>'.encode(), 1)
+    return cda + extra.encode()
+
+
+@dataclasses.dataclass
+class Built:
+    content_type: str
+    body: bytes
+    ss_uid: str
+    doc_uids: list[str]
+    patient_cx: str
+
+
+def build_request(
+    settings,
+    credentials,
+    url,
+    *,
+    documents=None,
+    patient=None,
+    ss_uid=None,
+    vihf_finess=None,
+    vihf_patient=None,
+    cda_extra="",
+    cda_mutate=lambda cda: cda,
+    doc_uid=None,
+    vihf_signer=None,
+):
+    auth, sign = credentials
+    patient = patient or make_patient()
+    documents = documents or [make_document()]
+    root = settings.structure.oid_root
+    site = settings.structure.sites[0]
+    entries = []
+    for doc in documents:
+        uid = doc_uid or ids.document_unique_id(root, doc.document_id, doc.version)
+        cda = cda_mutate(cda_for(uid, ids.document_set_id(root, doc.document_id), doc.version, cda_extra))
+        entries.append(xds.Entry(doc, patient, cda, uid, ids.entry_uuid(root, doc.document_id, doc.version)))
+    keys = [(d.document_id, d.version) for d in documents]
+    ss_entry_uuid = ids.submission_set_entry_uuid(root, keys) if ss_uid is None else f"urn:uuid:{uuid.uuid4()}"
+    ss_uid = ss_uid or ids.submission_set_unique_id(root, keys)
+    signature = xds.SignatureEntry(
+        xml=signature_xml(sign, ss_uid, {e.unique_id: e.cda for e in entries}),
+        unique_id=ids.signature_unique_id(root, ss_uid),
+        entry_uuid=ids.signature_entry_uuid(root, ss_uid),
+        signing_time=dt.datetime.now(dt.timezone.utc),
+    )
+    request, attachments = xds.build_provide_and_register(
+        structure=settings.structure,
+        site=site,
+        patient=patient,
+        entries=entries,
+        submission=settings.submission,
+        submission_set_uid=ss_uid,
+        submission_set_entry_uuid=ss_entry_uuid,
+        submission_time=dt.datetime.now(dt.timezone.utc),
+        signature=signature,
+    )
+    patient_cx = xds.ins_cx(patient)
+    vihf = build_vihf(
+        vihf_signer or sign,
+        settings.vihf,
+        finess_geo=vihf_finess or site.finess_geo,
+        facility_type=site.healthcare_facility_type,
+        patient_ins_cx=vihf_patient or patient_cx,
+        subject_rpps="10001234567",
+    )
+    env = soap.envelope(request, action=soap.ITI41_ACTION, to=url + "/repository", security=[vihf])
+    content_type, body = mtom.encode(env, attachments, action=soap.ITI41_ACTION)
+    return Built(content_type, body, ss_uid, [e.unique_id for e in entries], patient_cx)
+
+
+def signature_xml(sign, ss_uid: str, documents: dict[str, bytes]) -> bytes:
+    return sign_submission_set(sign, submission_set_uid=ss_uid, documents=list(documents.items()),
+                               signature_id=f"S{uuid.uuid4().hex}", signing_time=dt.datetime.now(dt.timezone.utc))
+
+
+def post(session, url, built: Built, path="/repository"):
+    return session.post(url + path, data=built.body, headers={"Content-Type": built.content_type}, timeout=30)
+
+
+def registry_response(resp) -> tuple[str, list[tuple[str, str, str]]]:
+    """(status short form, [(errorCode, codeContext, location)]) of an ITI-41 reply."""
+    env, _ = mtom.decode(resp.headers["Content-Type"], resp.content)
+    assert soap.header_value(env, "Action") == "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-bResponse"
+    rr = soap.body_child(env)
+    assert rr.tag == f"{{{soap.RS}}}RegistryResponse"
+    errors = [(e.get("errorCode"), e.get("codeContext"), e.get("location")) for e in rr.iter(f"{{{soap.RS}}}RegistryError")]
+    return rr.get("status").rsplit(":", 1)[-1], errors
+
+
+def codes(resp) -> set[str]:
+    return {code for code, _, _ in registry_response(resp)[1]}
+
+
+# --- ITI-18 ---------------------------------------------------------------------------------------
+
+
+def stored_query(session, url, settings, credentials, patient_cx, *, ss_uid=None, find_patient=None):
+    site = settings.structure.sites[0]
+    query_id = "urn:uuid:14d4debf-8f97-4251-9a74-a90016b0af0d" if find_patient else "urn:uuid:e8e3cb2c-e39c-46b9-99e4-c12f57260b83"
+    request = etree.Element(f"{{{soap.QUERY}}}AdhocQueryRequest", nsmap={"query": soap.QUERY, "rim": soap.RIM})
+    etree.SubElement(request, f"{{{soap.QUERY}}}ResponseOption", returnType="LeafClass", returnComposedObjects="true")
+    query = etree.SubElement(request, f"{{{soap.RIM}}}AdhocQuery", id=query_id)
+    name, value = ("$XDSDocumentEntryPatientId", find_patient) if find_patient else ("$XDSSubmissionSetUniqueId", ss_uid)
+    slot = etree.SubElement(query, f"{{{soap.RIM}}}Slot", name=name)
+    etree.SubElement(etree.SubElement(slot, f"{{{soap.RIM}}}ValueList"), f"{{{soap.RIM}}}Value").text = f"'{value}'"
+    vihf = build_vihf(credentials[1], settings.vihf, finess_geo=site.finess_geo, facility_type=site.healthcare_facility_type,
+                      patient_ins_cx=patient_cx, subject_rpps="10001234567")
+    env = soap.envelope(request, action=soap.ITI18_ACTION, to=url + "/registry", security=[vihf])
+    resp = session.post(url + "/registry", data=soap.to_bytes(env),
+                        headers={"Content-Type": 'application/soap+xml; charset=UTF-8'}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return soap.body_child(soap.parse_xml(resp.content))
+
+
+def unique_ids(response) -> set[str]:
+    return {ei.get("value") for ei in response.iter(f"{{{soap.RIM}}}ExternalIdentifier")
+            if ei.get("identificationScheme") in ("urn:uuid:96fdda7c-d067-4183-912e-bf5ee74998a8",
+                                                  "urn:uuid:2e82c1f6-a085-4c72-9da3-8640a32e42ab")}
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+
+def test_client_without_certificate_is_refused_at_the_handshake(sandbox, pki):
+    ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+    with socket.create_connection(("127.0.0.1", sandbox.port), timeout=10) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                # TLS 1.3 reports the missing certificate at the first read, TLS 1.2 in the handshake
+                tls.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+                assert tls.recv(100) == b"", "the server must not answer a client without certificate"
+
+
+def test_client_certificate_from_another_ca_is_refused(sandbox, pki, tmp_path, settings, credentials):
+    p12, password_file = test_pki.issue_bad_p12(pki, tmp_path / "other.p12", "auth_cli", other_ca=True)
+    other = load_credential(CertificateSettings(p12, password_file))
+    s = requests.Session()
+    s.mount("https://", MutualTlsAdapter(client_context(pki.ca_cert, other)))
+    built = build_request(settings, credentials, sandbox.url)
+    with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+        post(s, sandbox.url, built)
+    assert sandbox.state.query("SELECT count(*) AS n FROM submissions")[0]["n"] == 0
+
+
+def test_non_mtom_request_gets_a_soap_sender_fault(sandbox, session):
+    env = soap.envelope(etree.Element("x"), action=soap.ITI41_ACTION, to=sandbox.url + "/repository")
+    resp = session.post(sandbox.url + "/repository", data=soap.to_bytes(env),
+                        headers={"Content-Type": "application/soap+xml; charset=UTF-8"}, timeout=30)
+    assert resp.status_code == 400
+    fault = soap.body_child(soap.parse_xml(resp.content))
+    assert fault.tag == f"{{{soap.SOAP12}}}Fault"
+    assert fault.findtext(f"{{{soap.SOAP12}}}Code/{{{soap.SOAP12}}}Value") == "soap:Sender"
+    assert "MTOM" in fault.findtext(f".//{{{soap.SOAP12}}}Text")
+
+
+def test_valid_submission_is_stored_and_found_by_iti18(sandbox, session, settings, credentials):
+    built = build_request(settings, credentials, sandbox.url)
+    resp = post(session, sandbox.url, built)
+    assert resp.status_code == 200
+    status, errors = registry_response(resp)
+    assert (status, errors) == ("Success", []), "\n".join(map(str, errors))
+    stored = sandbox.state.submission(built.ss_uid)
+    assert stored["patient"] == built.patient_cx
+    assert {d["uid"] for d in stored["documents"] if not d["is_signature"]} == set(built.doc_uids)
+
+    found = stored_query(session, sandbox.url, settings, credentials, built.patient_cx, ss_uid=built.ss_uid)
+    assert found.get("status").endswith(":Success")
+    assert {built.ss_uid, *built.doc_uids} <= unique_ids(found)
+    assert not unique_ids(stored_query(session, sandbox.url, settings, credentials, built.patient_cx, ss_uid="1.2.3.4.404"))
+    by_patient = stored_query(session, sandbox.url, settings, credentials, built.patient_cx, find_patient=built.patient_cx)
+    assert set(built.doc_uids) <= unique_ids(by_patient)
+
+
+def test_iti18_reveals_nothing_of_another_patient(sandbox, session, settings, credentials):
+    built = build_request(settings, credentials, sandbox.url)
+    assert registry_response(post(session, sandbox.url, built))[0] == "Success"
+    other = xds.ins_cx(make_patient(ins_matricule="180032B020401"))
+    found = stored_query(session, sandbox.url, settings, credentials, other, ss_uid=built.ss_uid)
+    assert unique_ids(found) == set()
+
+
+def test_resending_a_submission_set_uid_is_refused_and_stores_nothing(sandbox, session, settings, credentials):
+    first = build_request(settings, credentials, sandbox.url)
+    assert registry_response(post(session, sandbox.url, first))[0] == "Success"
+    again = build_request(settings, credentials, sandbox.url, documents=[make_document(document_id="DOC0002")],
+                          ss_uid=first.ss_uid)
+    status, errors = registry_response(post(session, sandbox.url, again))
+    assert status == "Failure"
+    assert ("XDSDuplicateUniqueIdInRegistry", first.ss_uid) in {(c, loc) for c, _, loc in errors}
+    assert sandbox.state.query("SELECT count(*) AS n FROM documents WHERE uid = ?", (again.doc_uids[0],))[0]["n"] == 0
+
+
+def test_same_document_uid_with_another_hash_is_refused(sandbox, session, settings, credentials):
+    first = build_request(settings, credentials, sandbox.url)
+    assert registry_response(post(session, sandbox.url, first))[0] == "Success"
+    changed = build_request(settings, credentials, sandbox.url, ss_uid="1.2.250.1.999.42.9.1", cda_extra="<!-- v2 -->")
+    assert codes(post(session, sandbox.url, changed)) == {"XDSNonIdenticalHash"}
+    assert sandbox.state.submission("1.2.250.1.999.42.9.1") is None
+
+
+def test_identical_document_in_a_new_submission_set_is_a_counted_duplicate(sandbox, session, settings, credentials, state_path):
+    first = build_request(settings, credentials, sandbox.url)
+    assert registry_response(post(session, sandbox.url, first))[0] == "Success"
+    again = build_request(settings, credentials, sandbox.url, ss_uid="1.2.250.1.999.42.9.2")
+    assert registry_response(post(session, sandbox.url, again))[0] == "Success"
+    rep = sandbox_report.report(state_path)
+    assert rep["duplicate_deliveries"] == 1
+    assert rep["duplicates"][0]["uid"] == first.doc_uids[0]
+
+
+def test_vihf_signed_by_a_foreign_ca_is_refused(sandbox, session, settings, credentials, pki, tmp_path):
+    p12, password_file = test_pki.issue_bad_p12(pki, tmp_path / "rogue.p12", "sign", other_ca=True)
+    rogue = load_credential(CertificateSettings(p12, password_file))
+    built = build_request(settings, credentials, sandbox.url, vihf_signer=rogue)
+    status, errors = registry_response(post(session, sandbox.url, built))
+    assert status == "Failure"
+    assert any(code == "XDSRepositoryError" and ctx.startswith("VIHF: signature") for code, ctx, _ in errors)
+    assert sandbox.state.submission(built.ss_uid) is None
+
+
+def test_tampered_vihf_is_refused(sandbox, session, settings, credentials):
+    built = build_request(settings, credentials, sandbox.url)
+    tampered = built.body.replace(b">INDIRECTE<", b">DIRECTE<", 1)
+    assert tampered != built.body
+    resp = session.post(sandbox.url + "/repository", data=tampered, headers={"Content-Type": built.content_type}, timeout=30)
+    status, errors = registry_response(resp)
+    assert status == "Failure" and any("VIHF: signature" in ctx for _, ctx, _ in errors)
+
+
+def test_finess_of_vihf_and_submission_set_must_match(sandbox, session, settings, credentials):
+    built = build_request(settings, credentials, sandbox.url, vihf_finess="0B0999997")
+    status, errors = registry_response(post(session, sandbox.url, built))
+    assert status == "Failure"
+    assert {"XDSRegistryMetadataError"} == {c for c, ctx, _ in errors if "Identifiant_Structure" in ctx}
+    assert sandbox.state.submission(built.ss_uid) is None
+
+
+def test_vihf_patient_must_be_the_submission_set_patient(sandbox, session, settings, credentials):
+    other = xds.ins_cx(make_patient(ins_matricule="180032B020401"))
+    built = build_request(settings, credentials, sandbox.url, vihf_patient=other)
+    assert "XDSPatientIdDoesNotMatch" in codes(post(session, sandbox.url, built))
+
+
+def test_hash_mismatch_is_refused(sandbox, session, settings, credentials):
+    built = build_request(settings, credentials, sandbox.url)
+    # one byte of the CDA attachment changes in transit (same size): the metadata hash no longer matches
+    body = built.body.replace(b"<title>", b"<titlE>", 1)
+    resp = session.post(sandbox.url + "/repository", data=body, headers={"Content-Type": built.content_type}, timeout=30)
+    assert ("XDSRepositoryMetadataError", built.doc_uids[0]) in {(c, loc) for c, _, loc in registry_response(resp)[1]}
+
+
+def test_closed_dmp_is_refused_as_unknown_patient(sandbox, session, settings, credentials):
+    built = build_request(settings, credentials, sandbox.url)
+    sandbox.state.set_patient(built.patient_cx, "closed")
+    status, errors = registry_response(post(session, sandbox.url, built))
+    assert status == "Failure"
+    assert ("XDSUnknownPatientId", "DMP fermé") in {(c, ctx) for c, ctx, _ in errors}
+
+
+def test_unknown_non_test_patient_is_refused(sandbox, session, settings, credentials):
+    patient = make_patient(ins_oid="1.2.250.1.213.1.4.8")
+    built = build_request(settings, credentials, sandbox.url, patient=patient)
+    assert "XDSUnknownPatientId" in codes(post(session, sandbox.url, built))
+    assert sandbox.state.patient_status(built.patient_cx) is None
+
+
+def test_state_survives_a_restart(start, session, settings, credentials, state_path):
+    server = start()
+    built = build_request(settings, credentials, server.url)
+    assert registry_response(post(session, server.url, built))[0] == "Success"
+    server.stop()
+    again = start(state_path=state_path)
+    assert again.state.submission(built.ss_uid) is not None
+    assert codes(post(session, again.url, built)) == {"XDSDuplicateUniqueIdInRegistry"}
+
+
+def test_fail_rate_one_refuses_everything_before_storing(start, session, settings, credentials):
+    server = start(fail_rate=1.0, seed=7)
+    seen = set()
+    for n in range(8):
+        built = build_request(settings, credentials, server.url, ss_uid=f"1.2.250.1.999.42.8.{n}")
+        resp = post(session, server.url, built)
+        if resp.status_code == 503:
+            assert resp.headers["Content-Type"].startswith("text/html")
+            seen.add("503")
+        else:
+            assert codes(resp) == {"XDSRegistryBusy"}
+            seen.add("busy")
+    assert seen == {"503", "busy"}
+    assert server.state.query("SELECT count(*) AS n FROM submissions")[0]["n"] == 0
+
+
+def test_drop_after_commit_stores_but_never_answers(start, session, settings, credentials):
+    server = start(drop_after_commit_rate=1.0)
+    built = build_request(settings, credentials, server.url)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        post(session, server.url, built)
+    stored = server.state.submission(built.ss_uid)
+    assert stored is not None and stored["reply_dropped"] == 1
+    found = stored_query(session, server.url, settings, credentials, built.patient_cx, ss_uid=built.ss_uid)
+    assert built.ss_uid in unique_ids(found)
+
+
+def test_latency_is_applied(start, session, settings, credentials):
+    import time
+
+    server = start(latency_ms=300)
+    built = build_request(settings, credentials, server.url)
+    t0 = time.monotonic()
+    assert registry_response(post(session, server.url, built))[0] == "Success"
+    assert time.monotonic() - t0 >= 0.3
+
+
+def test_report_counts_are_exact(sandbox, session, settings, credentials, state_path):
+    a = build_request(settings, credentials, sandbox.url, documents=[make_document(document_id="A1"), make_document(document_id="A2")])
+    b = build_request(settings, credentials, sandbox.url, documents=[make_document(document_id="B1")],
+                      patient=make_patient(ins_matricule="180032B020401"))
+    for built in (a, b):
+        assert registry_response(post(session, sandbox.url, built))[0] == "Success"
+    assert codes(post(session, sandbox.url, a)) == {"XDSDuplicateUniqueIdInRegistry"}  # refused resend
+    dup = build_request(settings, credentials, sandbox.url, documents=[make_document(document_id="B1")],
+                        patient=make_patient(ins_matricule="180032B020401"), ss_uid="1.2.250.1.999.42.7.1")
+    assert registry_response(post(session, sandbox.url, dup))[0] == "Success"  # identical: accepted, counted
+
+    rep = sandbox_report.report(state_path)
+    assert rep["submissions"] == 3
+    assert rep["documents"] == 4  # A1, A2, B1, B1 again (signatures not counted)
+    assert rep["distinct_documents"] == 3
+    assert rep["duplicate_deliveries"] == 1
+    assert rep["per_patient"] == {a.patient_cx: 2, b.patient_cx: 2}
+    assert rep["rejections"] == {"XDSDuplicateUniqueIdInRegistry": 1}
+    assert rep["rejected_requests"] == 1
+    text = sandbox_report.render_text(rep)
+    assert "duplicate deliveries: 1" in text
+    assert "180032B020401" not in text  # no INS in the text rendering
+
+
+def test_full_cda_validation_accepts_the_ans_example(start, session, settings, credentials):
+    server = start(fast=False)
+    built = build_request(settings, credentials, server.url)
+    assert registry_response(post(session, server.url, built)) == ("Success", [])
+
+
+def test_invalid_cda_is_refused_unless_fast(start, session, settings, credentials):
+    server = start(fast=False)
+    def drop_title(cda: bytes) -> bytes:  # well-formed, hash and size right, but the CDA lacks its title
+        start = cda.index(b"<title>")
+        return cda[:start] + cda[cda.index(b"</title>", start) + len(b"</title>"):]
+
+    built = build_request(settings, credentials, server.url, cda_mutate=drop_title)
+    status, errors = registry_response(post(session, server.url, built))
+    assert status == "Failure"
+    assert {(c, loc) for c, ctx, loc in errors if ctx.startswith("CDA")} >= {("XDSRepositoryMetadataError", built.doc_uids[0])}
+    fast = start(fast=True)
+    assert registry_response(post(session, fast.url, built))[0] == "Success"
