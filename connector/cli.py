@@ -106,6 +106,37 @@ def status(settings, fmt: str) -> None:
     click.echo(json.dumps(report, ensure_ascii=False, indent=1, default=str) if fmt == "json" else action.render_text(report))
 
 
+# --- check -------------------------------------------------------------------------------------
+
+
+@main.command()
+@with_settings
+def check(settings) -> None:
+    """Check configuration, databases, certificates and the TLS handshake with the DMP."""
+    from connector.actions.check import run_checks
+
+    results = run_checks(settings)
+    marks = {"ok": "ok  ", "warning": "WARN", "error": "FAIL"}
+    for c in results:
+        click.echo(f"[{marks[c.level]}] {c.name:<9} {c.message}")
+    errors = [c for c in results if c.level == "error"]
+    if errors:
+        sys.exit(EXIT_CERTIFICATE if all(c.name in ("auth_cli", "sign") for c in errors) else EXIT_ATTENTION)
+
+
+# --- demo --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default="demo")
+def demo(directory: Path) -> None:
+    """Run the whole job on the embedded default in DIRECTORY (default ./demo): test PKI, sample store,
+    sandbox DMP, a real run over mutual TLS, then the status."""
+    from connector.actions import demo as action
+
+    action.demo(directory, echo=click.echo)
+
+
 # --- samples and database ----------------------------------------------------------------------
 
 

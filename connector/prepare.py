@@ -56,6 +56,8 @@ def submission(
 ) -> Prepared:
     """Sign, assemble and validate the ITI-41 request of one patient's documents."""
     oid_root = settings.structure.oid_root
+    if submission_time.tzinfo is None:  # the ledger keeps naive UTC
+        submission_time = submission_time.replace(tzinfo=dt.timezone.utc)
     entries = [
         xds.Entry(document=d, patient=patient, cda=xml, unique_id=uid,
                   entry_uuid=ids.entry_uuid(oid_root, d.document_id, d.version))
@@ -66,7 +68,7 @@ def submission(
         sign,
         submission_set_uid=submission_set_uid,
         documents=[(e.unique_id, e.cda) for e in entries],
-        signature_id=signature_uid,
+        signature_id="sig-" + signature_uid,  # an XML ID cannot start with a digit
         digest=settings.signature.digest,
         xades_namespace=settings.signature.xades_namespace,
         signing_time=submission_time,

@@ -1,0 +1,100 @@
+"""`check`: is everything ready for tonight's run? One line per check, an action an operator can take.
+
+Configuration (already loaded by the CLI), store and ledger databases with their tables, both certificates
+(validity, expiry within 30 days, key usage, FINESS EJ, chain), and a mutual-TLS handshake with the DMP.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from connector.config import Settings
+from connector.ledger.repo import LedgerError
+from connector.store import StoreError
+
+
+@dataclass(frozen=True)
+class Check:
+    level: str  # ok, warning, error
+    name: str
+    message: str
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    checks = [Check("ok", "config", f"{settings.source or 'settings'}: valid, {len(settings.structure.sites)} site(s), "
+                                    f"environment {settings.dmp.environment}")]
+    checks.append(_store(settings))
+    checks.append(_ledger(settings))
+    credentials = _certificates(settings, checks)
+    if "auth_cli" in credentials:
+        checks.append(_handshake(settings, credentials["auth_cli"]))
+    return checks
+
+
+def _store(settings: Settings) -> Check:
+    from connector.actions.context import open_store
+
+    try:
+        open_store(settings)
+    except StoreError as exc:
+        return Check("error", "store", str(exc))
+    return Check("ok", "store", "reachable, dmp_patient and dmp_document have every column of the contract")
+
+
+def _ledger(settings: Settings) -> Check:
+    from connector.actions.context import open_settings_ledger
+
+    try:
+        open_settings_ledger(settings)
+    except LedgerError as exc:
+        return Check("error", "ledger", str(exc))
+    return Check("ok", "ledger", "reachable, schema up to date")
+
+
+def _certificates(settings: Settings, checks: list[Check]) -> dict:
+    from connector.trust.certs import CertificateError, check_credential, load_credential
+
+    if settings.certificates is None:
+        checks.append(Check("error", "certificates", "no [certificates.auth_cli] / [certificates.sign] configured"))
+        return {}
+    loaded = {}
+    for purpose in ("auth_cli", "sign"):
+        cert_settings = getattr(settings.certificates, purpose)
+        try:
+            cred = load_credential(cert_settings)
+        except (CertificateError, ValueError, OSError) as exc:
+            checks.append(Check("error", purpose, str(exc)))
+            continue
+        loaded[purpose] = cred
+        for finding in check_credential(cred, purpose, ca_bundle=settings.dmp.ca_bundle):
+            checks.append(Check(finding.level, purpose, finding.message))
+        ej = cred.finess_ej()
+        if ej and ej != settings.structure.finess_ej:
+            checks.append(Check("error", purpose, f"certificate FINESS {ej} differs from structure.finess_ej "
+                                                  f"{settings.structure.finess_ej}"))
+    return loaded
+
+
+def _handshake(settings: Settings, credential) -> Check:
+    from connector.dmp import tls
+
+    url = urlsplit(settings.dmp.base_url)
+    host, port = url.hostname, url.port or 443
+    try:
+        context = tls.client_context(settings.dmp.ca_bundle, credential, settings.certificates.auth_cli.password())
+        with socket.create_connection((host, port), timeout=settings.dmp.connect_timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=host) as conn:
+                version = conn.version()
+                peer = conn.getpeercert() or {}
+    except ssl.SSLCertVerificationError as exc:
+        return Check("error", "dmp", f"{host}:{port}: server certificate not trusted ({exc.verify_message}); "
+                                     f"check dmp.ca_bundle")
+    except ssl.SSLError as exc:
+        return Check("error", "dmp", f"{host}:{port}: TLS handshake failed ({exc.reason or exc})")
+    except OSError as exc:
+        return Check("error", "dmp", f"{host}:{port}: unreachable ({exc.strerror or exc})")
+    subject = ", ".join("=".join(x) for rdn in peer.get("subject", ()) for x in rdn)
+    return Check("ok", "dmp", f"{host}:{port}: mutual TLS handshake ok ({version}, server {subject})")
