@@ -137,6 +137,58 @@ def demo(directory: Path) -> None:
     action.demo(directory, echo=click.echo)
 
 
+# --- sandbox DMP -------------------------------------------------------------------------------
+
+
+@main.group()
+def sandbox() -> None:
+    """A local DMP for demos, tests and benchmarks (mTLS, MTOM, strict checks, fault injection)."""
+
+
+@sandbox.command("pki")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--finess-ej", default="0B0999999", show_default=True)
+def sandbox_pki(directory: Path, finess_ej: str) -> None:
+    """Write a test CA, a server certificate for localhost/127.0.0.1 and the ORG AUTH_CLI and ORG SIGN
+    PKCS#12 files (with their password files) into DIRECTORY."""
+    from connector.trust.pki import create_test_pki
+
+    files = create_test_pki(directory, finess_ej=finess_ej)
+    for name in ("ca_cert", "server_cert", "auth_cli_p12", "auth_cli_password_file", "sign_p12", "sign_password_file"):
+        click.echo(f"{name:<22} {getattr(files, name)}")
+
+
+@sandbox.command("serve")
+@click.option("--port", default=8443, show_default=True)
+@click.option("--pki", "pki_dir", type=click.Path(file_okay=False, path_type=Path), default="sandbox-pki",
+              show_default=True, help="Test PKI folder (created if empty).")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default="sandbox.sqlite3",
+              show_default=True, help="SQLite file keeping what the sandbox received (survives restarts).")
+@click.option("--latency-ms", default=0, show_default=True)
+@click.option("--fail-rate", default=0.0, show_default=True, help="Share of requests answered 503 or XDSRegistryBusy.")
+@click.option("--drop-after-commit-rate", default=0.0, show_default=True,
+              help="Share of submissions stored, then the connection dropped without a reply.")
+@click.option("--fast", is_flag=True, help="Skip the CDA schematron check (benchmarks).")
+@click.option("--seed", type=int, default=None, help="Seed of the fault injection (reproducible runs).")
+def sandbox_serve(**options) -> None:
+    """Serve the sandbox DMP on 127.0.0.1 until interrupted."""
+    from connector.sandbox import server
+
+    server.main(**options)
+
+
+@sandbox.command("report")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default="sandbox.sqlite3", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def sandbox_report(state_path: Path, fmt: str) -> None:
+    """What the sandbox received: counts, per patient, duplicates, rejections with reasons."""
+    from connector.sandbox import report
+
+    data = report.report(state_path)
+    click.echo(json.dumps(data, ensure_ascii=False, indent=1, default=str) if fmt == "json" else report.render_text(data))
+
+
 # --- samples and database ----------------------------------------------------------------------
 
 
