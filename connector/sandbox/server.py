@@ -393,6 +393,8 @@ def serve(
     if not all((ca_cert, server_cert, server_key, server_password_file)):
         raise ValueError("give pki_dir, or ca_cert, server_cert, server_key and server_password_file")
     state = SandboxState(state_path, keep_content=keep_content, auto_create_patients=auto_create_patients)
+    if not fast and (warm_up := checks._validator("connector.payload.validate", "warm_up")):
+        warm_up()  # compile the schematron now (≈30 s the first time), not inside a client's read timeout
     app = SandboxDmp(
         state,
         FaultInjector(latency_ms, fail_rate, drop_after_commit_rate, seed),
