@@ -7,6 +7,7 @@ never hard-code a display that could drift from the published value set.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 
@@ -15,6 +16,7 @@ from lxml import etree
 from connector.resources import ans_kit
 
 _SVS = "{urn:ihe:iti:svs:2008}"
+_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 
 TYPE_CODES = "JDV_J07_XdsTypeCode_CISIS.xml"
 FACILITY_TYPES = "JDV_J02_XdsHealthcareFacilityTypeCode_CISIS.xml"
@@ -46,7 +48,10 @@ def type_code(code: str | None) -> Code | None:
 
 
 def is_type_code(code: str | None) -> bool:
-    return type_code(code) is not None
+    """True if `code` is a JDV_J07 typeCode a document (CDA ClinicalDocument/code) may carry:
+    J07 also lists E1762 (ASTM, the submission-set signature's type), whose code system is no OID."""
+    found = type_code(code)
+    return found is not None and _OID.match(found.code_system) is not None
 
 
 def facility_type(code: str | None) -> Code | None:

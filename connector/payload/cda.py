@@ -1,0 +1,247 @@
+"""CDA R2 level 1 (CI-SIS "structuration minimale", IHE XDS-SD) wrapping a PDF, and the checks of a
+store document that already is a CDA.
+
+The header follows the ANS example `ExemplesCDA/DOC_NON_STRUCTURE_CDA-R2-N1.xml` and the schematron
+of template 1.2.250.1.213.1.1.1.1. The output is a pure function of its inputs (no clock), so a resend
+rebuilds the same bytes, hence the same hash in the XDS metadata.
+
+Identifier choices (see also `ids.py`):
+- `id@root` = the document uniqueId; `setId@root` = `ids.document_set_id` (shared by all versions),
+  `versionNumber` = the store version.
+- patient: INS (root = its OID, extension = matricule) then IPP (root = `ids.ipp_authority`, i.e.
+  `<oid_root>.3`, as the XDS sourcePatientId).
+- author organisation, encounter facility: the site (`1` + FINESS géographique, root 1.2.250.1.71.4.2.2);
+  custodian: the legal entity (`1` + FINESS juridique), which holds the documents and the certificates.
+- times: the store's naive wall-clock values are Europe/Paris, written with their UTC offset.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+
+from lxml import etree
+
+from connector.config import Site, Structure
+from connector.payload import codes, hl7, ids
+from connector.payload.errors import CDA_INVALID, METADATA_INVALID, PayloadError
+from connector.payload.validate import parse_untrusted
+from connector.store import Document, Patient
+
+HL7 = "urn:hl7-org:v3"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+_V3 = f"{{{HL7}}}"
+
+INS_OIDS = {
+    "1.2.250.1.213.1.4.8",  # INS-NIR
+    "1.2.250.1.213.1.4.9",  # INS-NIA
+    "1.2.250.1.213.1.4.10",  # INS-NIR de test
+    "1.2.250.1.213.1.4.11",  # INS-NIR de démonstration
+}
+TEMPLATE_IDS = (
+    "2.16.840.1.113883.2.8.2.1",  # HL7 France
+    "1.2.250.1.213.1.1.1.1",  # CI-SIS structuration minimale
+    "1.3.6.1.4.1.19376.1.2.20",  # IHE XDS-SD (scanned/PDF body)
+)
+GENDERS = {"M": "Masculin", "F": "Féminin", "U": "Inconnu"}
+GENDER_SYSTEM = "2.16.840.1.113883.5.1"
+CONFIDENTIALITY_SYSTEM = "2.16.840.1.113883.5.25"
+
+
+def build_cda(
+    document: Document,
+    patient: Patient,
+    site: Site,
+    structure: Structure,
+    content: bytes,
+    *,
+    unique_id: str,
+    now: dt.datetime | None = None,
+) -> bytes:
+    """The CDA R2 level 1 document wrapping `content` (a PDF), as UTF-8 XML with a declaration.
+
+    `now` is only used when the store gives no creation time (pass the stored submission time to keep
+    resends identical). Raises PayloadError(METADATA_INVALID) naming the document and the missing or
+    unknown field."""
+    doc_id = document.document_id
+    type_code = codes.type_code(document.type_code)
+    missing = _missing_fields(document, patient, type_code, now)
+    if missing:
+        raise PayloadError(METADATA_INVALID, f"document {doc_id}: cannot build the CDA, {'; '.join(missing)}")
+    facility = codes.facility_type(site.healthcare_facility_type)
+    setting = codes.practice_setting(site.practice_setting)
+    if facility is None or setting is None:
+        wrong = "healthcare_facility_type" if facility is None else "practice_setting"
+        raise PayloadError(METADATA_INVALID, f"document {doc_id}: site {site.finess_geo} {wrong} is not in its value set")
+    created = document.created_at or now
+    legal_rpps = document.legal_authenticator_rpps or document.author_rpps
+
+    b = _Builder()
+    root = b.root
+    b.add(root, "realmCode", code="FR")
+    b.add(root, "typeId", root="2.16.840.1.113883.1.3", extension="POCD_HD000040")
+    for template in TEMPLATE_IDS:
+        b.add(root, "templateId", root=template)
+    b.add(root, "id", root=unique_id)
+    b.code(root, "code", type_code)
+    b.add(root, "title", text=document.title or type_code.display)
+    b.add(root, "effectiveTime", value=timestamp(created))
+    b.add(root, "confidentialityCode", code="N", displayName="Normal", codeSystem=CONFIDENTIALITY_SYSTEM)
+    b.add(root, "languageCode", code="fr-FR")
+    b.add(root, "setId", root=ids.document_set_id(structure.oid_root, doc_id))
+    b.add(root, "versionNumber", value=str(document.version))
+
+    role = b.add(b.add(root, "recordTarget"), "patientRole")
+    b.add(role, "id", root=patient.ins_oid, extension=patient.ins_matricule)
+    b.add(role, "id", root=ids.ipp_authority(structure.oid_root), extension=patient.patient_id)
+    person = b.add(role, "patient", classCode="PSN")
+    name = b.add(person, "name")
+    b.add(name, "family", qualifier="BR", text=patient.birth_family_name)
+    b.add(name, "given", text=" ".join(patient.given_names))  # all birth given names
+    b.add(name, "given", qualifier="BR", text=patient.given_names[0])  # first birth given name
+    if patient.used_family_name:
+        b.add(name, "family", qualifier="CL", text=patient.used_family_name)
+    if patient.used_given_name:
+        b.add(name, "given", qualifier="CL", text=patient.used_given_name)
+    b.add(person, "administrativeGenderCode", code=patient.sex, displayName=GENDERS[patient.sex],
+          codeSystem=GENDER_SYSTEM)
+    b.add(person, "birthTime", value=patient.birth_date.strftime("%Y%m%d"))
+    place = b.add(b.add(person, "birthplace"), "place")
+    b.add(b.add(place, "addr"), "county", text=patient.birth_place_code)  # COG code of the birth place
+
+    author = b.add(root, "author")
+    b.add(author, "time", value=timestamp(created))
+    assigned = b.add(author, "assignedAuthor")
+    b.add(assigned, "id", root=hl7.RPPS_AUTHORITY, extension="8" + document.author_rpps)
+    specialty = codes.author_specialty(document.author_specialty_code)
+    if specialty is not None:
+        b.code(assigned, "code", specialty)
+    b.person_name(b.add(assigned, "assignedPerson"), document.author_family_name, document.author_given_name)
+    b.organization(assigned, "representedOrganization", site.finess_geo, site.name)
+
+    custodian = b.add(b.add(root, "custodian"), "assignedCustodian")
+    b.organization(custodian, "representedCustodianOrganization", structure.finess_ej, structure.name)
+
+    legal = b.add(root, "legalAuthenticator")
+    b.add(legal, "time", value=timestamp(created))
+    b.add(legal, "signatureCode", code="S")
+    entity = b.add(legal, "assignedEntity")
+    b.add(entity, "id", root=hl7.RPPS_AUTHORITY, extension="8" + legal_rpps)
+    if legal_rpps == document.author_rpps:
+        b.person_name(b.add(entity, "assignedPerson"), document.author_family_name, document.author_given_name)
+
+    event = b.add(b.add(root, "documentationOf"), "serviceEvent")
+    b.interval(event, document.service_start, document.service_stop)
+    performer = b.add(b.add(event, "performer", typeCode="PRF"), "assignedEntity")
+    b.add(performer, "id", root=hl7.RPPS_AUTHORITY, extension="8" + document.author_rpps)
+    organization = b.organization(performer, "representedOrganization", site.finess_geo, site.name)
+    b.code(organization, "standardIndustryClassCode", setting)
+
+    encounter = b.add(b.add(root, "componentOf"), "encompassingEncounter")
+    b.interval(encounter, document.service_start, document.service_stop)
+    facility_el = b.add(b.add(encounter, "location"), "healthCareFacility")
+    b.add(facility_el, "id", root=hl7.FINESS_AUTHORITY, extension="1" + site.finess_geo)
+    b.code(facility_el, "code", facility)
+
+    body = b.add(b.add(root, "component"), "nonXMLBody")
+    b.add(body, "text", mediaType="application/pdf", representation="B64",
+          text=base64.b64encode(content).decode("ascii"))
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def timestamp(value: dt.datetime) -> str:
+    """HL7 TS with seconds and offset in Europe/Paris time, e.g. 20261120143000+0100."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=hl7.LOCAL_TZ)
+    return value.astimezone(hl7.LOCAL_TZ).strftime("%Y%m%d%H%M%S%z")
+
+
+def _missing_fields(document: Document, patient: Patient, type_code, now) -> list[str]:
+    """What the CDA needs and the store does not give (names of fields, never their values)."""
+    problems = []
+    if not patient.ins_matricule or patient.ins_oid not in INS_OIDS:
+        problems.append("patient INS (ins_matricule / ins_oid) missing or not an INS OID")
+    for field in ("birth_family_name", "birth_given_names", "birth_date", "birth_place_code"):
+        if not getattr(patient, field):
+            problems.append(f"patient {field} missing (INS trait)")
+    if patient.sex not in GENDERS:
+        problems.append("patient sex missing or not M/F/U (INS trait)")
+    if type_code is None or not codes.is_type_code(type_code.code):
+        problems.append("type_code missing or not a document type of JDV_J07")
+    if not document.author_rpps:
+        problems.append("author_rpps missing")
+    if document.created_at is None and now is None:
+        problems.append("created_at missing")
+    if document.service_start is None:
+        problems.append("service_start missing")
+    if (document.mime_type or "application/pdf").lower() != "application/pdf":
+        problems.append("mime_type is not application/pdf")
+    return problems
+
+
+class _Builder:
+    """Small helpers over lxml for HL7 v3 elements in the default namespace."""
+
+    def __init__(self):
+        self.root = etree.Element(_V3 + "ClinicalDocument", nsmap={None: HL7, "xsi": XSI})
+
+    def add(self, parent, tag: str, text: str | None = None, **attributes) -> etree._Element:
+        element = etree.SubElement(parent, _V3 + tag, {k: v for k, v in attributes.items() if v is not None})
+        if text is not None:
+            element.text = text
+        return element
+
+    def code(self, parent, tag: str, code: codes.Code) -> etree._Element:
+        return self.add(parent, tag, code=code.code, displayName=code.display, codeSystem=code.code_system)
+
+    def person_name(self, person, family: str | None, given: str | None) -> None:
+        name = self.add(person, "name")
+        if not family and not given:
+            name.set("nullFlavor", "UNK")
+        if given:
+            self.add(name, "given", text=given)
+        if family:
+            self.add(name, "family", text=family)
+
+    def organization(self, parent, tag: str, finess: str, name: str) -> etree._Element:
+        organization = self.add(parent, tag)
+        self.add(organization, "id", root=hl7.FINESS_AUTHORITY, extension="1" + finess)
+        self.add(organization, "name", text=name)
+        return organization
+
+    def interval(self, parent, low: dt.datetime, high: dt.datetime | None) -> None:
+        time = self.add(parent, "effectiveTime")
+        self.add(time, "low", value=timestamp(low))
+        if high is not None:
+            self.add(time, "high", value=timestamp(high))
+
+
+# --- store documents that already are CDA -------------------------------------------------------
+
+def check_passthrough_cda(content: bytes, document: Document, patient: Patient, site: Site) -> bytes:
+    """Return `content` unchanged if it is a CDA of this patient produced at this site.
+
+    Parsed without entity expansion, DTD or network (a DOCTYPE, hence any XML bomb or XXE, is refused);
+    the INS must equal the store patient's and a healthCareFacility id must be `1` + the site's FINESS.
+    Raises PayloadError(CDA_INVALID) naming the document and the mismatch."""
+    doc_id = document.document_id
+    try:
+        root = parse_untrusted(content).getroot()
+    except ValueError as exc:
+        raise PayloadError(CDA_INVALID, f"document {doc_id}: {exc}") from None
+    if root.tag != _V3 + "ClinicalDocument":
+        raise PayloadError(CDA_INVALID, f"document {doc_id}: root element is not an HL7 v3 ClinicalDocument")
+    ns = {"v3": HL7}
+    patient_ids = root.xpath("v3:recordTarget/v3:patientRole/v3:id", namespaces=ns)
+    ins = [(i.get("root"), i.get("extension")) for i in patient_ids if i.get("root") in INS_OIDS]
+    if ins != [(patient.ins_oid, patient.ins_matricule)]:
+        raise PayloadError(CDA_INVALID, f"document {doc_id}: the CDA's INS does not match the store patient's")
+    facilities = root.xpath(
+        "v3:componentOf/v3:encompassingEncounter/v3:location/v3:healthCareFacility/v3:id", namespaces=ns
+    )
+    expected = (hl7.FINESS_AUTHORITY, "1" + site.finess_geo)
+    if expected not in [(f.get("root"), f.get("extension")) for f in facilities]:
+        raise PayloadError(
+            CDA_INVALID, f"document {doc_id}: no healthCareFacility id equal to the site's FINESS {site.finess_geo}"
+        )
+    return content

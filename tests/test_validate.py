@@ -1,0 +1,180 @@
+"""The validators: ANS CDA XSD + structuration minimale schematron, XDS.b/ebRS and SAML schemas."""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from connector.payload import validate
+from connector.payload.errors import PayloadError
+from connector.resources import ans_kit
+
+EXAMPLE = ans_kit() / "ExemplesCDA" / "DOC_NON_STRUCTURE_CDA-R2-N1.xml"
+INS_TRAITS_ERROR = "les traits de l'INS"
+
+
+@pytest.fixture(scope="module")
+def example() -> bytes:
+    return EXAMPLE.read_bytes()
+
+
+def without(xml: bytes, pattern: str, replacement: bytes = b"") -> bytes:
+    changed = re.sub(pattern.encode(), replacement, xml, count=1, flags=re.S)
+    assert changed != xml, f"pattern {pattern!r} not found"
+    return changed
+
+
+# --- CDA -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["DOC_NON_STRUCTURE_CDA-R2-N1.xml", "BIO-CR-BIO_2021.01_CDA-R2-Niveau-1.xml"])
+def test_ans_examples_have_no_errors(name):
+    assert validate.cda_errors((ans_kit() / "ExemplesCDA" / name).read_bytes()) == []
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r'<birthTime value="19790328"/>',
+        r'<given qualifier="BR">DOMINIQUE</given>',
+        r'<family qualifier="BR">PAT-TROIS</family>',
+        r"<county>51215</county>",
+    ],
+)
+def test_schematron_requires_every_ins_trait(example, pattern):
+    errors = validate.cda_errors(without(example, pattern))
+    assert any(INS_TRAITS_ERROR in e for e in errors), errors
+
+
+def test_schematron_requires_the_health_care_facility(example):
+    errors = validate.cda_errors(without(example, r"<location>.*?</location>"))
+    assert any("encompassingEncounter" in e and "location" in e for e in errors), errors
+
+
+def test_schematron_checks_the_type_code_against_j07(example):
+    """Proves the generated voc-…471 (JDV_J07) is loaded: an unknown LOINC code is an error."""
+    errors = validate.cda_errors(without(example, r'code="11502-2"', b'code="99999-9"'))
+    assert any("1.2.250.1.213.1.1.5.471" in e for e in errors), errors
+
+
+def test_warnings_are_not_errors(example):
+    """The ANS example raises schematron warnings (e.g. the closed-template checks) yet has no error."""
+    svrl = validate._schematron.svrl(validate.parse_untrusted(example))
+    roles = {f.get("role") for f in svrl.iter("{http://purl.oclc.org/dsdl/svrl}failed-assert")}
+    assert "error" not in roles
+    assert validate.cda_errors(example) == []
+
+
+def test_errors_name_the_location_and_hide_document_values(example):
+    xml = without(example, r'<birthTime value="19790328"/>', b'<birthTime value="1979x0328"/>')
+    errors = validate.cda_errors(xml)
+    assert any(e.startswith("XSD /ClinicalDocument/recordTarget/patientRole/patient/birthTime") for e in errors)
+    assert any(e.startswith("schematron /ClinicalDocument/recordTarget/patientRole/patient/birthTime") for e in errors)
+    assert not any("1979x0328" in e for e in errors), errors
+
+
+def test_validate_cda_raises_cda_invalid_naming_the_document(example):
+    with pytest.raises(PayloadError) as caught:
+        validate.validate_cda(without(example, r'<birthTime value="19790328"/>'), "DOC42")
+    assert caught.value.reason == "CDA_INVALID"
+    assert str(caught.value.message).startswith("DOC42: ")
+    assert "279035121518989" not in str(caught.value) and "PAT-TROIS" not in str(caught.value)
+    validate.validate_cda(example, "DOC42")  # valid: no exception
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        b"<ClinicalDocument",
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><ClinicalDocument xmlns="urn:hl7-org:v3">&a;</ClinicalDocument>',
+    ],
+)
+def test_cda_errors_refuses_bad_xml_and_doctype(xml):
+    errors = validate.cda_errors(xml)
+    assert len(errors) == 1 and ("DOCTYPE" in errors[0] or "well-formed" in errors[0])
+
+
+def test_generated_stylesheet_is_cached_with_the_j07_value_set():
+    path = validate.stylesheet_path()
+    assert validate.stylesheet_path() == path
+    voc = (path.parent / "voc-1.2.250.1.213.1.1.5.471-DYNAMIC.xml").read_text(encoding="utf-8")
+    assert 'code="11490-0"' in voc and 'code="11502-2"' in voc
+
+
+def test_concurrent_validation_gives_the_same_answers(example):
+    bad = without(example, r'<birthTime value="19790328"/>')
+    inputs = [example, bad] * 6
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(validate.cda_errors, inputs))
+    assert [bool(r) for r in results] == [False, True] * 6
+
+
+def test_validation_time_per_document(example, capsys):
+    validate.cda_errors(example)  # warm-up (compile)
+    durations = []
+    for _ in range(10):
+        start = time.perf_counter()
+        validate.cda_errors(example)
+        durations.append(time.perf_counter() - start)
+    median = statistics.median(durations)
+    with capsys.disabled():
+        print(f"\ncda_errors after warm-up: median {median * 1000:.0f} ms, max {max(durations) * 1000:.0f} ms")
+    assert median < 1.0  # thousands per night must stay feasible
+
+
+# --- XDS.b / ebRS ------------------------------------------------------------------------------------
+
+RS = "urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0"
+PNR = f"""<xdsb:ProvideAndRegisterDocumentSetRequest xmlns:xdsb="urn:ihe:iti:xds-b:2007"
+    xmlns:lcm="urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0" xmlns:rim="urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0">
+  <lcm:SubmitObjectsRequest><rim:RegistryObjectList>
+    <rim:ExtrinsicObject id="Document01" mimeType="text/xml" objectType="urn:uuid:7edca82f-054d-47f2-a032-9b2a5b5186c1">
+      <rim:Name><rim:LocalizedString xml:lang="fr-FR" charset="UTF-8" value="Lettre"/></rim:Name>
+    </rim:ExtrinsicObject>
+  </rim:RegistryObjectList></lcm:SubmitObjectsRequest>
+  <xdsb:Document id="Document01">{{body}}</xdsb:Document>
+</xdsb:ProvideAndRegisterDocumentSetRequest>"""
+
+
+def test_xds_request_valid_with_xml_lang_resolved_locally():
+    assert validate.xds_request_errors(PNR.replace("{body}", "AAAA").encode()) == []
+
+
+def test_xds_request_errors_are_reported():
+    xml = PNR.replace("{body}", "AAAA").replace('ExtrinsicObject id="Document01"', "ExtrinsicObject").replace('xml:lang="fr-FR"', 'xml:lang="fr FR!"')
+    errors = validate.xds_request_errors(xml.encode())
+    assert len(errors) >= 2 and any("'id' is required" in e for e in errors)
+    assert any("lang" in e for e in errors)
+
+
+def test_xds_request_accepts_an_element_inside_an_envelope():
+    from lxml import etree
+
+    envelope = etree.fromstring(
+        f'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>'
+        f'{PNR.replace("{body}", "AAAA")}</s:Body></s:Envelope>'.encode()
+    )
+    assert validate.xds_request_errors(envelope[0][0]) == []
+
+
+def test_registry_response_and_unexpected_root():
+    ok = f'<rs:RegistryResponse xmlns:rs="{RS}" status="urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"/>'
+    assert validate.xds_request_errors(ok.encode()) == []
+    assert validate.xds_request_errors(f'<rs:RegistryResponse xmlns:rs="{RS}"/>'.encode())
+    assert validate.xds_request_errors(b"<foo/>") == ["unexpected root element foo"]
+
+
+# --- SAML ----------------------------------------------------------------------------------------------
+
+SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
+
+
+def test_saml_assertion_schema():
+    ok = (f'<saml:Assertion xmlns:saml="{SAML}" ID="_a1" Version="2.0" IssueInstant="2026-11-20T13:30:00Z">'
+          "<saml:Issuer>CN=test</saml:Issuer></saml:Assertion>")
+    assert validate.saml_assertion_errors(ok.encode()) == []
+    errors = validate.saml_assertion_errors(ok.replace(' ID="_a1"', "").encode())
+    assert any("ID" in e for e in errors)
