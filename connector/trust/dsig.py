@@ -176,7 +176,10 @@ def verify_submission_set_signature(
         if len(transforms) > 1 or (transforms and transforms[0] not in (C14N, C14N_WITH_COMMENTS)):
             raise SignatureError(f"manifest reference urn:oid:{uid}: unsupported transforms {transforms}")
         expected = ref.findtext(ds("DigestValue"), "").strip()
-        actual = b64(_digest_document(uid, documents[uid], transforms[0] if transforms else None, digest_uri))
+        try:
+            actual = b64(_digest_document(uid, documents[uid], transforms[0] if transforms else None, digest_uri))
+        except ValueError as exc:
+            raise SignatureError(f"manifest reference urn:oid:{uid}: {exc}") from None
         if actual != expected:
             raise SignatureError(f"manifest reference urn:oid:{uid}: digest mismatch (document changed after signing)")
         seen.append(uid)
@@ -205,7 +208,7 @@ def _digest_document(uid: str, content: bytes, transform: str | None, digest_uri
     try:
         tree = etree.ElementTree(parse(content))
     except SignatureError:
-        raise SignatureError(f"document {uid}: not well-formed XML, cannot canonicalize it") from None
+        raise ValueError(f"document {uid}: not well-formed XML, cannot canonicalize it") from None
     return compute_digest(canonicalize(tree, transform), digest_uri)
 
 

@@ -1,0 +1,139 @@
+"""The submission-set signature: XAdES + IHE manifest, checked by our verifier and by xmlsec1."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from lxml import etree
+from pki_fixtures import pki, sign_credential  # noqa: F401
+from xmlsec import manifest_options, xmlsec_verify
+
+from connector.config import CertificateSettings
+from connector.trust.certs import load_credential
+from connector.trust.dsig import (
+    XADES_111,
+    XADES_132,
+    SignatureError,
+    sign_submission_set,
+    verify_submission_set_signature,
+)
+from connector.trust.pki import issue_bad_p12
+from connector.trust.xmlsig import DS_NS
+
+SS_UID = "1.2.250.1.999.42.2.7"
+SIG_ID = "S1.2.250.1.999.42.4.7"
+DOC1, DOC2 = "1.2.250.1.999.42.1.1", "1.2.250.1.999.42.1.2"
+CDA1 = b'<?xml version="1.0" encoding="UTF-8"?>\n<ClinicalDocument xmlns="urn:hl7-org:v3"><!-- v1 --><id root="1.2.250.1.999.42.1.1"/><title>Lettre</title></ClinicalDocument>\n'
+CDA2 = b'<ClinicalDocument xmlns="urn:hl7-org:v3"><id root="1.2.250.1.999.42.1.2"/><title>CR</title></ClinicalDocument>'
+DOCS = {DOC1: CDA1, DOC2: CDA2}
+WHEN = dt.datetime(2026, 11, 21, 2, 0, tzinfo=dt.timezone.utc)
+NS = {"ds": DS_NS}
+PROFILES = [("sha1", XADES_111), ("sha256", XADES_132)]
+
+
+def _sign(credential, digest="sha1", xades=XADES_111, documents=DOCS):
+    return sign_submission_set(credential, submission_set_uid=SS_UID, documents=list(documents.items()),
+                               signature_id=SIG_ID, digest=digest, xades_namespace=xades, signing_time=WHEN)
+
+
+@pytest.mark.parametrize("digest,xades", PROFILES)
+def test_shape_follows_the_dmp_clients(sign_credential, digest, xades):
+    sig = etree.fromstring(_sign(sign_credential, digest, xades))
+    assert sig.tag == f"{{{DS_NS}}}Signature" and sig.get("Id") == SIG_ID
+    assert sig.find("ds:SignedInfo/ds:CanonicalizationMethod", NS).get("Algorithm") == \
+        "http://www.w3.org/TR/2001/REC-xml-c14n-20010315#WithComments"
+    assert sig.find("ds:SignedInfo/ds:SignatureMethod", NS).get("Algorithm").endswith(f"rsa-{digest}")
+    refs = sig.findall("ds:SignedInfo/ds:Reference", NS)
+    assert [(r.get("URI"), r.get("Type")) for r in refs] == [
+        ("#IHEManifest", "http://www.w3.org/2000/09/xmldsig#Manifest"),
+        (f"#{SIG_ID}-SignedProperties",
+         xades + "SignedProperties" if xades == XADES_111 else "http://uri.etsi.org/01903#SignedProperties"),
+    ]
+    manifest = sig.find("ds:Object/ds:Manifest[@Id='IHEManifest']", NS)
+    uris = [r.get("URI") for r in manifest.findall("ds:Reference", NS)]
+    assert uris == [f"urn:oid:{SS_UID}", f"urn:oid:{DOC1}", f"urn:oid:{DOC2}"]
+    assert manifest.findtext("ds:Reference/ds:DigestValue", namespaces=NS) == "AA=="
+    prop = sig.find("ds:Object/ds:SignatureProperties/ds:SignatureProperty", NS)
+    assert (prop.get("Id"), prop.get("Target"), prop.text) == ("purposeOfSignature", f"#{SIG_ID}",
+                                                              "1.2.840.10065.1.12.1.14")
+    qp = sig.find(f"ds:Object/{{{xades}}}QualifyingProperties", NS)
+    assert qp.get("Target") == f"#{SIG_ID}"
+    ssp = qp.find(f"{{{xades}}}SignedProperties/{{{xades}}}SignedSignatureProperties")
+    assert ssp.findtext(f"{{{xades}}}SigningTime") == "2026-11-21T02:00:00Z"
+    assert ssp.find(f"{{{xades}}}SignaturePolicyIdentifier/{{{xades}}}SignaturePolicyImplied") is not None
+    serial = ssp.findtext(f"{{{xades}}}SigningCertificate/{{{xades}}}Cert/{{{xades}}}IssuerSerial/ds:X509SerialNumber",
+                          namespaces=NS)
+    assert serial == str(sign_credential.serial_number)
+
+
+@pytest.mark.parametrize("digest,xades", PROFILES)
+def test_verifies_with_our_verifier_and_xmlsec1(sign_credential, pki, digest, xades):
+    xml = _sign(sign_credential, digest, xades)
+    info = verify_submission_set_signature(xml, DOCS, ca_cert_pem=pki.ca_cert.read_bytes())
+    assert (info.submission_set_uid, info.document_uids, info.digest, info.xades_namespace) == (
+        SS_UID, (DOC1, DOC2), digest, xades)
+    assert info.signing_time == WHEN and info.signer == sign_credential.certificate
+    result = xmlsec_verify(xml, pki.ca_cert, *manifest_options())
+    assert result.returncode == 0, result.stderr
+    assert "SignedInfo References (ok/all): 2/2" in result.stderr + result.stdout
+
+
+def test_a_changed_cda_byte_fails_naming_the_document(sign_credential, pki):
+    xml = _sign(sign_credential)
+    changed = {DOC1: CDA1, DOC2: CDA2.replace(b"<title>CR<", b"<title>CX<")}
+    with pytest.raises(SignatureError, match=f"urn:oid:{DOC2}: digest mismatch"):
+        verify_submission_set_signature(xml, changed, ca_cert_pem=pki.ca_cert.read_bytes())
+
+
+def test_digest_is_over_the_canonical_form_with_comments(sign_credential, pki):
+    xml = _sign(sign_credential)
+    same_canonical = {DOC1: CDA1.replace(b'<id root="1.2.250.1.999.42.1.1"/>', b"<id root='1.2.250.1.999.42.1.1' ></id>"),
+                      DOC2: CDA2}
+    verify_submission_set_signature(xml, same_canonical, ca_cert_pem=pki.ca_cert.read_bytes())
+    other_comment = {DOC1: CDA1.replace(b"<!-- v1 -->", b"<!-- v2 -->"), DOC2: CDA2}
+    with pytest.raises(SignatureError, match=DOC1):
+        verify_submission_set_signature(xml, other_comment, ca_cert_pem=pki.ca_cert.read_bytes())
+
+
+def test_every_document_must_be_referenced_and_provided(sign_credential, pki):
+    xml = _sign(sign_credential, documents={DOC1: CDA1})
+    with pytest.raises(SignatureError, match=f"document {DOC2} is not referenced"):
+        verify_submission_set_signature(xml, DOCS, ca_cert_pem=pki.ca_cert.read_bytes())
+    xml = _sign(sign_credential)
+    with pytest.raises(SignatureError, match=f"urn:oid:{DOC2}: no such document"):
+        verify_submission_set_signature(xml, {DOC1: CDA1}, ca_cert_pem=pki.ca_cert.read_bytes())
+
+
+def test_a_tampered_manifest_breaks_both_verifiers(sign_credential, pki):
+    sig = etree.fromstring(_sign(sign_credential))
+    sig.find("ds:Object/ds:Manifest/ds:Reference", NS).set("URI", "urn:oid:1.2.250.1.999.42.2.8")
+    xml = etree.tostring(sig)
+    with pytest.raises(SignatureError, match="does not verify"):
+        verify_submission_set_signature(xml, DOCS, ca_cert_pem=pki.ca_cert.read_bytes())
+    assert xmlsec_verify(xml, pki.ca_cert, *manifest_options()).returncode != 0
+
+
+def test_a_signature_by_another_ca_fails_the_chain_check(pki, tmp_path):
+    p12, pw = issue_bad_p12(pki, tmp_path / "other.p12", "sign", other_ca=True)
+    xml = _sign(load_credential(CertificateSettings(p12=p12, password_file=pw)))
+    with pytest.raises(SignatureError, match="not trusted"):
+        verify_submission_set_signature(xml, DOCS, ca_cert_pem=pki.ca_cert.read_bytes())
+    assert xmlsec_verify(xml, pki.ca_cert, *manifest_options()).returncode != 0
+    verify_submission_set_signature(xml, DOCS, ca_cert_pem=None)  # the signature itself is sound
+
+
+def test_sha1_can_be_refused(sign_credential, pki):
+    xml = _sign(sign_credential, "sha1")
+    with pytest.raises(SignatureError, match="RSA_SHA1 forbidden"):
+        verify_submission_set_signature(xml, DOCS, ca_cert_pem=None, allow_sha1=False)
+
+
+def test_bad_parameters_are_refused(sign_credential):
+    with pytest.raises(ValueError, match="XML ID"):
+        sign_submission_set(sign_credential, submission_set_uid=SS_UID, documents=list(DOCS.items()),
+                            signature_id="1.2.250.1.999.42.4.7", signing_time=WHEN)
+    with pytest.raises(ValueError, match="sha1 or sha256"):
+        _sign(sign_credential, digest="md5")
+    with pytest.raises(ValueError, match=f"document {DOC1}: not well-formed"):
+        _sign(sign_credential, documents={DOC1: b"<ClinicalDocument>"})
