@@ -14,6 +14,7 @@ from lxml import etree
 from connector.config import FINESS_RE, VihfSettings
 from connector.trust.certs import Credential
 from connector.trust.xmlsig import (
+    DIGEST_URIS,
     DS_NS,
     EXC_C14N,
     XSI_NS,
@@ -21,7 +22,6 @@ from connector.trust.xmlsig import (
     add_reference,
     canonicalize,
     digest,
-    DIGEST_URIS,
     ds,
     finish_signature,
     new_signed_info,
