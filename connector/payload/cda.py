@@ -43,7 +43,8 @@ TEMPLATE_IDS = (
     "1.2.250.1.213.1.1.1.1",  # CI-SIS structuration minimale
     "1.3.6.1.4.1.19376.1.2.20",  # IHE XDS-SD (scanned/PDF body)
 )
-GENDERS = {"M": "Masculin", "F": "Féminin", "U": "Inconnu"}
+# store sex -> JDV_J143_AdministrativeGender_CISIS (1.2.250.1.213.1.1.5.590): unknown is "UN", not "U"
+GENDERS = {"M": ("M", "Masculin"), "F": ("F", "Féminin"), "U": ("UN", "Inconnu")}
 GENDER_SYSTEM = "2.16.840.1.113883.5.1"
 CONFIDENTIALITY_SYSTEM = "2.16.840.1.113883.5.25"
 
@@ -103,8 +104,8 @@ def build_cda(
         b.add(name, "family", qualifier="CL", text=patient.used_family_name)
     if patient.used_given_name:
         b.add(name, "given", qualifier="CL", text=patient.used_given_name)
-    b.add(person, "administrativeGenderCode", code=patient.sex, displayName=GENDERS[patient.sex],
-          codeSystem=GENDER_SYSTEM)
+    gender, gender_display = GENDERS[patient.sex]
+    b.add(person, "administrativeGenderCode", code=gender, displayName=gender_display, codeSystem=GENDER_SYSTEM)
     b.add(person, "birthTime", value=patient.birth_date.strftime("%Y%m%d"))
     place = b.add(b.add(person, "birthplace"), "place")
     b.add(b.add(place, "addr"), "county", text=patient.birth_place_code)  # COG code of the birth place
