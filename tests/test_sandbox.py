@@ -118,6 +118,8 @@ def build_request(
     cda_mutate=lambda cda: cda,
     doc_uid=None,
     vihf_signer=None,
+    signed_ss_uid=None,
+    action=soap.ITI41_ACTION,
 ):
     auth, sign = credentials
     patient = patient or make_patient()
@@ -133,7 +135,7 @@ def build_request(
     ss_entry_uuid = ids.submission_set_entry_uuid(root, keys) if ss_uid is None else f"urn:uuid:{uuid.uuid4()}"
     ss_uid = ss_uid or ids.submission_set_unique_id(root, keys)
     signature = xds.SignatureEntry(
-        xml=signature_xml(sign, ss_uid, {e.unique_id: e.cda for e in entries}),
+        xml=signature_xml(sign, signed_ss_uid or ss_uid, {e.unique_id: e.cda for e in entries}),
         unique_id=ids.signature_unique_id(root, ss_uid),
         entry_uuid=ids.signature_entry_uuid(root, ss_uid),
         signing_time=dt.datetime.now(dt.timezone.utc),
@@ -158,7 +160,7 @@ def build_request(
         patient_ins_cx=vihf_patient or patient_cx,
         subject_rpps="10001234567",
     )
-    env = soap.envelope(request, action=soap.ITI41_ACTION, to=url + "/repository", security=[vihf])
+    env = soap.envelope(request, action=action, to=url + "/repository", security=[vihf])
     content_type, body = mtom.encode(env, attachments, action=soap.ITI41_ACTION)
     return Built(content_type, body, ss_uid, [e.unique_id for e in entries], patient_cx)
 
@@ -264,6 +266,42 @@ def test_valid_submission_is_stored_and_found_by_iti18(sandbox, session, setting
     assert not unique_ids(stored_query(session, sandbox.url, settings, credentials, built.patient_cx, ss_uid="1.2.3.4.404"))
     by_patient = stored_query(session, sandbox.url, settings, credentials, built.patient_cx, find_patient=built.patient_cx)
     assert set(built.doc_uids) <= unique_ids(by_patient)
+
+
+def test_connector_iti18_client_finds_what_the_sandbox_stored(sandbox, session, settings, credentials):
+    from connector.dmp import iti18
+
+    built = build_request(settings, credentials, sandbox.url)
+    assert registry_response(post(session, sandbox.url, built))[0] == "Success"
+    site = settings.structure.sites[0]
+    vihf = build_vihf(credentials[1], settings.vihf, finess_geo=site.finess_geo, facility_type=site.healthcare_facility_type,
+                      patient_ins_cx=built.patient_cx, subject_rpps="10001234567")
+    registry = sandbox.url + "/registry"
+    assert iti18.find_submission_set(session, registry, 30, built.ss_uid, built.patient_cx, vihf) is True
+    assert iti18.find_submission_set(session, registry, 30, "1.2.3.4.404", built.patient_cx, vihf) is False
+
+
+def test_wrong_wsa_action_is_refused(sandbox, session, settings, credentials):
+    built = build_request(settings, credentials, sandbox.url, action="urn:ihe:iti:2007:RegistryStoredQuery")
+    status, errors = registry_response(post(session, sandbox.url, built))
+    assert status == "Failure" and any(c == "XDSRepositoryError" and "Action" in ctx for c, ctx, _ in errors)
+
+
+def test_signature_of_another_submission_set_is_refused(sandbox, session, settings, credentials):
+    built = build_request(settings, credentials, sandbox.url, signed_ss_uid="1.2.250.1.999.42.6.6")
+    status, errors = registry_response(post(session, sandbox.url, built))
+    assert status == "Failure"
+    assert any(c == "XDSRepositoryMetadataError" and ctx.startswith("signature du lot") for c, ctx, _ in errors)
+
+
+def test_concurrent_resends_of_one_submission_set_store_it_once(sandbox, session, settings, credentials):
+    from concurrent.futures import ThreadPoolExecutor
+
+    built = build_request(settings, credentials, sandbox.url)
+    with ThreadPoolExecutor(6) as pool:
+        statuses = sorted(pool.map(lambda _: registry_response(post(session, sandbox.url, built))[0], range(6)))
+    assert statuses == ["Failure"] * 5 + ["Success"]
+    assert sandbox.state.query("SELECT count(*) AS n FROM documents WHERE uid = ?", (built.doc_uids[0],))[0]["n"] == 1
 
 
 def test_iti18_reveals_nothing_of_another_patient(sandbox, session, settings, credentials):
@@ -383,6 +421,7 @@ def test_fail_rate_one_refuses_everything_before_storing(start, session, setting
             seen.add("busy")
     assert seen == {"503", "busy"}
     assert server.state.query("SELECT count(*) AS n FROM submissions")[0]["n"] == 0
+    assert sum(sandbox_report.report(server.state.path)["injected_faults"].values()) == 8
 
 
 def test_drop_after_commit_stores_but_never_answers(start, session, settings, credentials):

@@ -40,6 +40,10 @@ def report(state_path: Path | str) -> dict:
         "duplicates": duplicates,
         "same_document_other_uid": other_uid,
         "per_patient": {r["patient"]: r["n"] for r in q(f"SELECT patient, count(*) AS n {docs} GROUP BY patient")},
+        "injected_faults": {
+            f"{r['service']} {r['kind']}": r["n"]
+            for r in q("SELECT service, kind, count(*) AS n FROM injected_faults GROUP BY service, kind ORDER BY 1, 2")
+        },
         "rejected_requests": q(
             "SELECT count(DISTINCT coalesce(request, 'row' || id)) AS n FROM rejections"
         )[0]["n"],
@@ -70,6 +74,8 @@ def render_text(rep: dict) -> str:
     lines += [f"  setId {d['set_id']} v{d['version']}: {', '.join(d['uids'])}" for d in rep["same_document_other_uid"]]
     lines.append(f"patients: {len(rep['per_patient'])}")
     lines += [f"  {_patient_label(p)}: {n} documents" for p, n in sorted(rep["per_patient"].items())]
+    lines.append(f"injected faults: {sum(rep['injected_faults'].values())}")
+    lines += [f"  {kind}: {n}" for kind, n in rep["injected_faults"].items()]
     lines.append(f"rejected requests: {rep['rejected_requests']}")
     lines += [
         f"  {r['n']} × {r['code']} [{r['check_name'] or '-'}] {r['context']}" for r in rep["rejection_reasons"]

@@ -71,6 +71,8 @@ class SandboxDmp:
         if path not in (REPOSITORY_PATH, REGISTRY_PATH):
             return Reply(404, "text/plain; charset=UTF-8", b"not found\n")
         fault = self.faults.failure()  # decided before anything is read or stored
+        if fault is not Fault.NONE:
+            self.state.record_fault(fault.value, path.rsplit("/", 1)[-1])
         if fault is Fault.HTTP_503:
             return Reply(503, "text/html; charset=UTF-8", HTML_503)
         try:

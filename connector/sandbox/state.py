@@ -69,6 +69,12 @@ CREATE TABLE IF NOT EXISTS rejections (
     location TEXT,
     submission_uid TEXT
 );
+CREATE TABLE IF NOT EXISTS injected_faults (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,               -- http-503 | busy (refused before anything was read or stored)
+    service TEXT NOT NULL             -- repository | registry
+);
 """
 
 
@@ -219,6 +225,10 @@ class SandboxState:
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(now, request, e.code, e.check, e.context, e.location, submission_uid) for e in errors],
             )
+
+    def record_fault(self, kind: str, service: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO injected_faults (at, kind, service) VALUES (?, ?, ?)", (_now(), kind, service))
 
     def submission(self, uid: str) -> dict | None:
         """A stored submission set with its documents (ITI-18 GetSubmissionSetAndContents)."""
