@@ -281,6 +281,20 @@ def test_connector_iti18_client_finds_what_the_sandbox_stored(sandbox, session, 
     assert iti18.find_submission_set(session, registry, 30, "1.2.3.4.404", built.patient_cx, vihf) is False
 
 
+def test_replies_are_schema_valid(sandbox, session, settings, credentials):
+    from connector.payload.validate import xds_request_errors
+
+    built = build_request(settings, credentials, sandbox.url)
+    for resp in (post(session, sandbox.url, built), post(session, sandbox.url, built)):  # Success, then Failure
+        env, _ = mtom.decode(resp.headers["Content-Type"], resp.content)
+        assert soap.header_value(env, "RelatesTo") and xds_request_errors(soap.body_child(env)) == []
+    found = stored_query(session, sandbox.url, settings, credentials, built.patient_cx, ss_uid=built.ss_uid)
+    assert len(found.findall(f".//{{{soap.RIM}}}ExtrinsicObject")) == 2  # the CDA and the signature
+    assert xds_request_errors(found) == []
+    refused = stored_query(session, sandbox.url, settings, credentials, built.patient_cx, find_patient="other^^^&1.2&ISO^NH")
+    assert refused.get("status").endswith(":Failure") and xds_request_errors(refused) == []
+
+
 def test_wrong_wsa_action_is_refused(sandbox, session, settings, credentials):
     built = build_request(settings, credentials, sandbox.url, action="urn:ihe:iti:2007:RegistryStoredQuery")
     status, errors = registry_response(post(session, sandbox.url, built))

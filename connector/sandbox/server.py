@@ -13,6 +13,7 @@ A message that is not MTOM (ITI-41), not SOAP 1.2 or not XML gets a SOAP 1.2 fau
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import ssl
 import threading
@@ -133,7 +134,8 @@ class SandboxDmp:
 
     @staticmethod
     def _repository_reply(message_id: str | None, body: etree._Element) -> Reply:
-        content_type, payload = mtom.encode(_response(body, ITI41_RESPONSE_ACTION, message_id), {}, action=ITI41_RESPONSE_ACTION)
+        env = _response(body, ITI41_RESPONSE_ACTION, message_id)
+        content_type, payload = mtom.encode(env, {}, action=ITI41_RESPONSE_ACTION)
         return Reply(200, content_type, payload)
 
     @staticmethod
@@ -150,9 +152,9 @@ class SandboxDmp:
         errors += vihf_errors
         query = request.find(f"{{{soap.RIM}}}AdhocQuery")
         if request.tag != f"{{{soap.QUERY}}}AdhocQueryRequest" or query is None:
-            errors.append(RegistryError("XDSRegistryError", "query:AdhocQueryRequest/rim:AdhocQuery attendu", check="soap.body"))
+            errors.append(_error("XDSRegistryError", "query:AdhocQueryRequest/rim:AdhocQuery attendu", "soap.body"))
         elif query.get("id") not in (GET_SUBMISSION_SET_AND_CONTENTS, FIND_DOCUMENTS):
-            errors.append(RegistryError("XDSUnknownStoredQuery", f"requête {query.get('id')} non prise en charge", check="iti18.query"))
+            errors.append(_error("XDSUnknownStoredQuery", f"requête {query.get('id')} non prise en charge", "iti18.query"))
         if errors:
             self.state.reject(errors, request=message_id, submission_uid=None)
             return self._failure(REGISTRY_PATH, message_id, errors)
@@ -163,9 +165,10 @@ class SandboxDmp:
         if query.get("id") == FIND_DOCUMENTS:
             wanted = (slots.get("$XDSDocumentEntryPatientId") or [None])[0]
             if not wanted or (patient and wanted != patient):
-                error = RegistryError("XDSPatientIdDoesNotMatch", "patient de la requête différent du resource-id du VIHF", check="iti18.patient")
+                error = _error("XDSPatientIdDoesNotMatch", "patient différent du resource-id du VIHF", "iti18.patient")
                 return self._failure(REGISTRY_PATH, message_id, [error])
-            return self._registry_reply(message_id, _query_response("Success", None, self.state.documents_of(wanted), leaf))
+            documents = self.state.documents_of(wanted)
+            return self._registry_reply(message_id, _query_response("Success", None, documents, leaf))
         submission = None
         if uid := (slots.get("$XDSSubmissionSetUniqueId") or [None])[0]:
             submission = self.state.submission(uid)
@@ -173,12 +176,16 @@ class SandboxDmp:
             rows = self.state.query("SELECT uid FROM submissions WHERE entry_uuid = ?", (entry_uuid,))
             submission = self.state.submission(rows[0]["uid"]) if rows else None
         else:
-            error = RegistryError("XDSStoredQueryParamNumber", "$XDSSubmissionSetUniqueId ou $XDSSubmissionSetEntryUUID requis", check="iti18.param")
+            error = _error("XDSStoredQueryParamNumber", "$XDSSubmissionSetUniqueId ou $…EntryUUID requis", "iti18.param")
             return self._failure(REGISTRY_PATH, message_id, [error])
         if submission and patient and submission["patient"] != patient:
             submission = None  # another patient's DMP: the DMP reveals nothing
         documents = submission["documents"] if submission else []
         return self._registry_reply(message_id, _query_response("Success", submission, documents, leaf))
+
+
+def _error(code: str, context: str, check: str) -> RegistryError:
+    return RegistryError(code, context, check=check)
 
 
 def _response(body: etree._Element, action: str, relates_to: str | None) -> etree._Element:
@@ -207,48 +214,61 @@ def _query_slots(query: etree._Element) -> dict[str, list[str]]:
 
 
 def _query_response(status, submission=None, documents=(), leaf=True, errors=()) -> etree._Element:
-    """query:AdhocQueryResponse with the stored submission set, its documents and HasMember associations."""
-    R = f"{{{soap.RIM}}}"
+    """query:AdhocQueryResponse with the stored submission set, its documents and HasMember associations
+    (LeafClass), or only their ids (ObjectRef)."""
     resp = etree.Element(f"{{{soap.QUERY}}}AdhocQueryResponse", nsmap={"query": soap.QUERY, "rim": soap.RIM, "rs": soap.RS})
     resp.set("status", soap.STATUS_PREFIX + status)
-    objects = etree.SubElement(resp, f"{R}RegistryObjectList")
-    if errors:
+    if errors:  # rs:RegistryErrorList comes before rim:RegistryObjectList (query.xsd)
         resp.append(soap.registry_response(status, errors).find(f"{{{soap.RS}}}RegistryErrorList"))
-
-    def identify(obj, owner, scheme, value):
-        ei = etree.SubElement(obj, f"{R}ExternalIdentifier", id=f"urn:uuid:{uuid.uuid4()}", registryObject=owner, identificationScheme=scheme, value=value)
-        etree.SubElement(etree.SubElement(ei, f"{R}Name"), f"{R}LocalizedString", value=scheme)
-
-    def slot(obj, name, value):
-        etree.SubElement(etree.SubElement(etree.SubElement(obj, f"{R}Slot", name=name), f"{R}ValueList"), f"{R}Value").text = value
-
+    objects = etree.SubElement(resp, f"{{{soap.RIM}}}RegistryObjectList")
     members = [d for d in documents if d["entry_uuid"]]
     if not leaf:
         for ref in ([submission["entry_uuid"]] if submission else []) + [d["entry_uuid"] for d in members]:
-            etree.SubElement(objects, f"{R}ObjectRef", id=ref)
+            _rim(objects, "ObjectRef", id=ref)
         return resp
     for doc in members:
-        eo = etree.SubElement(objects, f"{R}ExtrinsicObject", id=doc["entry_uuid"], mimeType="text/xml", objectType=DOCUMENT_ENTRY_TYPE, status=APPROVED)
-        slot(eo, "hash", doc["hash"])
-        slot(eo, "size", str(doc["size"]))
-        slot(eo, "repositoryUniqueId", DMP_REPOSITORY_UID)
+        eo = _rim(objects, "ExtrinsicObject", id=doc["entry_uuid"], mimeType="text/xml",
+                  objectType=DOCUMENT_ENTRY_TYPE, status=APPROVED)
+        _slot(eo, "hash", doc["hash"])
+        _slot(eo, "size", str(doc["size"]))
+        _slot(eo, "repositoryUniqueId", DMP_REPOSITORY_UID)
         if doc["type_code"]:
-            etree.SubElement(eo, f"{R}Classification", id=f"urn:uuid:{uuid.uuid4()}", classificationScheme=checks.DE_TYPE_CODE, classifiedObject=doc["entry_uuid"], nodeRepresentation=doc["type_code"])
-        identify(eo, doc["entry_uuid"], checks.DE_PATIENT_ID, doc["patient"])
-        identify(eo, doc["entry_uuid"], checks.DE_UNIQUE_ID, doc["uid"])
+            _rim(eo, "Classification", id=_new_id(), classificationScheme=checks.DE_TYPE_CODE,
+                 classifiedObject=doc["entry_uuid"], nodeRepresentation=doc["type_code"])
+        _identifier(eo, checks.DE_PATIENT_ID, doc["patient"])
+        _identifier(eo, checks.DE_UNIQUE_ID, doc["uid"])
     if submission:
         ss = submission["entry_uuid"]
-        package = etree.SubElement(objects, f"{R}RegistryPackage", id=ss, status=APPROVED)
-        slot(package, "submissionTime", submission["received_at"][:19].replace("-", "").replace("T", "").replace(":", ""))
-        identify(package, ss, checks.SS_PATIENT_ID, submission["patient"])
-        identify(package, ss, checks.SS_UNIQUE_ID, submission["uid"])
+        package = _rim(objects, "RegistryPackage", id=ss, status=APPROVED)
+        _slot(package, "submissionTime", re.sub(r"[^0-9]", "", submission["received_at"][:19]))
+        _identifier(package, checks.SS_PATIENT_ID, submission["patient"])
+        _identifier(package, checks.SS_UNIQUE_ID, submission["uid"])
         if submission["source_id"]:
-            identify(package, ss, checks.SS_SOURCE_ID, submission["source_id"])
-        etree.SubElement(objects, f"{R}Classification", id=f"urn:uuid:{uuid.uuid4()}", classifiedObject=ss, classificationNode=checks.SS_NODE)
+            _identifier(package, checks.SS_SOURCE_ID, submission["source_id"])
+        _rim(objects, "Classification", id=_new_id(), classifiedObject=ss, classificationNode=checks.SS_NODE)
         for doc in members:
-            assoc = etree.SubElement(objects, f"{R}Association", id=f"urn:uuid:{uuid.uuid4()}", associationType=HAS_MEMBER, sourceObject=ss, targetObject=doc["entry_uuid"], status=APPROVED)
-            slot(assoc, "SubmissionSetStatus", "Original")
+            association = _rim(objects, "Association", id=_new_id(), associationType=HAS_MEMBER,
+                               sourceObject=ss, targetObject=doc["entry_uuid"], status=APPROVED)
+            _slot(association, "SubmissionSetStatus", "Original")
     return resp
+
+
+def _new_id() -> str:
+    return f"urn:uuid:{uuid.uuid4()}"
+
+
+def _rim(parent: etree._Element, tag: str, **attrs: str) -> etree._Element:
+    return etree.SubElement(parent, f"{{{soap.RIM}}}{tag}", **attrs)
+
+
+def _slot(owner: etree._Element, name: str, value: str) -> None:
+    _rim(_rim(_rim(owner, "Slot", name=name), "ValueList"), "Value").text = value
+
+
+def _identifier(owner: etree._Element, scheme: str, value: str) -> None:
+    ei = _rim(owner, "ExternalIdentifier", id=_new_id(), registryObject=owner.get("id"),
+              identificationScheme=scheme, value=value)
+    _rim(_rim(ei, "Name"), "LocalizedString", value=scheme)
 
 
 # --- HTTPS server ------------------------------------------------------------------------------------
