@@ -82,6 +82,14 @@ def test_summer_time_and_aware_datetimes(structure, site):
     assert validate.cda_errors(xml) == []
 
 
+def test_instant_service_has_no_high_equal_to_low(structure, site):
+    """Found by the property test: the schematron forbids IVL_TS low == high (dtr1-6)."""
+    instant = dt.datetime(2026, 11, 15, 9, 0)
+    xml = build(structure, site, make_document(service_start=instant, service_stop=instant))
+    assert xpath(xml, "//v3:effectiveTime/v3:high") == []
+    assert validate.cda_errors(xml) == []
+
+
 def test_build_is_deterministic(structure, site):
     assert build(structure, site) == build(structure, site)
 
@@ -131,6 +139,7 @@ def test_other_legal_authenticator_and_unknown_specialty(structure, site):
         ({}, {"type_code": "E1762"}, "type_code"),  # the signature's ASTM type, no CDA document type
         ({}, {"service_start": None}, "service_start"),
         ({}, {"mime_type": "image/png"}, "mime_type"),
+        ({}, {"service_stop": dt.datetime(2026, 11, 1)}, "service_stop"),
     ],
 )
 def test_missing_input_names_document_and_field(structure, site, patient_changes, document_changes, field):

@@ -152,9 +152,11 @@ def build_cda(
 
 def timestamp(value: dt.datetime) -> str:
     """HL7 TS with seconds and offset in Europe/Paris time, e.g. 20261120143000+0100."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=hl7.LOCAL_TZ)
-    return value.astimezone(hl7.LOCAL_TZ).strftime("%Y%m%d%H%M%S%z")
+    return _aware(value).astimezone(hl7.LOCAL_TZ).strftime("%Y%m%d%H%M%S%z")
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=hl7.LOCAL_TZ)
 
 
 def _missing_fields(document: Document, patient: Patient, type_code, now) -> list[str]:
@@ -175,6 +177,8 @@ def _missing_fields(document: Document, patient: Patient, type_code, now) -> lis
         problems.append("created_at missing")
     if document.service_start is None:
         problems.append("service_start missing")
+    elif document.service_stop is not None and _aware(document.service_stop) < _aware(document.service_start):
+        problems.append("service_stop before service_start")
     if (document.mime_type or "application/pdf").lower() != "application/pdf":
         problems.append("mime_type is not application/pdf")
     return problems
@@ -213,7 +217,7 @@ class _Builder:
     def interval(self, parent, low: dt.datetime, high: dt.datetime | None) -> None:
         time = self.add(parent, "effectiveTime")
         self.add(time, "low", value=timestamp(low))
-        if high is not None:
+        if high is not None and high != low:  # IVL_TS forbids high == low (dtr1-6): a point in time
             self.add(time, "high", value=timestamp(high))
 
 
