@@ -151,6 +151,11 @@ def test_missing_input_names_document_and_field(structure, site, patient_changes
     assert "279035121518989" not in message and "PAT-TROIS" not in message
 
 
+def test_empty_content_is_refused(structure, site):
+    with pytest.raises(PayloadError, match="DOC0001.*content is empty"):
+        build(structure, site, content=b"")
+
+
 def test_site_codes_outside_their_value_sets_are_refused(structure):
     bad_site = Site(finess_geo="0B0999998", name="x", healthcare_facility_type="SA99", practice_setting="ETABLISSEMENT")
     with pytest.raises(PayloadError, match="healthcare_facility_type"):
@@ -199,7 +204,7 @@ def patients_and_documents(draw):
 @given(patients_and_documents())
 def test_any_valid_patient_and_document_gives_a_valid_cda(structure, site, case):
     patient, document, content = case
-    xml = build(structure, site, document, patient, content=PDF + content)
+    xml = build(structure, site, document, patient, content=PDF + content)  # never empty
     assert validate.cda_errors(xml) == []
     assert xpath(xml, "//v3:patient/v3:name/v3:family[@qualifier='BR']/text()") == [patient.birth_family_name]
 

@@ -67,6 +67,8 @@ def build_cda(
     doc_id = document.document_id
     type_code = codes.type_code(document.type_code)
     missing = _missing_fields(document, patient, type_code, now)
+    if not content:
+        missing.append("content is empty")
     if missing:
         raise PayloadError(METADATA_INVALID, f"document {doc_id}: cannot build the CDA, {'; '.join(missing)}")
     facility = codes.facility_type(site.healthcare_facility_type)
