@@ -189,3 +189,17 @@ def test_body_shrinking_keeps_the_schematron_verdict(example):
         validate._shrink_body(shrunk)
         assert b"AAAA</text>" in etree.tostring(shrunk)
         assert validate.schematron_errors(shrunk) == full
+
+
+def test_saml_attribute_values_typed_hl7_ce_are_validated():
+    """VIHF role / purposeofuse values are HL7 CE elements: the type resolves and is checked."""
+    def assertion(value: str) -> bytes:
+        return (f'<saml:Assertion xmlns:saml="{SAML}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+                'ID="_a1" Version="2.0" IssueInstant="2026-11-20T13:30:00Z"><saml:Issuer>CN=test</saml:Issuer>'
+                '<saml:AttributeStatement><saml:Attribute Name="urn:oasis:names:tc:xspa:1.0:subject:purposeofuse">'
+                f'<saml:AttributeValue>{value}</saml:AttributeValue></saml:Attribute></saml:AttributeStatement>'
+                "</saml:Assertion>").encode()
+    ce = '<PurposeOfUse xmlns="urn:hl7-org:v3" xsi:type="CE" code="normal" codeSystem="1.2.250.1.213.1.1.4.248"/>'
+    assert validate.saml_assertion_errors(assertion(ce)) == []
+    wrong = ce.replace('codeSystem="1.2.250.1.213.1.1.4.248"', 'codeSystem="not an oid"')
+    assert validate.saml_assertion_errors(assertion(wrong))

@@ -148,9 +148,19 @@ def _redact_xsd(message: str) -> str:
 
 _cda_xsd = _XsdValidator(lambda: ans_kit() / "infrastructure/cda/CDA_extended.xsd")
 _ebxml_xsd = _XsdValidator(_ebxml_driver)
-_saml_xsd = _XsdValidator(
-    lambda: schemas_dir() / "SAML-Toolkits-python3-saml/src/onelogin/saml2/schemas/saml-schema-assertion-2.0.xsd"
-)
+def _saml_driver() -> str:
+    """The SAML assertion schema plus the HL7 v3 datatypes: VIHF attribute values are HL7 elements
+    typed by xsi:type="CE" (role, purposeofuse), which must resolve to be validated."""
+    imports = {
+        "urn:oasis:names:tc:SAML:2.0:assertion":
+            schemas_dir() / "SAML-Toolkits-python3-saml/src/onelogin/saml2/schemas/saml-schema-assertion-2.0.xsd",
+        "urn:hl7-org:v3": ans_kit() / "infrastructure/cda/CDA_extended.xsd",
+    }
+    lines = "".join(f'<xs:import namespace="{ns}" schemaLocation="{p.as_uri()}"/>' for ns, p in imports.items())
+    return f'<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">{lines}</xs:schema>'
+
+
+_saml_xsd = _XsdValidator(_saml_driver)
 
 _EBXML_ROOTS = {
     "{urn:ihe:iti:xds-b:2007}ProvideAndRegisterDocumentSetRequest",
