@@ -85,10 +85,79 @@ def run(settings, dry_run: bool, fmt: str) -> None:
             eligible = sum(r["decision"] == "eligible" for r in rows)
             click.echo(f"{len(rows)} candidates: {eligible} eligible, {len(rows) - eligible} skipped")
         return
-    from connector.actions import run as action
-
-    summary = action.run(settings)
+    summary = _run_now(settings)
     click.echo(summary.text() if fmt == "text" else json.dumps(summary.as_dict(), ensure_ascii=False, indent=1))
+
+
+def _run_now(settings):
+    from connector.actions import run as action
+    from connector.runlock import AlreadyRunning
+
+    try:
+        return action.run(settings)
+    except AlreadyRunning as exc:
+        fail(str(exc), EXIT_LOCKED)
+
+
+# --- replay, hold, release ---------------------------------------------------------------------
+
+
+@main.command()
+@with_settings
+@click.option("--failed/--all-states", default=True, show_default=True,
+              help="Only FAILED documents (default), or also DEFERRED and SKIPPED ones.")
+@click.option("--reason", help="Only documents with this reason code (e.g. XDSUnknownPatientId, CDA_INVALID, EXPIRED).")
+@click.option("--site", help="Only documents of this FINESS géographique.")
+@click.option("--since", type=click.DateTime(), help="Only documents whose state changed since (UTC).")
+@click.option("--run", "run_id", type=int, help="Only documents last handled by this run.")
+@click.option("--document", "document_id", help="Only this document id.")
+@click.option("--dry-run", is_flag=True, help="List what would be requeued; change nothing.")
+def replay(settings, failed, reason, site, since, run_id, document_id, dry_run) -> None:
+    """Requeue failed documents (after correction) and run now; print what happened to each."""
+    from connector.actions import replay as action
+    from connector.actions.context import open_settings_ledger
+
+    ledger = open_settings_ledger(settings)
+    rows = action.matching(ledger, action.Filters(failed, reason, site, since, run_id, document_id))
+    for r in rows:
+        click.echo(f"{'would requeue' if dry_run else 'requeue'} {r['document_id']} v{r['version']}  ({r['state']} {r['reason'] or ''})")
+    if dry_run or not rows:
+        click.echo(f"{len(rows)} document(s) {'would be ' if dry_run else ''}requeued")
+        return
+    action.requeue(ledger, rows)
+    summary = _run_now(settings)
+    keys = [(r["document_id"], r["version"]) for r in rows]
+    for key, (state, why) in action.states_of(ledger, keys).items():
+        click.echo(f"{key[0]} v{key[1]}: {state}{' ' + why if why else ''}")
+    click.echo(summary.text())
+
+
+@main.command()
+@with_settings
+@click.argument("document_id")
+@click.option("--version", type=int, help="Only this version (default: every version).")
+def hold(settings, document_id: str, version) -> None:
+    """Keep a document out of every run until released."""
+    _set_held(settings, document_id, version, True)
+
+
+@main.command()
+@with_settings
+@click.argument("document_id")
+@click.option("--version", type=int, help="Only this version (default: every version).")
+def release(settings, document_id: str, version) -> None:
+    """Let a held document be fed again."""
+    _set_held(settings, document_id, version, False)
+
+
+def _set_held(settings, document_id, version, held: bool) -> None:
+    from connector.actions import replay as action
+    from connector.actions.context import open_settings_ledger
+
+    n = action.set_held(open_settings_ledger(settings), document_id, version, held)
+    if n == 0:
+        fail(f"document {document_id} is not in the ledger yet (a document is recorded by its first run)", EXIT_ATTENTION)
+    click.echo(f"{document_id}: {n} version(s) {'held' if held else 'released'}")
 
 
 # --- status ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ class StoreSettings:
 @dataclass(frozen=True)
 class LedgerSettings:
     url: str
+    instance: str  # this connector's name: one run at a time per instance, leases held in its name
+    lease_minutes: float = 10.0  # how long a claimed submission is reserved to its instance
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,9 @@ def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> S
             write_back=r.boolean("store.write_back", True),
         ),
         ledger=LedgerSettings(
-            url=r.db_url("ledger.url", default=f"sqlite:///{state_dir / 'ledger.sqlite3'}")
+            url=r.db_url("ledger.url", default=f"sqlite:///{state_dir / 'ledger.sqlite3'}"),
+            instance=r.string("ledger.instance", socket.gethostname() or "dmp-connector"),
+            lease_minutes=r.number("ledger.lease_minutes", 10.0),
         ),
         dmp=_dmp(r),
         certificates=_certificates(r),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import tenacity
 
+from connector import testhooks
 from connector.config import Settings
 from connector.dmp.client import DmpClient
 from connector.dmp.outcome import Outcome
@@ -38,9 +39,8 @@ class Result:
 
 
 class Deliverer:
-    def __init__(self, settings: Settings, ledger: Ledger, store: Store, client: DmpClient, run_id: int, hooks=None):
+    def __init__(self, settings: Settings, ledger: Ledger, store: Store, client: DmpClient, run_id: int):
         self.settings, self.ledger, self.store, self.client, self.run_id = settings, ledger, store, client, run_id
-        self.hook = hooks or (lambda point: None)
 
     def deliver(self, record: SubmissionRecord, prepared: Prepared, patient: Patient) -> Result:
         ins_cx = xds.ins_cx(patient)
@@ -70,9 +70,9 @@ class Deliverer:
 
         def attempt() -> Outcome:
             self.ledger.record_attempt(record.id)
-            self.hook("before_send")
+            testhooks.point("before_send")
             outcome = self.client.provide_and_register(prepared.request, prepared.attachments, prepared.vihf)
-            self.hook("after_send")
+            testhooks.point("after_send")
             self._audit("ITI-41", record, prepared, outcome.kind, _first_code(outcome), outcome.message)
             log.info("submission %s (%d documents): %s%s", record.submission_set_uid, len(record.documents),
                      outcome.kind, f" {_first_code(outcome)}" if _first_code(outcome) else "")
@@ -111,9 +111,10 @@ class Deliverer:
         return Result(DEFERRED, outcome.kind, _first_code(outcome))
 
     def _settle(self, record: SubmissionRecord, prepared: Prepared, result: Result, message: str | None) -> Result:
-        self.hook("before_settle")
+        testhooks.point("before_settle")
         self.ledger.settle_submission(record.id, state=result.state, outcome=result.outcome, error_code=result.error_code,
                                       error_message=message, reason=None if result.state == FED else result.error_code)
+        testhooks.point("after_settle")
         self._write_back(record, result, message)
         return result
 

@@ -18,13 +18,14 @@ class AlreadyRunning(RuntimeError):
 
 
 @contextlib.contextmanager
-def run_lock(ledger: Ledger, state_dir: Path):
+def run_lock(ledger: Ledger, state_dir: Path, instance: str = "dmp-connector"):
+    """One run at a time per instance name (several named instances may share a PostgreSQL ledger)."""
     if ledger.is_postgresql:
-        key = zlib.crc32(b"dmp-connector run") & 0x7FFFFFFF
+        key = zlib.crc32(f"dmp-connector run {instance}".encode()) & 0x7FFFFFFF
         conn = ledger.engine.connect()
         try:
             if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
-                raise AlreadyRunning("another dmp-connector run holds this ledger's lock (PostgreSQL advisory lock)")
+                raise AlreadyRunning(f"another run of instance {instance} holds its lock (PostgreSQL advisory lock)")
             conn.commit()
             try:
                 yield

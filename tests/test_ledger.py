@@ -26,6 +26,10 @@ def _state(ledger, key):
         return conn.execute(sa.select(documents).where(documents.c.document_id == key[0], documents.c.version == key[1])).one()
 
 
+LEASE = dt.timedelta(minutes=10)
+J = dict(owner="inst-a", lease=LEASE)
+
+
 def _pending(ledger, run_id, *keys):
     ledger.record_decisions([dict(document_id=k, version=v, patient_id="IPP-1", state=PENDING) for k, v in keys], run_id)
 
@@ -40,13 +44,15 @@ def test_write_ahead_ids_are_committed_and_reused(ledger):
     docs = [SubmissionDoc("D1", 1, "1.2.3.1", "urn:uuid:a"), SubmissionDoc("D2", 1, "1.2.3.2", "urn:uuid:b")]
     t0 = dt.datetime(2026, 11, 21, 1, 0, 0)
     rec = ledger.journal_submission(submission_set_uid="1.2.3.9", entry_uuid="urn:uuid:s", patient_id="IPP-1",
-                                    finess_geo="0B0999998", submission_time=t0, docs=docs, run_id=run_id)
+                                    finess_geo="0B0999998", submission_time=t0, docs=docs, run_id=run_id, **J)
     assert rec.state == SUBMITTING and [d.unique_id for d in rec.documents] == ["1.2.3.1", "1.2.3.2"]
     assert _state(ledger, ("D1", 1)).state == SUBMITTING
     # A crash here leaves the submission open: the next run finds it, with the same ids and time.
-    assert ledger.open_submissions() == [rec.id]
+    assert ledger.claim_open_submissions("inst-a", LEASE, run_id) == []  # never re-claimed within its own run
+    assert ledger.claim_open_submissions("inst-b", LEASE, run_id + 1) == []  # leased to inst-a
+    assert ledger.claim_open_submissions("inst-a", LEASE, run_id + 1) == [rec.id]  # inst-a restarted
     again = ledger.journal_submission(submission_set_uid="1.2.3.9", entry_uuid="urn:uuid:other", patient_id="IPP-1",
-                                      finess_geo="0B0999998", submission_time=utcnow(), docs=docs, run_id=run_id + 1)
+                                      finess_geo="0B0999998", submission_time=utcnow(), docs=docs, run_id=run_id + 1, **J)
     assert again.id == rec.id and again.submission_time == t0 and again.entry_uuid == "urn:uuid:s"
 
 
@@ -55,14 +61,14 @@ def test_settle_fed_and_decisions_never_downgrade_it(ledger):
     _pending(ledger, run_id, ("D1", 1))
     rec = ledger.journal_submission(submission_set_uid="1.9", entry_uuid="urn:uuid:s", patient_id="IPP-1",
                                     finess_geo="0B0999998", submission_time=utcnow(),
-                                    docs=[SubmissionDoc("D1", 1, "1.9.1", "urn:uuid:a")], run_id=run_id)
+                                    docs=[SubmissionDoc("D1", 1, "1.9.1", "urn:uuid:a")], run_id=run_id, **J)
     ledger.record_attempt(rec.id)
     ledger.settle_submission(rec.id, state=FED, outcome="accepted")
     row = _state(ledger, ("D1", 1))
     assert row.state == FED and row.fed_at is not None and row.attempts == 1
     ledger.record_decisions([dict(document_id="D1", version=1, patient_id="IPP-1", state=SKIPPED, reason="X")], run_id)
     assert _state(ledger, ("D1", 1)).state == FED
-    assert ledger.open_submissions() == []
+    assert ledger.claim_open_submissions("inst-a", LEASE, run_id + 1) == []
 
 
 def test_deferred_is_due_only_after_next_attempt(ledger):
@@ -70,12 +76,27 @@ def test_deferred_is_due_only_after_next_attempt(ledger):
     _pending(ledger, run_id, ("D1", 1))
     rec = ledger.journal_submission(submission_set_uid="1.8", entry_uuid="urn:uuid:s", patient_id="IPP-1",
                                     finess_geo="0B0999998", submission_time=utcnow(),
-                                    docs=[SubmissionDoc("D1", 1, "1.8.1", "urn:uuid:a")], run_id=run_id)
+                                    docs=[SubmissionDoc("D1", 1, "1.8.1", "urn:uuid:a")], run_id=run_id, **J)
     later = utcnow() + dt.timedelta(minutes=15)
     ledger.settle_submission(rec.id, state=DEFERRED, outcome="transient", error_code="XDSRegistryBusy",
                              next_attempt_at=later, reason="TRANSIENT_ERROR")
-    assert ledger.open_submissions() == []
-    assert ledger.open_submissions(now=later + dt.timedelta(seconds=1)) == [rec.id]
+    assert ledger.claim_open_submissions("inst-a", LEASE, run_id + 1) == []
+    assert ledger.claim_open_submissions("inst-b", LEASE, run_id + 1, now=later + dt.timedelta(seconds=1)) == [rec.id]
+
+
+def test_a_dead_instance_lease_expires(ledger):
+    run_id = ledger.start_run("run")
+    _pending(ledger, run_id, ("D1", 1))
+    rec = ledger.journal_submission(submission_set_uid="1.7", entry_uuid="urn:uuid:s", patient_id="IPP-1",
+                                    finess_geo="0B0999998", submission_time=utcnow(),
+                                    docs=[SubmissionDoc("D1", 1, "1.7.1", "urn:uuid:a")], run_id=run_id, **J)
+    # Another instance journaling the same documents does not get them while inst-a's lease lives.
+    assert ledger.journal_submission(submission_set_uid="1.7", entry_uuid="urn:uuid:s", patient_id="IPP-1",
+                                     finess_geo="0B0999998", submission_time=utcnow(),
+                                     docs=[SubmissionDoc("D1", 1, "1.7.1", "urn:uuid:a")], run_id=run_id + 1,
+                                     owner="inst-b", lease=LEASE) is None
+    after_lease = utcnow() + LEASE + dt.timedelta(seconds=1)
+    assert ledger.claim_open_submissions("inst-b", LEASE, run_id + 1, now=after_lease) == [rec.id]
 
 
 def test_skips_are_recorded_and_reevaluated(ledger):
@@ -109,9 +130,9 @@ def test_audit_and_runs(ledger):
 
 
 def test_one_run_at_a_time(ledger, tmp_path):
-    with run_lock(ledger, tmp_path):
+    with run_lock(ledger, tmp_path, "inst-a"):
         with pytest.raises(AlreadyRunning):
-            with run_lock(open_ledger(str(ledger.engine.url.render_as_string(hide_password=False))), tmp_path):
+            with run_lock(open_ledger(str(ledger.engine.url.render_as_string(hide_password=False))), tmp_path, "inst-a"):
                 pass
-    with run_lock(ledger, tmp_path):  # released: the next run proceeds
+    with run_lock(ledger, tmp_path, "inst-a"):  # released: the next run proceeds
         pass

@@ -7,13 +7,14 @@ assemble, validate → send (a bounded number in flight) → classify → FED / 
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from connector import prepare
+from connector import prepare, testhooks
 from connector.actions.context import open_settings_ledger, open_store
 from connector.config import Settings
 from connector.deliver import Deliverer, Result
@@ -56,23 +57,24 @@ class Summary:
         return "\n".join(lines)
 
 
-def run(settings: Settings, *, mode: str = "run", hooks=None) -> Summary:
+def run(settings: Settings, *, mode: str = "run") -> Summary:
     ledger = open_settings_ledger(settings)
     store = open_store(settings)
     store.ensure_write_back_table()
-    with run_lock(ledger, settings.state_dir):
-        return _run_locked(settings, ledger, store, mode, hooks)
+    with run_lock(ledger, settings.state_dir, settings.ledger.instance):
+        return _run_locked(settings, ledger, store, mode)
 
 
-def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, hooks) -> Summary:
+def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str) -> Summary:
     if settings.certificates is None:
         raise prepare.PayloadError("METADATA_INVALID", "no [certificates] configured: a run needs auth_cli and sign")
     sign = load_credential(settings.certificates.sign)
     auth = load_credential(settings.certificates.auth_cli)
     client = DmpClient(settings.dmp, auth, settings.certificates.auth_cli.password())
     summary = Summary(ledger.start_run(mode), mode)
-    deliverer = Deliverer(settings, ledger, store, client, summary.run_id, hooks)
+    deliverer = Deliverer(settings, ledger, store, client, summary.run_id)
     slots = threading.BoundedSemaphore(settings.dmp.max_in_flight * 2)  # bounded work queued ahead of the senders
+    owner, lease = settings.ledger.instance, dt.timedelta(minutes=settings.ledger.lease_minutes)
     status = "done"
     try:
         with ThreadPoolExecutor(settings.dmp.max_in_flight, thread_name_prefix="send") as pool:
@@ -82,10 +84,11 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, hoo
                 future = pool.submit(deliverer.deliver, record, prepared, patient)
                 future.add_done_callback(lambda f: (slots.release(), _count(summary, record, f)))
 
-            for sub_id in ledger.open_submissions():
-                _resume(settings, ledger, store, sign, summary, ledger.submission(sub_id), submit)
+            while claimed := ledger.claim_open_submissions(owner, lease, summary.run_id):
+                for sub_id in claimed:
+                    _resume(settings, ledger, store, sign, summary, ledger.submission(sub_id), submit)
             for group in scan(store, ledger, settings):
-                _feed_patient(settings, ledger, sign, summary, group, submit)
+                _feed_patient(settings, ledger, sign, summary, group, submit, owner, lease)
     except BaseException:
         status = "failed"
         raise
@@ -107,7 +110,7 @@ def _count(summary: Summary, record: SubmissionRecord, future) -> None:
     summary.add({"FED": "fed", "DEFERRED": "deferred", "FAILED": "failed"}[result.state], len(record.documents))
 
 
-def _feed_patient(settings, ledger: Ledger, sign, summary: Summary, group: list[Decision], submit) -> None:
+def _feed_patient(settings, ledger: Ledger, sign, summary: Summary, group: list[Decision], submit, owner, lease) -> None:
     rows = []
     for d in group:
         if d.eligible:
@@ -136,7 +139,7 @@ def _feed_patient(settings, ledger: Ledger, sign, summary: Summary, group: list[
     for finess_geo, docs in by_site.items():
         for batch in _batches(docs, settings.submission.max_documents, settings.submission.max_bytes):
             _journal_and_submit(settings, ledger, sign, summary, settings.structure.site(finess_geo),
-                                eligible[0].patient, batch, submit)
+                                eligible[0].patient, batch, submit, owner, lease)
 
 
 def _batches(docs, max_count: int, max_bytes: int):
@@ -151,7 +154,8 @@ def _batches(docs, max_count: int, max_bytes: int):
         yield batch
 
 
-def _journal_and_submit(settings, ledger: Ledger, sign, summary: Summary, site, patient: Patient, batch, submit) -> None:
+def _journal_and_submit(settings, ledger: Ledger, sign, summary: Summary, site, patient: Patient, batch, submit,
+                        owner, lease) -> None:
     oid_root = settings.structure.oid_root
     keys = [(d.document_id, d.version) for d, _, _ in batch]
     record = ledger.journal_submission(
@@ -163,7 +167,13 @@ def _journal_and_submit(settings, ledger: Ledger, sign, summary: Summary, site, 
         docs=[SubmissionDoc(d.document_id, d.version, uid, ids.entry_uuid(oid_root, d.document_id, d.version))
               for d, uid, _ in batch],
         run_id=summary.run_id,
+        owner=owner,
+        lease=lease,
     )
+    if record is None:  # another instance holds this submission set
+        summary.add("claimed_elsewhere", len(batch))
+        return
+    testhooks.point("after_journal")
     _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit)
 
 

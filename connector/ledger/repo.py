@@ -190,29 +190,67 @@ class Ledger:
     # --- submissions -----------------------------------------------------------------------
 
     def journal_submission(self, *, submission_set_uid: str, entry_uuid: str, patient_id: str, finess_geo: str,
-                           submission_time: dt.datetime, docs: list[SubmissionDoc], run_id: int) -> SubmissionRecord:
-        """Write-ahead: commit the submission's ids and mark its documents SUBMITTING before anything is sent.
-        The ids are deterministic from the documents, so an existing row with the same uid is the same
-        submission: it is reused as recorded (its ids and submission time), never regenerated."""
+                           submission_time: dt.datetime, docs: list[SubmissionDoc], run_id: int,
+                           owner: str, lease: dt.timedelta) -> SubmissionRecord | None:
+        """Write-ahead: commit the submission's ids, claimed by `owner`, and mark its documents SUBMITTING
+        before anything is sent. The ids are deterministic from the documents, so an existing row with the
+        same uid is the same submission: it is reused as recorded (ids and submission time), never regenerated.
+        Returns None when another live instance holds it (or it is already settled)."""
         now = utcnow()
         s, sd, d = submissions, submission_documents, documents
-        with self.engine.begin() as conn:
-            row = conn.execute(sa.select(s.c.id).where(s.c.submission_set_uid == submission_set_uid)).first()
-            if row is None:
-                sub_id = conn.execute(sa.insert(s).values(
-                    submission_set_uid=submission_set_uid, entry_uuid=entry_uuid, patient_id=patient_id,
-                    finess_geo=finess_geo, state=SUBMITTING, submission_time=submission_time, created_at=now,
-                    updated_at=now, attempts=0, run_id=run_id)).inserted_primary_key[0]
-                conn.execute(sa.insert(sd), [dict(submission_id=sub_id, **doc.__dict__) for doc in docs])
-            else:
-                sub_id = row.id
-                conn.execute(sa.update(s).where(s.c.id == sub_id).values(state=SUBMITTING, updated_at=now, run_id=run_id))
-            for doc in docs:
-                conn.execute(sa.update(d).where(d.c.document_id == doc.document_id, d.c.version == doc.version).values(
-                    state=SUBMITTING, reason=None, detail=None, submission_id=sub_id, unique_id=doc.unique_id,
-                    updated_at=now, last_run_id=run_id,
-                    first_attempt_at=sa.func.coalesce(d.c.first_attempt_at, now)))
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(sa.select(s.c.id, s.c.state).where(s.c.submission_set_uid == submission_set_uid)).first()
+                if row is None:
+                    sub_id = conn.execute(sa.insert(s).values(
+                        submission_set_uid=submission_set_uid, entry_uuid=entry_uuid, patient_id=patient_id,
+                        finess_geo=finess_geo, state=SUBMITTING, submission_time=submission_time, created_at=now,
+                        updated_at=now, attempts=0, run_id=run_id, lease_owner=owner,
+                        lease_until=now + lease)).inserted_primary_key[0]
+                    conn.execute(sa.insert(sd), [dict(submission_id=sub_id, **doc.__dict__) for doc in docs])
+                else:
+                    sub_id = row.id
+                    if row.state in (FED, FAILED) or not self._claim(conn, sub_id, owner, lease, now, run_id):
+                        return None
+                for doc in docs:
+                    conn.execute(sa.update(d).where(d.c.document_id == doc.document_id, d.c.version == doc.version).values(
+                        state=SUBMITTING, reason=None, detail=None, submission_id=sub_id, unique_id=doc.unique_id,
+                        updated_at=now, last_run_id=run_id,
+                        first_attempt_at=sa.func.coalesce(d.c.first_attempt_at, now)))
+        except sa.exc.IntegrityError:
+            return None  # another instance journaled the same submission set at the same moment: it is theirs
         return self.submission(sub_id)
+
+    @staticmethod
+    def _claim(conn, sub_id: int, owner: str, lease: dt.timedelta, now: dt.datetime, run_id: int) -> bool:
+        """Atomically take a submission whose lease is free, expired, or already ours."""
+        s = submissions
+        return conn.execute(
+            sa.update(s)
+            .where(s.c.id == sub_id,
+                   sa.or_(s.c.lease_owner.is_(None), s.c.lease_until < now, s.c.lease_owner == owner))
+            .values(lease_owner=owner, lease_until=now + lease, state=SUBMITTING, updated_at=now, run_id=run_id)
+        ).rowcount == 1
+
+    def claim_open_submissions(self, owner: str, lease: dt.timedelta, run_id: int, *, limit: int = 100,
+                               now: dt.datetime | None = None) -> list[int]:
+        """Claim submissions to settle or resend: left SUBMITTING by a crash or an unknown outcome (once their
+        lease is free, expired or ours), and DEFERRED ones that are due; oldest first. On PostgreSQL the rows
+        are picked with FOR UPDATE SKIP LOCKED, so concurrent instances never claim the same one."""
+        now = now or utcnow()
+        s, d = submissions, documents
+        due = sa.select(d.c.submission_id).where(d.c.state == DEFERRED, d.c.next_attempt_at <= now,
+                                                 d.c.held == sa.false())
+        free = sa.or_(s.c.lease_owner.is_(None), s.c.lease_until < now, s.c.lease_owner == owner)
+        not_this_run = sa.or_(s.c.run_id.is_(None), s.c.run_id != run_id)  # ours in flight are never re-claimed
+        query = (sa.select(s.c.id)
+                 .where(free, not_this_run, sa.or_(s.c.state == SUBMITTING, sa.and_(s.c.state == DEFERRED, s.c.id.in_(due))))
+                 .order_by(s.c.id).limit(limit))
+        if self.is_postgresql:
+            query = query.with_for_update(skip_locked=True, of=s)
+        with self.engine.begin() as conn:
+            ids = list(conn.execute(query).scalars())
+            return [i for i in ids if self._claim(conn, i, owner, lease, now, run_id)]
 
     def submission(self, sub_id: int) -> SubmissionRecord:
         s, sd = submissions, submission_documents
@@ -222,22 +260,6 @@ class Ledger:
                                 .where(sd.c.submission_id == sub_id).order_by(sd.c.document_id, sd.c.version)).all()
         return SubmissionRecord(r.id, r.submission_set_uid, r.entry_uuid, r.patient_id, r.finess_geo, r.state,
                                 r.submission_time, r.attempts, r.created_at, tuple(SubmissionDoc(*x) for x in docs))
-
-    def open_submissions(self, now: dt.datetime | None = None) -> list[int]:
-        """Submissions to settle or resend this run: left SUBMITTING by a crash or an unknown outcome,
-        and DEFERRED ones that are due, oldest first."""
-        now = now or utcnow()
-        s = submissions
-        with self.engine.connect() as conn:
-            return list(conn.execute(
-                sa.select(s.c.id).where(
-                    (s.c.state == SUBMITTING)
-                    | ((s.c.state == DEFERRED) & s.c.id.in_(
-                        sa.select(documents.c.submission_id).where(
-                            documents.c.state == DEFERRED, documents.c.next_attempt_at <= now,
-                            documents.c.held == sa.false())))
-                ).order_by(s.c.id)
-            ).scalars())
 
     def record_attempt(self, sub_id: int) -> None:
         with self.engine.begin() as conn:
@@ -258,7 +280,8 @@ class Ledger:
         with self.engine.begin() as conn:
             conn.execute(sa.update(submissions).where(submissions.c.id == sub_id).values(
                 state=state, outcome=outcome, error_code=error_code,
-                error_message=error_message and error_message[:2000], updated_at=now))
+                error_message=error_message and error_message[:2000], updated_at=now,
+                lease_owner=None, lease_until=None))
             conn.execute(sa.update(documents).where(documents.c.submission_id == sub_id).values(**doc_values))
 
     def first_attempt_at(self, sub_id: int) -> dt.datetime | None:
