@@ -175,6 +175,31 @@ def status(settings, fmt: str) -> None:
     click.echo(json.dumps(report, ensure_ascii=False, indent=1, default=str) if fmt == "json" else action.render_text(report))
 
 
+# --- export ------------------------------------------------------------------------------------
+
+
+@main.command()
+@with_settings
+@click.option("--document", "document_id", help="Export this document (its submission set).")
+@click.option("--version", type=int, help="With --document: this version only.")
+@click.option("--all", "all_documents", is_flag=True, help="Export every eligible document.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
+def export(settings, document_id, version, all_documents, out: Path) -> None:
+    """Write the CDA, signature, VIHF and exact SOAP/MTOM request of eligible documents, without sending."""
+    from connector.actions import export as action
+
+    if bool(document_id) == bool(all_documents):
+        raise click.UsageError("give either --document ID or --all")
+    exported, problems = action.export(settings, out, document_id=document_id, version=version)
+    for e in exported:
+        click.echo(f"{e.folder}: " + ", ".join(f"{d} v{v}" for d, v in e.documents))
+    for p in problems:
+        click.echo(f"not exported: {p}", err=True)
+    click.echo(f"{sum(len(e.documents) for e in exported)} document(s) in {len(exported)} submission set(s)")
+    if problems or not exported:
+        sys.exit(EXIT_ATTENTION)
+
+
 # --- check -------------------------------------------------------------------------------------
 
 

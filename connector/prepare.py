@@ -43,6 +43,46 @@ def document_cda(settings: Settings, document: Document, patient: Patient, site:
     return unique_id, xml
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One future submission set: a patient's documents of one site, within the configured caps."""
+
+    site: Site
+    patient: Patient
+    documents: list[tuple[Document, str, bytes]]  # (document, uniqueId, CDA)
+
+    @property
+    def keys(self) -> list[tuple[str, int]]:
+        return [(d.document_id, d.version) for d, _, _ in self.documents]
+
+
+def plan_patient(settings: Settings, eligible: list) -> tuple[list[tuple[object, PayloadError]], list[Batch]]:
+    """Build and validate the CDA of each eligible decision of one patient, then group them per site into
+    batches capped by `submission.max_documents` and `submission.max_bytes`. Returns (failures, batches)."""
+    failures, by_site = [], {}
+    for d in eligible:
+        site = settings.structure.site(d.document.finess_geo)
+        try:
+            uid, xml = document_cda(settings, d.document, d.patient, site, d.content)
+        except PayloadError as exc:
+            failures.append((d, exc))
+            continue
+        by_site.setdefault(site.finess_geo, (site, d.patient, []))[2].append((d.document, uid, xml))
+    cap_count, cap_bytes = settings.submission.max_documents, settings.submission.max_bytes
+    batches = []
+    for site, patient, docs in by_site.values():
+        current, size = [], 0
+        for item in docs:
+            if current and (len(current) >= cap_count or size + len(item[2]) > cap_bytes):
+                batches.append(Batch(site, patient, current))
+                current, size = [], 0
+            current.append(item)
+            size += len(item[2])
+        if current:
+            batches.append(Batch(site, patient, current))
+    return failures, batches
+
+
 def submission(
     settings: Settings,
     sign: Credential,

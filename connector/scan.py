@@ -46,12 +46,12 @@ class Decision:
         return self.reason is not None and self.ledger_state not in (FED, FAILED, SUBMITTING, DEFERRED)
 
 
-def scan(store: Store, ledger: Ledger, settings: Settings, *, load_content: bool = True) -> Iterator[list[Decision]]:
-    """Yield, patient by patient, the decisions for every store document."""
+def scan(store: Store, ledger: Ledger | None, settings: Settings, *, load_content: bool = True) -> Iterator[list[Decision]]:
+    """Yield, patient by patient, the decisions for every store document (by the rules alone without a ledger)."""
     now = utcnow()
     for patient_id, group in itertools.groupby(store.candidates(), key=_patient_of):
         group = list(group)
-        states = ledger.states((c.document.key for c in group if isinstance(c, Candidate)))
+        states = ledger.states((c.document.key for c in group if isinstance(c, Candidate))) if ledger else {}
         latest: dict[str, int] = {}
         for c in group:
             if isinstance(c, Candidate):

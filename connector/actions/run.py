@@ -124,57 +124,35 @@ def _feed_patient(settings, ledger: Ledger, sign, summary: Summary, group: list[
                                  finess_geo=d.document.finess_geo if d.document else None,
                                  type_code=d.document.type_code if d.document else None))
     ledger.record_decisions(rows, summary.run_id)
-    eligible = [d for d in group if d.eligible]
-    by_site: dict[str, list[tuple]] = collections.defaultdict(list)
-    for d in eligible:
-        site = settings.structure.site(d.document.finess_geo)
-        try:
-            uid, xml = prepare.document_cda(settings, d.document, d.patient, site, d.content)
-        except PayloadError as exc:
-            log.warning("document %s v%d: %s", d.document_id, d.version, exc.reason)
-            ledger.fail_documents([(d.document_id, d.version)], exc.reason, str(exc), summary.run_id, d.patient_id)
-            summary.add("failed")
-            continue
-        by_site[site.finess_geo].append((d.document, uid, xml))
-    for finess_geo, docs in by_site.items():
-        for batch in _batches(docs, settings.submission.max_documents, settings.submission.max_bytes):
-            _journal_and_submit(settings, ledger, sign, summary, settings.structure.site(finess_geo),
-                                eligible[0].patient, batch, submit, owner, lease)
+    failures, batches = prepare.plan_patient(settings, [d for d in group if d.eligible])
+    for d, exc in failures:
+        log.warning("document %s v%d: %s", d.document_id, d.version, exc.reason)
+        ledger.fail_documents([(d.document_id, d.version)], exc.reason, str(exc), summary.run_id, d.patient_id)
+        summary.add("failed")
+    for batch in batches:
+        _journal_and_submit(settings, ledger, sign, summary, batch, submit, owner, lease)
 
 
-def _batches(docs, max_count: int, max_bytes: int):
-    batch, size = [], 0
-    for item in docs:
-        if batch and (len(batch) >= max_count or size + len(item[2]) > max_bytes):
-            yield batch
-            batch, size = [], 0
-        batch.append(item)
-        size += len(item[2])
-    if batch:
-        yield batch
-
-
-def _journal_and_submit(settings, ledger: Ledger, sign, summary: Summary, site, patient: Patient, batch, submit,
+def _journal_and_submit(settings, ledger: Ledger, sign, summary: Summary, batch: prepare.Batch, submit,
                         owner, lease) -> None:
     oid_root = settings.structure.oid_root
-    keys = [(d.document_id, d.version) for d, _, _ in batch]
     record = ledger.journal_submission(
-        submission_set_uid=ids.submission_set_unique_id(oid_root, keys),
-        entry_uuid=ids.submission_set_entry_uuid(oid_root, keys),
-        patient_id=patient.patient_id,
-        finess_geo=site.finess_geo,
+        submission_set_uid=ids.submission_set_unique_id(oid_root, batch.keys),
+        entry_uuid=ids.submission_set_entry_uuid(oid_root, batch.keys),
+        patient_id=batch.patient.patient_id,
+        finess_geo=batch.site.finess_geo,
         submission_time=utcnow(),
         docs=[SubmissionDoc(d.document_id, d.version, uid, ids.entry_uuid(oid_root, d.document_id, d.version))
-              for d, uid, _ in batch],
+              for d, uid, _ in batch.documents],
         run_id=summary.run_id,
         owner=owner,
         lease=lease,
     )
     if record is None:  # another instance holds this submission set
-        summary.add("claimed_elsewhere", len(batch))
+        summary.add("claimed_elsewhere", len(batch.documents))
         return
     testhooks.point("after_journal")
-    _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit)
+    _prepare_and_submit(settings, ledger, sign, summary, record, batch.site, batch.patient, batch.documents, submit)
 
 
 def _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit) -> None:

@@ -46,10 +46,7 @@ class DmpClient:
     ) -> outcome.Outcome:
         """Send one ITI-41 ProvideAndRegisterDocumentSet-b; the xdsb:Document bytes travel as MTOM parts."""
         url = self.settings.repository_url
-        message_id = f"urn:uuid:{uuid.uuid4()}"
-        env = soap.envelope(request, action=soap.ITI41_ACTION, to=url, security=[vihf], message_id=message_id)
-        content_type, body = mtom.encode(env, attachments, action=soap.ITI41_ACTION)
-        headers = {"Content-Type": content_type, "Accept": ACCEPT, "MIME-Version": "1.0"}
+        message_id, headers, body = iti41_message(url, request, attachments, vihf)
         try:
             reply = self.session.post(url, data=body, headers=headers, timeout=self.timeout)
             result = outcome.classify_response(
@@ -72,3 +69,13 @@ class DmpClient:
         except iti18.Iti18Error as exc:
             log.warning("ITI-18 for submission set %s failed: %s", submission_set_uid, exc)
             return None
+
+
+def iti41_message(
+    url: str, request: etree._Element, attachments: dict[str, bytes], vihf: etree._Element
+) -> tuple[str, dict[str, str], bytes]:
+    """(MessageID, HTTP headers, body) of an ITI-41 request exactly as it is POSTed to `url`."""
+    message_id = f"urn:uuid:{uuid.uuid4()}"
+    env = soap.envelope(request, action=soap.ITI41_ACTION, to=url, security=[vihf], message_id=message_id)
+    content_type, body = mtom.encode(env, attachments, action=soap.ITI41_ACTION)
+    return message_id, {"Content-Type": content_type, "Accept": ACCEPT, "MIME-Version": "1.0"}, body

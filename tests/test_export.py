@@ -1,0 +1,110 @@
+"""`export --all` over the samples: every eligible document's request passes every validation, and the
+FINESS géo is the same in the VIHF, the submission set, each DocumentEntry and each CDA."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from lxml import etree
+
+from connector import samples
+from connector.actions import demo
+from connector.cli import main
+from connector.dmp import mtom
+from connector.payload import validate, xds_read
+from connector.trust import dsig, vihf
+from xmlsec import manifest_options, vihf_options, xmlsec_verify
+
+HL7 = "{urn:hl7-org:v3}"
+XDSB = "{urn:ihe:iti:xds-b:2007}"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export")
+    config = demo.prepare_folder(folder, "https://127.0.0.1:1/si-dmp-server/v2/services")
+    out = folder / "out"
+    result = CliRunner().invoke(main, ["export", "--all", "--out", str(out), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    return folder, sorted(p for p in out.iterdir() if p.is_dir())
+
+
+def _request(path: Path):
+    raw = (path / "iti41-request.http").read_bytes()
+    head, body = raw.split(b"\r\n\r\n", 1)
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
+    envelope, parts = mtom.decode(headers["Content-Type"], body)
+    return envelope, mtom.resolve_documents(envelope, parts)
+
+
+def _xop_resolved(request, attachments):
+    """The XOP infoset: each xdsb:Document holds its bytes in base64 (what the schema describes)."""
+    import base64
+    import copy
+
+    resolved = copy.deepcopy(request)
+    for doc in resolved.iter(f"{XDSB}Document"):
+        for child in list(doc):
+            doc.remove(child)
+        doc.text = base64.b64encode(attachments[doc.get("id")]).decode()
+    return resolved
+
+
+def test_every_eligible_document_is_exported_once(exported):
+    _, folders = exported
+    eligible = {k for k, r in samples.expected_decisions().items() if r is None}
+    cdas = [p.name for f in folders for p in f.glob("cda-*.xml")]
+    assert len(cdas) == len(eligible) == len(set(cdas))
+
+
+def test_each_exported_set_passes_every_validation(exported):
+    folder, folders = exported
+    ca_pem = (folder / "pki" / "ca.pem").read_bytes()
+    for path in folders:
+        envelope, attachments = _request(path)
+        request = envelope.find(f".//{XDSB}ProvideAndRegisterDocumentSetRequest")
+        assert validate.xds_request_errors(_xop_resolved(request, attachments)) == []
+        assert xds_read.metadata_errors(request, attachments, require_signature=True) == []
+        view = xds_read.parse_request(request)
+
+        token = envelope.find(".//{urn:oasis:names:tc:SAML:2.0:assertion}Assertion")
+        assert validate.saml_assertion_errors(token) == []
+        info = vihf.verify_vihf(token, ca_pem)
+        assert xmlsec_verify(etree.tostring(token), folder / "pki" / "ca.pem", *vihf_options()).returncode == 0
+
+        finess = {view.finess_geo} | {e.finess_geo for e in view.entries}
+        identifiant = info.attributes["Identifiant_Structure"]
+        assert identifiant == "1" + view.finess_geo and len(finess) == 1
+
+        documents = {}
+        for entry in view.entries:
+            cda = attachments[entry.entry_uuid]
+            assert validate.cda_errors(cda) == []
+            tree = etree.fromstring(cda)
+            facility = tree.find(f".//{HL7}healthCareFacility/{HL7}id").get("extension")
+            assert facility == "1" + view.finess_geo
+            documents[entry.unique_id] = cda
+        signature = attachments[view.signature.entry_uuid]
+        assert signature == (path / "signature.xml").read_bytes()
+        dsig.verify_submission_set_signature(signature, documents, ca_cert_pem=ca_pem)
+        result = xmlsec_verify(signature, folder / "pki" / "ca.pem", *manifest_options())
+        assert result.returncode == 0, result.stderr
+
+
+def test_a_tampered_document_breaks_the_manifest(exported):
+    folder, folders = exported
+    envelope, attachments = _request(folders[0])
+    view = xds_read.parse_request(envelope.find(f".//{XDSB}ProvideAndRegisterDocumentSetRequest"))
+    documents = {e.unique_id: attachments[e.entry_uuid] for e in view.entries}
+    uid = next(iter(documents))
+    documents[uid] = documents[uid].replace(b"<title>", b"<title>X", 1)
+    with pytest.raises(dsig.SignatureError, match=uid.replace(".", r"\.")):
+        dsig.verify_submission_set_signature(attachments[view.signature.entry_uuid], documents,
+                                             ca_cert_pem=(folder / "pki" / "ca.pem").read_bytes())
+
+
+def test_export_of_a_skipped_document_says_why(exported):
+    folder, _ = exported
+    result = CliRunner().invoke(main, ["export", "--document", "DOC-012", "--out", str(folder / "o2"),
+                                       "--config", str(folder / "dmp-connector.toml")])
+    assert result.exit_code == 1 and "PATIENT_OPPOSED" in result.output
