@@ -1,0 +1,115 @@
+"""What the ledger says, as aggregates: every query is a GROUP BY or a LIMITed list over an index, so the
+report costs the same on a ledger of a thousand or a million documents.
+
+Periods: `since` keeps documents first seen by a run at or after it (a document enters the ledger at the first
+run after it was produced, so this is the production cohort the SUN-ES feeding rate is computed on), runs
+started since, and DMP feeds (fed_at) since. The lists of failures and deferred documents are always whole:
+they are current work. All times are naive UTC, as in the ledger; days are UTC days.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+
+import sqlalchemy as sa
+
+from connector.ledger.repo import Ledger, utcnow
+from connector.ledger.schema import DEFERRED, FAILED, FED, PENDING, SKIPPED, STATES, SUBMITTING, documents, runs
+
+# A document the connector is, was or will be trying to feed: the feeding rate's denominator.
+ELIGIBLE_STATES = (FED, DEFERRED, FAILED, SUBMITTING, PENDING)
+
+
+def collect(ledger: Ledger, *, since: dt.date | None = None, now: dt.datetime | None = None,
+            last_runs: int = 5, failures: int = 50) -> dict:
+    d = documents
+    start = dt.datetime.combine(since, dt.time()) if since else None
+    since_day = sa.bindparam("since_day", since, type_=sa.Date)
+    seen = [d.c.first_seen_at >= start] if since else []
+    # date(column) is what the expression indexes ix_documents_seen_day / ix_documents_fed_day hold.
+    day = sa.func.date(d.c.first_seen_at)  # a str on SQLite, a date on PostgreSQL: str() for both
+    fed_day = sa.func.date(d.c.fed_at)
+    with ledger.engine.connect() as conn:
+        # One pass over the (site, type, state, reason) index gives states, reasons, sites and types.
+        cells = conn.execute(
+            sa.select(d.c.finess_geo, d.c.type_code, d.c.state, d.c.reason, sa.func.count())
+            .where(*seen).group_by(d.c.finess_geo, d.c.type_code, d.c.state, d.c.reason)
+        ).all()
+        day_cells = conn.execute(
+            sa.select(day, d.c.state, d.c.reason, sa.func.count())
+            .where(*([day >= since_day] if since else [])).group_by(day, d.c.state, d.c.reason)
+        ).all()
+        fed_per_day = conn.execute(
+            sa.select(fed_day, sa.func.count())
+            .where(fed_day >= since_day if since else fed_day.is_not(None))
+            .group_by(fed_day).order_by(fed_day)
+        ).all()
+        oldest_deferred = conn.execute(sa.select(sa.func.min(d.c.first_attempt_at)).where(d.c.state == DEFERRED)).scalar()
+        failed_total = conn.execute(sa.select(sa.func.count()).where(d.c.state == FAILED)).scalar()
+        failed = [dict(r._mapping) for r in conn.execute(
+            sa.select(d.c.document_id, d.c.version, d.c.finess_geo, d.c.type_code, d.c.reason, d.c.detail,
+                      d.c.updated_at)
+            .where(d.c.state == FAILED).order_by(d.c.updated_at.desc()).limit(failures))]
+        deferred = [dict(r._mapping) for r in conn.execute(
+            sa.select(d.c.document_id, d.c.version, d.c.finess_geo, d.c.reason, d.c.detail, d.c.attempts,
+                      d.c.next_attempt_at)
+            .where(d.c.state == DEFERRED).order_by(d.c.next_attempt_at).limit(failures))]
+        recent = [_run(r) for r in conn.execute(
+            sa.select(runs.c.id, runs.c.mode, runs.c.status, runs.c.started_at, runs.c.finished_at, runs.c.counts)
+            .where(*([runs.c.started_at >= start] if since else []))
+            .order_by(runs.c.id.desc()).limit(last_runs))]
+        last_success = conn.execute(
+            sa.select(sa.func.max(runs.c.finished_at)).where(runs.c.status == "done", runs.c.mode != "dry-run")
+        ).scalar()
+
+    by_state = collections.Counter()
+    by_reason = collections.Counter()
+    for _site, _type, state, reason, n in cells:
+        by_state[state] += n
+        if reason is not None:
+            by_reason[(state, reason)] += n
+    return {
+        "generated_at": now or utcnow(),
+        "since": since,
+        "documents_by_state": {s: by_state.get(s, 0) for s in STATES},
+        "documents_by_reason": [{"state": s, "reason": r, "count": n}
+                                for (s, r), n in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))],
+        "oldest_deferred_since": oldest_deferred,
+        "failed_total": failed_total,
+        "failed": failed,
+        "deferred": deferred,
+        "last_runs": recent,
+        "last_success_at": last_success,
+        "indicators": {
+            "by_site": _indicators((site, state, reason, n) for site, _t, state, reason, n in cells),
+            "by_type": _indicators((type_code, state, reason, n) for _s, type_code, state, reason, n in cells),
+            "by_day": _indicators((str(k), state, reason, n) for k, state, reason, n in day_cells),
+            "by_month": _indicators((str(k)[:7], state, reason, n) for k, state, reason, n in day_cells),
+        },
+        "fed_per_day": [{"day": str(k), "fed": n} for k, n in fed_per_day],
+    }
+
+
+def _indicators(cells) -> list[dict]:
+    """Per key: fed, eligible, feeding rate (fed / eligible) and skipped documents by reason."""
+    rows: dict = {}
+    for key, state, reason, n in cells:
+        row = rows.setdefault(key, {"key": key, "fed": 0, "eligible": 0, "skipped_total": 0, "skipped": {}})
+        if state == FED:
+            row["fed"] += n
+        if state in ELIGIBLE_STATES:
+            row["eligible"] += n
+        elif state == SKIPPED:
+            row["skipped_total"] += n
+            row["skipped"][reason or "?"] = row["skipped"].get(reason or "?", 0) + n
+    for row in rows.values():
+        row["feeding_rate"] = round(row["fed"] / row["eligible"], 4) if row["eligible"] else None
+        row["skipped"] = dict(sorted(row["skipped"].items()))
+    return sorted(rows.values(), key=lambda r: (r["key"] is None, r["key"] or ""))
+
+
+def _run(r) -> dict:
+    row = dict(r._mapping)
+    row["duration_s"] = round((r.finished_at - r.started_at).total_seconds(), 1) if r.finished_at else None
+    return row
