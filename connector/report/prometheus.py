@@ -1,0 +1,67 @@
+"""node-exporter textfile metrics, written atomically (temp file + rename) so the collector never reads half a file."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import os
+import tempfile
+from pathlib import Path
+
+
+def _labels(**labels) -> str:
+    def esc(v):
+        return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in labels.items()) + "}" if labels else ""
+
+
+def _ts(value: dt.datetime | None) -> int:
+    return calendar.timegm(value.timetuple()) if value else 0  # naive UTC -> epoch seconds
+
+
+def to_prometheus(report: dict) -> str:
+    out: list[str] = []
+
+    def metric(name, kind, help_, samples):
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(f"{name}{_labels(**labels)} {value}" for labels, value in samples)
+
+    metric("dmp_connector_documents", "gauge", "Documents in the ledger by state.",
+           [({"state": s}, n) for s, n in report["documents_by_state"].items()])
+    metric("dmp_connector_documents_by_reason", "gauge", "Documents by state and reason (skips, deferrals, failures).",
+           [({"state": r["state"], "reason": r["reason"]}, r["count"]) for r in report["documents_by_reason"]])
+    sites = report["indicators"]["by_site"]
+    metric("dmp_connector_fed_total", "counter", "Documents fed to the DMP, per site (FINESS géo).",
+           [({"site": r["key"] or ""}, r["fed"]) for r in sites])
+    metric("dmp_connector_eligible_total", "counter", "Documents eligible for feeding, per site.",
+           [({"site": r["key"] or ""}, r["eligible"]) for r in sites])
+    metric("dmp_connector_feeding_ratio", "gauge", "Fed / eligible, per site (SUN-ES feeding rate).",
+           [({"site": r["key"] or ""}, r["feeding_rate"]) for r in sites if r["feeding_rate"] is not None])
+    metric("dmp_connector_failed_documents", "gauge", "FAILED documents that need a human.",
+           [({}, report.get("failed_total", len(report["failed"])))])
+    metric("dmp_connector_oldest_deferred_timestamp_seconds", "gauge",
+           "First attempt of the oldest deferred document (0: none).", [({}, _ts(report["oldest_deferred_since"]))])
+    metric("dmp_connector_last_success_timestamp_seconds", "gauge",
+           "End of the last successful run (0: never).", [({}, _ts(report.get("last_success_at")))])
+    if report["last_runs"]:
+        last = report["last_runs"][0]
+        metric("dmp_connector_last_run_timestamp_seconds", "gauge", "Start of the last run.",
+               [({"status": last["status"]}, _ts(last["started_at"]))])
+        if last.get("duration_s") is not None:
+            metric("dmp_connector_last_run_duration_seconds", "gauge", "Duration of the last finished run.",
+                   [({}, last["duration_s"])])
+    return "\n".join(out) + "\n"
+
+
+def write_textfile(report: dict, path: Path) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(to_prometheus(report))
+        os.chmod(tmp, 0o644)  # node-exporter runs as another user; the figures are aggregates, not patient data
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,109 @@
+"""Text, JSON and CSV renderings of a report from `figures.collect`."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+
+INDICATOR_SECTIONS = (("by_site", "site", "Per site (FINESS géo)"), ("by_type", "type", "Per document type (LOINC)"),
+                      ("by_month", "month", "Per month first seen"), ("by_day", "day", "Per day first seen"))
+
+
+def rate(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(report, ensure_ascii=False, indent=1, default=_iso)
+
+
+def _iso(value):
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def to_text(report: dict) -> str:
+    lines = []
+    if report.get("since"):
+        lines.append(f"Since {report['since']} (documents first seen, runs started, feeds)")
+    lines.append("Documents by state:")
+    lines += [f"  {state:<11} {n}" for state, n in report["documents_by_state"].items()]
+    if report["documents_by_reason"]:
+        lines.append("By reason:")
+        lines += [f"  {r['state']:<11} {r['reason']:<24} {r['count']}" for r in report["documents_by_reason"]]
+    if report["oldest_deferred_since"]:
+        lines.append(f"Oldest deferred since: {report['oldest_deferred_since']} UTC")
+    if report["failed"]:
+        lines.append(f"Failed: {report.get('failed_total', len(report['failed']))} "
+                     "(need a human; `dmp-connector replay` after correction):")
+        lines += [f"  {f['document_id']} v{f['version']}  {f['reason']}  {f['detail'] or ''}" for f in report["failed"]]
+    if report["deferred"]:
+        lines.append("Deferred:")
+        lines += [f"  {f['document_id']} v{f['version']}  {f['reason'] or ''}  attempts {f['attempts']}, "
+                  f"next {f['next_attempt_at']} UTC" for f in report["deferred"]]
+    for key, _label, title in INDICATOR_SECTIONS:
+        rows = report.get("indicators", {}).get(key)
+        if rows:
+            lines.append(f"{title}: fed / eligible = feeding rate; skipped by reason")
+            for r in rows:
+                skipped = ", ".join(f"{k} {v}" for k, v in r["skipped"].items())
+                lines.append(f"  {r['key'] or '(none)':<10} {r['fed']:>7} / {r['eligible']:<7} {rate(r['feeding_rate']):>7}"
+                             f"  skipped {r['skipped_total']}{f' ({skipped})' if skipped else ''}")
+    lines.append("Last runs:")
+    for r in report["last_runs"]:
+        counts = ", ".join(f"{k} {v}" for k, v in (r["counts"] or {}).items())
+        took = f"{r['duration_s']:.1f}s" if r.get("duration_s") is not None else "running"
+        lines.append(f"  #{r['id']} {r['mode']:<8} {r['status']:<8} {r['started_at']} UTC  {took}  {counts}")
+    if not report["last_runs"]:
+        lines.append("  (none yet)")
+    if report.get("last_success_at"):
+        lines.append(f"Last successful run finished: {report['last_success_at']} UTC")
+    return "\n".join(lines)
+
+
+CSV_HEADER = ("section", "key", "metric", "value")
+
+
+def csv_rows(report: dict):
+    """Long format (section, key, metric, value): one figure per line, ready for a spreadsheet's pivot table."""
+    for state, n in report["documents_by_state"].items():
+        yield "state", state, "documents", n
+    for r in report["documents_by_reason"]:
+        yield "reason", r["reason"], r["state"], r["count"]
+    for key, label, _title in INDICATOR_SECTIONS:
+        for r in report.get("indicators", {}).get(key, []):
+            yield label, r["key"] or "", "fed", r["fed"]
+            yield label, r["key"] or "", "eligible", r["eligible"]
+            yield label, r["key"] or "", "feeding_rate", "" if r["feeding_rate"] is None else r["feeding_rate"]
+            yield label, r["key"] or "", "skipped", r["skipped_total"]
+            for reason, n in r["skipped"].items():
+                yield label, r["key"] or "", f"skipped:{reason}", n
+    for r in report.get("fed_per_day", []):
+        yield "fed_per_day", r["day"], "fed", r["fed"]
+    for f in report["failed"]:
+        yield "failed", f"{f['document_id']} v{f['version']}", f["reason"] or "", f["updated_at"]
+    for f in report["deferred"]:
+        yield "deferred", f"{f['document_id']} v{f['version']}", f["reason"] or "", f["next_attempt_at"]
+    for r in report["last_runs"]:
+        key = str(r["id"])
+        yield "run", key, "status", r["status"]
+        yield "run", key, "started_at", r["started_at"]
+        yield "run", key, "duration_s", "" if r.get("duration_s") is None else r["duration_s"]
+        for name, n in (r["counts"] or {}).items():
+            yield "run", key, name, n
+    if report.get("oldest_deferred_since"):
+        yield "summary", "", "oldest_deferred_since", report["oldest_deferred_since"]
+    if report.get("last_success_at"):
+        yield "summary", "", "last_success_at", report["last_success_at"]
+
+
+def to_csv(report: dict) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for section, key, metric, value in csv_rows(report):
+        writer.writerow((section, key, metric, value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value))
+    return out.getvalue()
