@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 
 
@@ -30,3 +31,56 @@ def setup(level: str = "INFO", json_lines: bool = False) -> None:
     root.setLevel(level.upper())
     for noisy in ("urllib3", "zeep", "alembic", "xmlschema", "apscheduler.executors"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class StopRequested(Exception):
+    """Raised by a progress callback when the operator asked to stop (SIGTERM): the run takes no new patient;
+    the submissions already handed to the senders finish, anything else is settled by the next run."""
+
+
+class RunProgress:
+    """Progress of a run, called by it per patient group and per settled submission: a status line rewritten
+    in place on a terminal, a log line every `interval` seconds otherwise (journald, cron mail)."""
+
+    def __init__(self, *, tty: bool | None = None, interval: float = 30.0, stop=None, stream=None,
+                 clock=time.monotonic):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.interval = interval if not self.tty else 0.5
+        self.stop = stop  # a threading.Event, set by the daemon's signal handler
+        self.clock = clock
+        self.patients = 0
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def patient(self, summary) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise StopRequested("stop requested: no new patient is taken")
+        with self._lock:
+            self.patients += 1
+        self._tick(summary)
+
+    def settled(self, summary) -> None:
+        self._tick(summary)
+
+    def close(self, summary) -> None:
+        if self.tty:
+            self.stream.write("\033[K")  # the summary follows on a clean line
+            self.stream.flush()
+
+    def line(self, summary) -> str:
+        c = summary.counts
+        return (f"run #{summary.run_id}: {self.patients} patients scanned, {c['fed']} documents fed, "
+                f"{c['deferred']} deferred, {c['failed']} failed, {sum(summary.skipped.values())} skipped")
+
+    def _tick(self, summary) -> None:
+        with self._lock:
+            now = self.clock()
+            if now - self._last < self.interval:
+                return
+            self._last = now
+        if self.tty:  # clear, write, return to column 0: the next log line simply overwrites it
+            self.stream.write(f"\033[K{self.line(summary)}\r")
+            self.stream.flush()
+        else:
+            logging.getLogger("connector.run").info("%s", self.line(summary))

@@ -15,10 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from connector import prepare, testhooks
+from connector.actions.audit import purge as purge_audit
 from connector.actions.context import open_settings_ledger, open_store
 from connector.config import Settings
 from connector.deliver import Deliverer, Result
 from connector.dmp.client import DmpClient
+from connector.logs import RunProgress
 from connector.ledger.repo import Ledger, SubmissionDoc, SubmissionRecord, utcnow
 from connector.ledger.schema import FAILED, PENDING, SKIPPED
 from connector.payload import ids
@@ -57,20 +59,21 @@ class Summary:
         return "\n".join(lines)
 
 
-def run(settings: Settings, *, mode: str = "run") -> Summary:
+def run(settings: Settings, *, mode: str = "run", progress=None) -> Summary:
     ledger = open_settings_ledger(settings)
     store = open_store(settings)
     store.ensure_write_back_table()
     with run_lock(ledger, settings.state_dir, settings.ledger.instance):
-        return _run_locked(settings, ledger, store, mode)
+        return _run_locked(settings, ledger, store, mode, progress or RunProgress())
 
 
-def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str) -> Summary:
+def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, progress) -> Summary:
     if settings.certificates is None:
         raise prepare.PayloadError("METADATA_INVALID", "no [certificates] configured: a run needs auth_cli and sign")
     sign = load_credential(settings.certificates.sign)
     auth = load_credential(settings.certificates.auth_cli)
     client = DmpClient(settings.dmp, auth, settings.certificates.auth_cli.password())
+    purge_audit(ledger, settings.audit_retention_days)
     summary = Summary(ledger.start_run(mode), mode)
     deliverer = Deliverer(settings, ledger, store, client, summary.run_id)
     slots = threading.BoundedSemaphore(settings.dmp.max_in_flight * 2)  # bounded work queued ahead of the senders
@@ -82,17 +85,19 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str) -> 
             def submit(record: SubmissionRecord, prepared: prepare.Prepared, patient: Patient) -> None:
                 slots.acquire()
                 future = pool.submit(deliverer.deliver, record, prepared, patient)
-                future.add_done_callback(lambda f: (slots.release(), _count(summary, record, f)))
+                future.add_done_callback(lambda f: (slots.release(), _count(summary, record, f), progress.settled(summary)))
 
             while claimed := ledger.claim_open_submissions(owner, lease, summary.run_id):
                 for sub_id in claimed:
                     _resume(settings, ledger, store, sign, summary, ledger.submission(sub_id), submit)
             for group in scan(store, ledger, settings):
+                progress.patient(summary)  # may raise StopRequested (daemon stopping)
                 _feed_patient(settings, ledger, sign, summary, group, submit, owner, lease)
     except BaseException:
         status = "failed"
         raise
     finally:
+        progress.close(summary)
         summary.duration = time.monotonic() - summary.started
         ledger.finish_run(summary.run_id, status, {**summary.counts, **{f"skipped:{k}": v for k, v in summary.skipped.items()}})
         log.info("run %d %s in %.1fs: %s", summary.run_id, status, summary.duration, dict(summary.counts))
