@@ -165,14 +165,74 @@ def _set_held(settings, document_id, version, held: bool) -> None:
 
 @main.command()
 @with_settings
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def status(settings, fmt: str) -> None:
-    """Summarise the ledger: last runs, documents by state and reason, failures."""
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv", "html"]), default=None,
+              help="Report format (default text; with --check or --prometheus alone, no report is printed).")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Only documents first seen, runs started and feeds since DATE.")
+@click.option("--check", is_flag=True, help="Exit 1, saying why, if documents FAILED or the last successful run is too old.")
+@click.option("--max-age-hours", type=float, default=26, show_default=True, help="With --check: oldest acceptable success.")
+@click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write node-exporter textfile metrics to FILE (atomically).")
+def status(settings, fmt, since, check: bool, max_age_hours: float, prometheus) -> None:
+    """Summarise the ledger: last runs, documents by state and reason, failures, feeding indicators."""
     from connector.actions import status as action
     from connector.actions.context import open_settings_ledger
 
-    report = action.collect(open_settings_ledger(settings))
-    click.echo(json.dumps(report, ensure_ascii=False, indent=1, default=str) if fmt == "json" else action.render_text(report))
+    ledger = open_settings_ledger(settings)
+    report = action.collect(ledger, since=since.date() if since else None)
+    if fmt or not (check or prometheus):
+        click.echo(action.render(report, fmt or "text"))
+    if prometheus:  # whole-ledger figures: monitoring is never about a period
+        action.write_prometheus(action.collect(ledger) if since else report, prometheus)
+    if check:
+        found = action.problems(action.collect(ledger) if since else report, max_age_hours=max_age_hours)
+        for why in found:
+            click.echo(f"CHECK: {why}", err=True)
+        if found:
+            sys.exit(EXIT_ATTENTION)
+        click.echo("CHECK: ok", err=True)
+
+
+# --- daemon and audit trail --------------------------------------------------------------------
+
+
+@main.command()
+@with_settings
+@click.option("--run-now", is_flag=True, help="Also run once at start, then follow the schedule.")
+def daemon(settings, run_now: bool) -> None:
+    """Run on the configured schedule ([schedule] cron, timezone) until SIGTERM."""
+    from connector import scheduler
+
+    scheduler.daemon(settings, run_now=run_now)
+
+
+@main.group()
+def audit() -> None:
+    """The audit trail of DMP transactions (EXI 16)."""
+
+
+@audit.command("export")
+@with_settings
+@click.option("--since", help="From this date (YYYY-MM-DD) or ISO date-time, UTC, included.")
+@click.option("--until", help="To this date (whole day included) or ISO date-time (excluded), UTC.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
+def audit_export(settings, since, until, fmt: str, out) -> None:
+    """Export the DMP transactions of a period: time, site, RPPS, submission and documents, action, outcome."""
+    from connector.actions import audit as action
+    from connector.actions.context import open_settings_ledger
+
+    try:
+        start = action.parse_when(since) if since else None
+        end = action.parse_when(until, end=True) if until else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    ledger = open_settings_ledger(settings)
+    if out is None:
+        action.export(ledger, sys.stdout, fmt=fmt, since=start, until=end)
+        return
+    with open(out, "w", encoding="utf-8", newline="") as fh:
+        n = action.export(ledger, fh, fmt=fmt, since=start, until=end)
+    click.echo(f"{n} audit entries written to {out}", err=True)
 
 
 # --- export ------------------------------------------------------------------------------------
