@@ -31,6 +31,7 @@ def report(state_path: Path | str) -> dict:
             f" {docs} AND set_id IS NOT NULL GROUP BY set_id, version HAVING count(DISTINCT uid) > 1"
         )
     ]
+    rejected = q("SELECT count(DISTINCT coalesce(request, 'row' || id)) AS n FROM rejections")[0]["n"]
     return {
         "submissions": q("SELECT count(*) AS n FROM submissions")[0]["n"],
         "submissions_reply_dropped": q("SELECT count(*) AS n FROM submissions WHERE reply_dropped = 1")[0]["n"],
@@ -44,9 +45,8 @@ def report(state_path: Path | str) -> dict:
             f"{r['service']} {r['kind']}": r["n"]
             for r in q("SELECT service, kind, count(*) AS n FROM injected_faults GROUP BY service, kind ORDER BY 1, 2")
         },
-        "rejected_requests": q(
-            "SELECT count(DISTINCT coalesce(request, 'row' || id)) AS n FROM rejections"
-        )[0]["n"],
+        "rejected_requests": rejected,
+        "rejected": rejected,  # short alias used by the end-to-end tests
         "rejections": {r["code"]: r["n"] for r in q("SELECT code, count(*) AS n FROM rejections GROUP BY code ORDER BY code")},
         "rejection_reasons": [
             dict(r)
