@@ -23,13 +23,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+QUIET_LIBRARIES = ("urllib3", "zeep", "signxml", "xmlschema", "alembic", "apscheduler.executors", "filelock")
+
+
 def setup(level: str = "INFO", json_lines: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("urllib3", "zeep", "alembic", "xmlschema", "apscheduler.executors"):
+    # Libraries whose DEBUG lines carry whole messages (signxml logs the canonicalized VIHF, whose resource-id
+    # is the patient's INS; zeep and urllib3 log SOAP bodies): never below WARNING, even with --log-level DEBUG.
+    for noisy in QUIET_LIBRARIES:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
