@@ -90,6 +90,13 @@ def test_instant_service_has_no_high_equal_to_low(structure, site):
     assert validate.cda_errors(xml) == []
 
 
+def test_blank_title_falls_back_to_the_type_display(structure, site):
+    """Found by the property test: a blank title fails dtr1-1-BIN."""
+    xml = build(structure, site, make_document(title=" "))
+    assert xpath(xml, "/v3:ClinicalDocument/v3:title/text()") == [codes.type_code("11490-0").display]
+    assert validate.cda_errors(xml) == []
+
+
 def test_build_is_deterministic(structure, site):
     assert build(structure, site) == build(structure, site)
 
@@ -131,6 +138,8 @@ def test_other_legal_authenticator_and_unknown_specialty(structure, site):
     [
         ({"birth_date": None}, {}, "birth_date"),
         ({"birth_given_names": None}, {}, "birth_given_names"),
+        ({"birth_given_names": "  "}, {}, "birth_given_names"),
+        ({"birth_family_name": " "}, {}, "birth_family_name"),
         ({"birth_place_code": None}, {}, "birth_place_code"),
         ({"sex": "X"}, {}, "sex"),
         ({"ins_oid": "1.2.3"}, {}, "INS"),

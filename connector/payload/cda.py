@@ -87,7 +87,7 @@ def build_cda(
         b.add(root, "templateId", root=template)
     b.add(root, "id", root=unique_id)
     b.code(root, "code", type_code)
-    b.add(root, "title", text=document.title or type_code.display)
+    b.add(root, "title", text=(document.title or "").strip() or type_code.display)  # ST must not be blank
     b.add(root, "effectiveTime", value=timestamp(created))
     b.add(root, "confidentialityCode", code="N", displayName="Normal", codeSystem=CONFIDENTIALITY_SYSTEM)
     b.add(root, "languageCode", code="fr-FR")
@@ -167,7 +167,8 @@ def _missing_fields(document: Document, patient: Patient, type_code, now) -> lis
     if not patient.ins_matricule or patient.ins_oid not in INS_OIDS:
         problems.append("patient INS (ins_matricule / ins_oid) missing or not an INS OID")
     for field in ("birth_family_name", "birth_given_names", "birth_date", "birth_place_code"):
-        if not getattr(patient, field):
+        value = getattr(patient, field)
+        if not value or (isinstance(value, str) and not value.strip()):
             problems.append(f"patient {field} missing (INS trait)")
     if patient.sex not in GENDERS:
         problems.append("patient sex missing or not M/F/U (INS trait)")
