@@ -89,11 +89,16 @@ def _handshake(settings: Settings, credential) -> Check:
             with context.wrap_socket(raw, server_hostname=host) as conn:
                 version = conn.version()
                 peer = conn.getpeercert() or {}
+                # With TLS 1.3 the server judges our certificate after the handshake: one request tells.
+                conn.sendall(f"HEAD {url.path or '/'} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                if not conn.recv(64):
+                    raise ssl.SSLError("the DMP closed the connection: it refused our AUTH_CLI certificate")
     except ssl.SSLCertVerificationError as exc:
         return Check("error", "dmp", f"{host}:{port}: server certificate not trusted ({exc.verify_message}); "
                                      f"check dmp.ca_bundle")
-    except ssl.SSLError as exc:
-        return Check("error", "dmp", f"{host}:{port}: TLS handshake failed ({exc.reason or exc})")
+    except (ssl.SSLError, ConnectionResetError) as exc:
+        return Check("error", "dmp", f"{host}:{port}: mutual TLS refused ({getattr(exc, 'reason', None) or exc}); "
+                                     f"check the AUTH_CLI certificate and dmp.ca_bundle")
     except OSError as exc:
         return Check("error", "dmp", f"{host}:{port}: unreachable ({exc.strerror or exc})")
     subject = ", ".join("=".join(x) for rdn in peer.get("subject", ()) for x in rdn)

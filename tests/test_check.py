@@ -1,0 +1,57 @@
+"""`dmp-connector check`: one line per check, non-zero exit with an actionable message on any failure."""
+
+import datetime as dt
+
+from click.testing import CliRunner
+
+from connector.actions import demo
+from connector.cli import EXIT_ATTENTION, EXIT_CERTIFICATE, main
+from connector.sandbox import server
+from connector.trust import certs
+from connector.trust.pki import create_test_pki, issue_bad_p12
+
+
+def _check(config):
+    certs.clear_cache()
+    return CliRunner().invoke(main, ["check", "--config", str(config)])
+
+
+def test_check_passes_against_the_sandbox_then_names_each_problem(tmp_path):
+    pki = create_test_pki(tmp_path / "pki")
+    config = demo.prepare_folder(tmp_path, "https://127.0.0.1:1/si-dmp-server/v2/services")
+    with server.serve(pki_dir=tmp_path / "pki", state_path=tmp_path / "sandbox.sqlite3", fast=True) as sandbox:
+        config = demo.prepare_folder(tmp_path, sandbox.url)
+        ok = _check(config)
+        assert ok.exit_code == 0, ok.output
+        assert "mutual TLS handshake ok" in ok.output and "[FAIL]" not in ok.output
+
+        # An expired ORG SIGN certificate: exit 6, the message says which and when.
+        now = dt.datetime.now(dt.timezone.utc)
+        p12, password = issue_bad_p12(pki, tmp_path / "expired.p12", "sign",
+                                      not_before=now - dt.timedelta(days=400), not_after=now - dt.timedelta(days=2))
+        text = config.read_text(encoding="utf-8")
+        config.write_text(text.replace('p12 = "pki/sign.p12"', f'p12 = "{p12}"')
+                          .replace('password_file = "pki/sign.password"', f'password_file = "{password}"'), encoding="utf-8")
+        expired = _check(config)
+        assert expired.exit_code == EXIT_CERTIFICATE
+        assert "[FAIL] sign" in expired.output and "expired" in expired.output
+
+        # A certificate from another CA for TLS: the DMP refuses the handshake.
+        config.write_text(text, encoding="utf-8")
+        p12, password = issue_bad_p12(pki, tmp_path / "other.p12", "auth_cli", other_ca=True)
+        config.write_text(text.replace('p12 = "pki/auth_cli.p12"', f'p12 = "{p12}"')
+                          .replace('password_file = "pki/auth_cli.password"', f'password_file = "{password}"'), encoding="utf-8")
+        other = _check(config)
+        assert other.exit_code in (EXIT_ATTENTION, EXIT_CERTIFICATE)
+        assert "[FAIL] auth_cli" in other.output and "does not chain" in other.output
+        assert "[FAIL] dmp" in other.output
+
+
+def test_check_reports_an_unreachable_dmp_and_missing_store(tmp_path):
+    config = demo.prepare_folder(tmp_path, "https://127.0.0.1:1/si-dmp-server/v2/services")
+    (tmp_path / "store" / "store.sqlite3").unlink()
+    (tmp_path / "store" / "store.sqlite3").write_bytes(b"")
+    result = _check(config)
+    assert result.exit_code == EXIT_ATTENTION
+    assert "[FAIL] store" in result.output and "dmp_patient" in result.output
+    assert "[FAIL] dmp" in result.output and "unreachable" in result.output
