@@ -148,7 +148,7 @@ class StoreInfo:
     seconds: float = 0.0
 
 
-def create_store(directory: Path, n: int, *, seed: int = 7, pool: int = 500) -> StoreInfo:
+def create_store(directory: Path, n: int, *, seed: int = 7, pool: int = 500, journal: str = "delete") -> StoreInfo:
     """`directory/store.sqlite3` with N documents, and `min(N, pool)` distinct PDFs they point at (a shared
     pool keeps 100,000 documents on a laptop disk: a document's bytes are read and wrapped like any other)."""
     started = time.monotonic()
@@ -164,6 +164,8 @@ def create_store(directory: Path, n: int, *, seed: int = 7, pool: int = 500) -> 
     info.path.unlink(missing_ok=True)
     engine = sa.create_engine(f"sqlite:///{info.path}")
     metadata.create_all(engine, tables=[dmp_patient, dmp_document])
+    with engine.connect() as conn:  # persistent: "wal" lets the run's write-back commit while its scan reads
+        conn.exec_driver_sql(f"PRAGMA journal_mode={journal}")
     rows = store_rows(n, seed, pool)
     with engine.begin() as conn:
         while chunk := list(itertools.islice(rows, CHUNK)):

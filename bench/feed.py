@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import itertools
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -46,9 +47,12 @@ def main(argv: list[str] | None = None) -> dict:
                         help="sandbox skips its schematron check (default: --fast)")
     parser.add_argument("--pdf-pool", type=int, default=500, help="distinct PDF files the documents point at")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--store-journal", choices=("delete", "wal"), default="delete",
+                        help="SQLite journal mode of the synthetic store (delete: SQLite's default, as the sample store)")
     parser.add_argument("--keep", type=Path, help="work in DIR and keep it (default: a temporary folder, removed)")
     parser.add_argument("--time-limit", type=float, help="interrupt the run after S seconds (RSS trend on huge stores)")
-    parser.add_argument("--profile", type=Path, help="run the connector under cProfile, writing this .prof file")
+    parser.add_argument("--profile", type=Path, help="profile the connector: FILE.prof with cProfile (main thread), "
+                                                     "any other name with py-spy (all threads, collapsed stacks)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run-only", action="store_true", help="time `run --dry-run --format json` over the store")
@@ -87,34 +91,38 @@ def _show(value) -> str:
 
 
 def _store(work: Path, args) -> dict:
-    info = create_store(work / "store", args.documents, seed=args.seed, pool=args.pdf_pool)
+    info = create_store(work / "store", args.documents, seed=args.seed, pool=args.pdf_pool, journal=args.store_journal)
     return {"documents": info.documents, "patients": info.patients, "distinct PDFs": info.pdf_files,
             "mean PDF KB": round(info.pdf_bytes / info.pdf_files / 1024), "store built in s": round(info.seconds, 1)}
 
 
 def bench_feed(work: Path, args) -> dict:
     figures = _store(work, args)
+    load = os.getloadavg()
     sandbox = Sandbox(work, latency_ms=args.latency_ms, fast=args.fast)
     try:
         config = write_config(work, sandbox.url, args.concurrency)
         sandbox_cpu = sandbox.cpu_seconds()
-        prefix = [sys.executable, "-m", "cProfile", "-o", str(args.profile.resolve())] if args.profile else [sys.executable]
-        cmd = prefix + CLI[1:] + ["run", "--config", str(config), "--format", "json"]
+        cmd = _profiled(args.profile) + CLI[1:] + ["run", "--config", str(config), "--format", "json"]
         with open(work / "run.json", "wb") as out:
             m = run_measured(cmd, cwd=work, stdout=out, log=work / "run.log", time_limit=args.time_limit)
         sandbox_cpu = sandbox.cpu_seconds() - sandbox_cpu
     finally:
         sandbox.stop()
-    try:
-        summary = json.loads((work / "run.json").read_text())
+    try:  # py-spy writes its own lines around the run's JSON
+        text = (work / "run.json").read_text()
+        summary = json.loads(text[text.index("{"): text.rindex("}") + 1])
     except ValueError:
         summary = {"documents": {}}
     stored = report(sandbox.state)
     fed = summary["documents"].get("fed", 0)
     n = args.documents
     figures.update({
+        "load average (1 min) before/after": f"{load[0]:.1f} / {os.getloadavg()[0]:.1f}",
         "latency ms": args.latency_ms, "max_in_flight": args.concurrency, "sandbox fast": args.fast,
         "exit code": m.returncode, "interrupted after s": m.stopped_after,
+        "store journal": args.store_journal,
+        "write-back failures (log)": (work / "run.log").read_text(errors="replace").count("write-back to the store failed"),
         "fed": fed, "deferred": summary["documents"].get("deferred", 0), "failed": summary["documents"].get("failed", 0),
         "wall s": round(m.wall_s, 1), "documents/s": round((fed or n) / m.wall_s, 1),
         "connector CPU s": round(m.cpu_s, 1), "connector CPU ms/doc": round(1000 * m.cpu_s / max(1, fed or n), 1),
@@ -125,6 +133,15 @@ def bench_feed(work: Path, args) -> dict:
         "sandbox duplicates": stored["duplicate_deliveries"], "sandbox rejected requests": stored["rejected_requests"],
     })
     return figures
+
+
+def _profiled(out: Path | None) -> list[str]:
+    if out is None:
+        return [sys.executable]
+    if out.suffix == ".prof":
+        return [sys.executable, "-m", "cProfile", "-o", str(out.resolve())]
+    py_spy = Path(sys.executable).with_name("py-spy")  # pip install py-spy
+    return [str(py_spy), "record", "--format", "raw", "--rate", "50", "--output", str(out.resolve()), "--", sys.executable]
 
 
 def bench_dry_run(work: Path, args) -> dict:
