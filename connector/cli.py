@@ -13,6 +13,7 @@ import click
 from connector import __version__, config
 from connector.ledger.repo import LedgerError
 from connector.store import StoreError
+from connector.trust.certs import CertificateError
 
 # Exit codes (documented in the README).
 EXIT_OK = 0
@@ -47,6 +48,8 @@ def with_settings(func):
             fail(str(exc), EXIT_UNAVAILABLE)
         except config.ConfigError as exc:
             fail(f"configuration: {exc}", EXIT_CONFIG)
+        except CertificateError as exc:
+            fail(f"certificate: {exc}", EXIT_CERTIFICATE)
 
     return wrapper
 

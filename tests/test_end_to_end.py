@@ -45,3 +45,32 @@ def test_samples_fed_once_each_and_skips_recorded(tmp_path):
         if reason:
             want[reason] = want.get(reason, 0) + 1
     assert skipped == want
+
+
+def test_run_refuses_to_start_with_an_expired_certificate(tmp_path):
+    import datetime as dt
+
+    from connector.cli import EXIT_CERTIFICATE
+    from connector.trust import certs
+    from connector.trust.pki import create_test_pki, issue_bad_p12
+
+    pki = create_test_pki(tmp_path / "pki")
+    config = _folder(tmp_path)
+    now = dt.datetime.now(dt.timezone.utc)
+    p12, password = issue_bad_p12(pki, tmp_path / "expired.p12", "auth_cli",
+                                  not_before=now - dt.timedelta(days=400), not_after=now - dt.timedelta(days=1))
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace('p12 = "pki/auth_cli.p12"', f'p12 = "{p12}"')
+                      .replace('password_file = "pki/auth_cli.password"', f'password_file = "{password}"'), encoding="utf-8")
+    certs.clear_cache()
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == EXIT_CERTIFICATE
+    assert "expired.p12" in result.output and "expired" in result.output
+    # Wrong password: the file is named, the password never.
+    (tmp_path / "wrong.pass").write_text("not-the-password")
+    config.write_text(text.replace('password_file = "pki/auth_cli.password"', f'password_file = "{tmp_path / "wrong.pass"}"'),
+                      encoding="utf-8")
+    certs.clear_cache()
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == EXIT_CERTIFICATE and "auth_cli.p12" in result.output
+    assert "not-the-password" not in result.output

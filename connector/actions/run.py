@@ -28,7 +28,7 @@ from connector.payload.errors import PayloadError
 from connector.runlock import run_lock
 from connector.scan import Decision, scan
 from connector.store import Candidate, Patient, Store
-from connector.trust.certs import load_credential
+from connector.trust.certs import CertificateError, check_credential, load_credential
 
 log = logging.getLogger("connector.run")
 
@@ -70,8 +70,8 @@ def run(settings: Settings, *, mode: str = "run", progress=None) -> Summary:
 def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, progress) -> Summary:
     if settings.certificates is None:
         raise prepare.PayloadError("METADATA_INVALID", "no [certificates] configured: a run needs auth_cli and sign")
-    sign = load_credential(settings.certificates.sign)
-    auth = load_credential(settings.certificates.auth_cli)
+    sign = _usable_credential(settings.certificates.sign, "sign")
+    auth = _usable_credential(settings.certificates.auth_cli, "auth_cli")
     client = DmpClient(settings.dmp, auth, settings.certificates.auth_cli.password())
     purge_audit(ledger, settings.audit_retention_days)
     summary = Summary(ledger.start_run(mode), mode)
@@ -102,6 +102,19 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
         ledger.finish_run(summary.run_id, status, {**summary.counts, **{f"skipped:{k}": v for k, v in summary.skipped.items()}})
         log.info("run %d %s in %.1fs: %s", summary.run_id, status, summary.duration, dict(summary.counts))
     return summary
+
+
+def _usable_credential(cert_settings, purpose: str):
+    """Load a certificate once for the run; refuse to start with an unusable one (expired, wrong usage)."""
+    credential = load_credential(cert_settings)
+    findings = check_credential(credential, purpose)
+    for f in findings:
+        if f.level == "warning":
+            log.warning("%s", f.message)
+    errors = [f.message for f in findings if f.level == "error"]
+    if errors:
+        raise CertificateError(f"{cert_settings.p12}: " + "; ".join(errors))
+    return credential
 
 
 def _count(summary: Summary, record: SubmissionRecord, future) -> None:
