@@ -32,6 +32,8 @@ from connector.trust.certs import CertificateError, check_credential, load_crede
 
 log = logging.getLogger("connector.run")
 
+BUILD_ERROR = "BUILD_ERROR"  # an unexpected error while building a request: a defect to report
+
 
 @dataclass
 class Summary:
@@ -183,6 +185,12 @@ def _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, 
         log.warning("submission %s: %s", record.submission_set_uid, exc.reason)
         ledger.settle_submission(record.id, state=FAILED, outcome="invalid", error_code=exc.reason,
                                  error_message=str(exc), reason=exc.reason)
+        summary.add("failed", len(batch))
+        return
+    except Exception as exc:  # a defect of ours: this submission set fails, the batch goes on
+        log.exception("submission %s: could not be built", record.submission_set_uid)
+        ledger.settle_submission(record.id, state=FAILED, outcome="invalid", error_code=BUILD_ERROR,
+                                 error_message=f"{type(exc).__name__} while building the request", reason=BUILD_ERROR)
         summary.add("failed", len(batch))
         return
     submit(record, prepared, patient)
