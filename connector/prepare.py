@@ -8,6 +8,7 @@ rebuilds the same metadata and the same CDA bytes.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 
 from lxml import etree
@@ -20,6 +21,7 @@ from connector.trust import dsig, vihf
 from connector.trust.certs import Credential
 
 CDA_MIME = "text/xml"
+log = logging.getLogger("connector.prepare")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,10 @@ def plan_patient(settings: Settings, eligible: list) -> tuple[list[tuple[object,
             uid, xml = document_cda(settings, d.document, d.patient, site, d.content)
         except PayloadError as exc:
             failures.append((d, exc))
+            continue
+        except Exception as exc:  # a defect of ours: this document fails, the others go on
+            log.exception("document %s v%d: could not be built", d.document_id, d.version)
+            failures.append((d, PayloadError("BUILD_ERROR", f"document {d.document_id}: {type(exc).__name__} while building its CDA")))
             continue
         by_site.setdefault(site.finess_geo, (site, d.patient, []))[2].append((d.document, uid, xml))
     cap_count, cap_bytes = settings.submission.max_documents, settings.submission.max_bytes
