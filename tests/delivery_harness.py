@@ -103,7 +103,8 @@ class Folder:
             merged.setdefault(name, {}).update(values)
         text = re.sub(r"\[dmp\.retry\]\n(?:[^\[\n].*\n)*", "", demo.config_text(base_url))
         for name, values in merged.items():
-            text += f"\n[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
+            header, block = f"[{name}]\n", "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
+            text = text.replace(header, header + block, 1) if header in text else text + f"\n{header}{block}"
         self.cfg.write_text(text, encoding="utf-8")
         return self.cfg
 
