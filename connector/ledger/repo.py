@@ -167,13 +167,19 @@ class Ledger:
                 values = dict(state=row["state"], reason=row.get("reason"), detail=row.get("detail"),
                               updated_at=now, last_run_id=run_id,
                               finess_geo=row.get("finess_geo"), type_code=row.get("type_code"))
-                if key not in existing:
-                    conn.execute(sa.insert(d).values(document_id=key[0], version=key[1], patient_id=row["patient_id"],
-                                                     first_seen_at=now, **values))
+                if key not in existing:  # another instance may record the same new document at the same moment
+                    conn.execute(self._insert_new(d).values(document_id=key[0], version=key[1], patient_id=row["patient_id"],
+                                                            first_seen_at=now, **values))
                 elif existing[key] in (PENDING, SKIPPED, DEFERRED) and not (
                     existing[key] == DEFERRED and row["state"] == PENDING
                 ):
                     conn.execute(sa.update(d).where(d.c.document_id == key[0], d.c.version == key[1]).values(**values))
+
+    def _insert_new(self, table):
+        """INSERT … ON CONFLICT DO NOTHING (the ledger is SQLite or PostgreSQL)."""
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        return (postgresql if self.is_postgresql else sqlite).insert(table).on_conflict_do_nothing()
 
     def fail_documents(self, keys: list[tuple[str, int]], reason: str, detail: str, run_id: int,
                        patient_id: str, finess_geo: str | None = None) -> None:
