@@ -1,0 +1,80 @@
+"""An operator's hands on the queue: a permanent DMP refusal is FAILED with its reason; `replay --dry-run`
+changes nothing; after correction `replay --reason` feeds it, exactly once; `hold` keeps a document out of
+runs (and of a replay's run) until `release`."""
+
+import json
+import sqlite3
+
+from click.testing import CliRunner
+
+import delivery_harness as h
+from connector import ins
+from connector.cli import main
+
+CLOSED = "XDSUnknownPatientId"
+
+
+def _cli(cfg, *args):
+    result = CliRunner().invoke(main, [*args, "--config", str(cfg)])
+    assert result.exit_code == 0, (args, result.output, result.exception)
+    return result.output
+
+
+def test_replay_after_correction_dry_run_hold_and_release(tmp_path):
+    store = tmp_path / "store"
+    keys = h.synthetic_store(store, 4, seed=3, per_patient=(2, 2))  # two patients, two documents each
+    folder = h.make_folder(tmp_path)
+    with sqlite3.connect(folder.store_db) as db:
+        (closed_matricule, closed_pid), (_, open_pid) = db.execute(
+            "SELECT ins_matricule, patient_id FROM dmp_patient ORDER BY patient_id").fetchall()
+        closed_docs = {(r[0], 1) for r in db.execute("SELECT document_id FROM dmp_document WHERE patient_id = ?", (closed_pid,))}
+        # a draft of the open patient: recorded SKIPPED by the first run, then held and validated
+        db.execute("INSERT INTO dmp_document SELECT 'HELD-1', version, patient_id, finess_geo, type_code, title, created_at,"
+                   " service_start, service_stop, author_rpps, author_family_name, author_given_name, author_specialty_code,"
+                   " legal_authenticator_rpps, 'DRAFT', mime_type, content_path, content, mask_professionals,"
+                   " invisible_to_patient, invisible_to_legal_representatives, updated_at"
+                   " FROM dmp_document WHERE patient_id = ? LIMIT 1", (open_pid,))
+    ins_cx = ins.ins_cx(closed_matricule, h.TEST_INS_OID)
+
+    with h.sandbox(folder) as sb:
+        cfg = folder.configure(sb.url)
+        url = folder.ledger_url
+        sb.state.set_patient(ins_cx, "closed")  # the patient closed their DMP
+
+        _cli(cfg, "run")
+        states = h.ledger_states(url)
+        assert {k: states[k] for k in closed_docs} == {k: ("FAILED", CLOSED) for k in closed_docs}
+        assert states[("HELD-1", 1)] == ("SKIPPED", "DOCUMENT_NOT_VALIDATED")
+        assert h.received(folder)["documents"] == 2
+
+        # --dry-run lists and changes nothing
+        before = h.ledger_rows(url, "SELECT * FROM documents ORDER BY document_id")
+        runs_before = h.ledger_rows(url, "SELECT count(*) AS n FROM runs")[0].n
+        out = _cli(cfg, "replay", "--reason", CLOSED, "--dry-run")
+        assert all(f"would requeue {d} v1" in out for d, _ in closed_docs) and "2 document(s) would be requeued" in out
+        assert h.ledger_rows(url, "SELECT * FROM documents ORDER BY document_id") == before
+        assert h.ledger_rows(url, "SELECT count(*) AS n FROM runs")[0].n == runs_before
+        assert h.received(folder)["submissions"] == 1
+
+        # hold keeps the (now validated) document out of runs
+        assert "1 version(s) held" in _cli(cfg, "hold", "HELD-1")
+        with sqlite3.connect(folder.store_db) as db:
+            db.execute("UPDATE dmp_document SET status = 'VALIDATED' WHERE document_id = 'HELD-1'")
+        out = _cli(cfg, "run", "--format", "json")
+        summary = json.loads(out[out.index("\n{") + 1:])  # after the log lines
+        assert summary["skipped_by_reason"].get("HELD") == 1 and summary["documents"].get("fed", 0) == 0
+
+        # after correction, replay feeds the failed documents now; the held one stays out
+        sb.state.set_patient(ins_cx, "active")
+        out = _cli(cfg, "replay", "--reason", CLOSED)
+        assert all(f"{d} v1: FED" in out for d, _ in closed_docs), out
+        assert h.ledger_states(url)[("HELD-1", 1)][0] != "FED"
+        assert "HELD-1" not in {u.rsplit(".", 2)[0] for u in h.received_uids(folder)} and h.received(folder)["documents"] == 4
+
+        assert "released" in _cli(cfg, "release", "HELD-1")
+        _cli(cfg, "run")
+        # nothing left to replay
+        assert "0 document(s) requeued" in _cli(cfg, "replay", "--reason", CLOSED)
+
+    h.assert_exactly_once(folder, set(keys) | {("HELD-1", 1)})
+    assert h.received(folder)["rejections"] == {CLOSED: 1}  # refused once while closed, never resent meanwhile
