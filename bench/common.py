@@ -90,19 +90,19 @@ def synthetic_pdf(rng: random.Random, size: int) -> bytes:
 # --- synthetic store -----------------------------------------------------------------------------
 
 
-def test_nir(index: int) -> tuple[str, str, dt.date, str]:
+def fictitious_nir(index: int) -> tuple[str, str, dt.date, str]:
     """(matricule with its verified key, sex, birth date, birth place COG) of fictitious patient `index`:
     the commune and order digits carry the index, so every patient has a distinct NIR."""
     sex = "12"[index % 2]
     year, month = 1930 + index % 90, 1 + index % 12
-    department = f"{1 + (index // 1_000_000) % 19:02d}"  # 01..19, never Corsica's 20
-    commune, order = f"{1 + (index // 1000) % 999:03d}", f"{index % 1000 + 1:03d}"[-3:]
+    department = f"{1 + (index // 999**2) % 19:02d}"  # 01..19 (never Corsica's 20): distinct up to 18.9 M patients
+    commune, order = f"{1 + (index // 999) % 999:03d}", f"{1 + index % 999:03d}"
     nir13 = f"{sex}{year % 100:02d}{month:02d}{department}{commune}{order}"
     return f"{nir13}{ins.nir_key(nir13):02d}", {"1": "M", "2": "F"}[sex], dt.date(year, month, 1 + index % 28), department + commune
 
 
 def patient_row(index: int) -> dict:
-    matricule, sex, birth, place = test_nir(index)
+    matricule, sex, birth, place = fictitious_nir(index)
     rng = random.Random(index)
     family = rng.choice(FAMILY)
     given = " ".join(rng.sample(GIVEN[sex], 2))

@@ -116,7 +116,7 @@ def bench_feed(work: Path, args) -> dict:
         summary = {"documents": {}}
     stored = report(sandbox.state)
     fed = summary["documents"].get("fed", 0)
-    n = args.documents
+    n = fed or stored["documents"]  # an interrupted run prints no summary: count what the sandbox stored
     figures.update({
         "load average (1 min) before/after": f"{load[0]:.1f} / {os.getloadavg()[0]:.1f}",
         "latency ms": args.latency_ms, "max_in_flight": args.concurrency, "sandbox fast": args.fast,
@@ -124,11 +124,11 @@ def bench_feed(work: Path, args) -> dict:
         "store journal": args.store_journal,
         "write-back failures (log)": (work / "run.log").read_text(errors="replace").count("write-back to the store failed"),
         "fed": fed, "deferred": summary["documents"].get("deferred", 0), "failed": summary["documents"].get("failed", 0),
-        "wall s": round(m.wall_s, 1), "documents/s": round((fed or n) / m.wall_s, 1),
-        "connector CPU s": round(m.cpu_s, 1), "connector CPU ms/doc": round(1000 * m.cpu_s / max(1, fed or n), 1),
+        "wall s": round(m.wall_s, 1), "documents/s": round(n / m.wall_s, 1),
+        "connector CPU s": round(m.cpu_s, 1), "connector CPU ms/doc": round(1000 * m.cpu_s / max(1, n), 1),
         "connector peak RSS MB": round(m.peak_rss_mb, 1),
         "RSS samples (s, MB)": ", ".join(f"{t:g}:{r:.0f}" for t, r in m.rss_samples[:: max(1, len(m.rss_samples) // 12)]),
-        "sandbox CPU ms/doc": round(1000 * sandbox_cpu / max(1, fed or n), 1),
+        "sandbox CPU ms/doc": round(1000 * sandbox_cpu / max(1, n), 1),
         "sandbox submissions": stored["submissions"], "sandbox documents stored": stored["documents"],
         "sandbox duplicates": stored["duplicate_deliveries"], "sandbox rejected requests": stored["rejected_requests"],
     })
