@@ -31,6 +31,7 @@ class Reason(StrEnum):
     TYPE_NOT_ALLOWED = "TYPE_NOT_ALLOWED"
     IDENTITY_INCOMPLETE = "IDENTITY_INCOMPLETE"  # a birth trait the CDA requires with an INS is missing
     METADATA_MISSING = "METADATA_MISSING"  # a document field the CDA/XDS metadata requires is missing
+    VALUE_TOO_LONG = "VALUE_TOO_LONG"  # a name or title too long for the XDS metadata (ebRIM values: 256 chars)
     REPLACEMENT_NEEDED = "REPLACEMENT_NEEDED"
     CONTENT_MISSING = "CONTENT_MISSING"
     CONTENT_INVALID = "CONTENT_INVALID"
@@ -105,6 +106,9 @@ def check_record(
     missing = _missing_metadata(document)
     if missing:
         return Skip(Reason.METADATA_MISSING, missing)
+    too_long = _too_long(document, patient)
+    if too_long:
+        return Skip(Reason.VALUE_TOO_LONG, too_long)
     if earlier_version_fed:
         return Skip(
             Reason.REPLACEMENT_NEEDED,
@@ -186,6 +190,24 @@ def _missing_metadata(document: Document) -> str | None:
     for column in ("created_at", "service_start"):
         if not getattr(document, column):
             return f"dmp_document.{column} is empty"
+    return None
+
+
+# ebRIM slot values and names are at most 256 characters; HL7 v2 datatypes (XCN, PID-5) add ~60 around the
+# names. A value over these limits would fail the whole submission set, so the document is skipped alone.
+_NAME_LIMIT = 180
+_TITLE_LIMIT = 255
+
+
+def _too_long(document: Document, patient: Patient) -> str | None:
+    author = len(document.author_family_name or "") + len(document.author_given_name or "")
+    if author > _NAME_LIMIT:
+        return f"dmp_document.author_family_name + author_given_name exceed {_NAME_LIMIT} characters"
+    birth = len(patient.birth_family_name or "") + len(patient.birth_given_names or "")
+    if birth > _NAME_LIMIT:
+        return f"dmp_patient.birth_family_name + birth_given_names exceed {_NAME_LIMIT} characters"
+    if len(document.title or "") > _TITLE_LIMIT:
+        return f"dmp_document.title exceeds {_TITLE_LIMIT} characters"
     return None
 
 

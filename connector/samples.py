@@ -148,6 +148,8 @@ DOCUMENTS = (
        content="empty", author=_RADIOLOGIST),
     _D("DOC-026", "IPP-013", "11488-4", "Compte rendu de consultation", "CONTENT_INVALID",
        "mime type application/pdf but the file is plain text", content="not_pdf"),
+    _D("DOC-027", "IPP-013", "11488-4", "Compte rendu de consultation " + "très détaillé " * 20, "VALUE_TOO_LONG",
+       "title over 255 characters"),
 )
 
 

@@ -180,30 +180,44 @@ class Store:
             dmp_feed_status.create(self.engine, checkfirst=True)
 
     def candidates(self, batch_size: int = 500) -> Iterator[Candidate | RowProblem]:
-        """Every store document with its patient, streamed in (patient_id, document_id, version) order,
-        without their content (loaded later by `content`)."""
+        """Every store document with its patient, in (patient_id, document_id, version) order, without their
+        content (loaded later by `content`). Read in keyset-paginated batches, each in its own short read, so
+        the scan never holds a long transaction on the hospital's database (nor blocks our write-back)."""
+        d = dmp_document
+        key = sa.tuple_(d.c.patient_id, d.c.document_id, d.c.version)
+        last = None
+        while True:
+            query = self._select().order_by(d.c.patient_id, d.c.document_id, d.c.version).limit(batch_size)
+            if last is not None:
+                query = query.where(key > sa.tuple_(*last))
+            try:
+                with self.engine.connect() as conn:
+                    rows = conn.execute(query).mappings().all()
+            except sa.exc.SQLAlchemyError as exc:
+                raise StoreError(f"store query failed: {_short(exc)}") from None
+            for row in rows:
+                yield _candidate(row)
+            if len(rows) < batch_size:
+                return
+            last = (rows[-1]["patient_id"], rows[-1]["document_id"], rows[-1]["version"])
+
+    def _select(self):
+        """Documents joined to their patients; dates and booleans come back raw and are checked by us, so a
+        malformed value makes one RowProblem instead of breaking the whole read."""
         d, p = dmp_document, dmp_patient
-        query = (
-            sa.select(*[d.c[n] for n in _DOCUMENT_COLS], *[p.c[n].label(f"p_{n}") for n in _PATIENT_COLS])
-            .select_from(d.outerjoin(p, p.c.patient_id == d.c.patient_id))
-            .order_by(d.c.patient_id, d.c.document_id, d.c.version)
-        )
-        try:
-            with self.engine.connect() as conn:
-                result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(query)
-                for row in result.mappings():
-                    yield _candidate(row)
-        except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"store query failed: {_short(exc)}") from None
+
+        def raw(column, label=None):
+            value = sa.type_coerce(column, sa.String) if isinstance(column.type, (sa.Date, sa.DateTime, sa.Boolean)) else column
+            return value.label(label or column.name)
+
+        return sa.select(
+            *[raw(d.c[n]) for n in _DOCUMENT_COLS], *[raw(p.c[n], f"p_{n}") for n in _PATIENT_COLS]
+        ).select_from(d.outerjoin(p, p.c.patient_id == d.c.patient_id))
 
     def get(self, document_id: str, version: int) -> Candidate | RowProblem | None:
         """One document with its patient (to resend a journaled submission)."""
-        d, p = dmp_document, dmp_patient
-        query = (
-            sa.select(*[d.c[n] for n in _DOCUMENT_COLS], *[p.c[n].label(f"p_{n}") for n in _PATIENT_COLS])
-            .select_from(d.outerjoin(p, p.c.patient_id == d.c.patient_id))
-            .where(d.c.document_id == document_id, d.c.version == version)
-        )
+        d = dmp_document
+        query = self._select().where(d.c.document_id == document_id, d.c.version == version)
         try:
             with self.engine.connect() as conn:
                 row = conn.execute(query).mappings().first()
@@ -317,6 +331,9 @@ def _text(row, key) -> str | None:
     return value or None
 
 
+_TRUE, _FALSE = {"1", "true", "t", "yes", "y"}, {"0", "false", "f", "no", "n", ""}
+
+
 def _bool(row, key) -> bool:
     value = row[key]
     if value is None:
@@ -325,28 +342,31 @@ def _bool(row, key) -> bool:
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("0", "1", "true", "false"):
-        return value.strip().lower() in ("1", "true")
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
     raise _BadColumn(f"column {_column(key)}: not a boolean")
 
 
 def _date(row, key) -> dt.date | None:
-    try:
-        value = row[key]
-    except (ValueError, TypeError):
-        raise _BadColumn(f"column {_column(key)}: not a date") from None
-    if value is None or isinstance(value, dt.date):
-        return value.date() if isinstance(value, dt.datetime) else value
-    raise _BadColumn(f"column {_column(key)}: not a date")
+    value = _datetime(row, key, what="a date")
+    return value.date() if value is not None else None
 
 
-def _datetime(row, key) -> dt.datetime | None:
-    try:
-        value = row[key]
-    except (ValueError, TypeError):
-        raise _BadColumn(f"column {_column(key)}: not a date-time") from None
+def _datetime(row, key, what: str = "a date-time") -> dt.datetime | None:
+    value = row[key]
     if value is None or isinstance(value, dt.datetime):
         return value
     if isinstance(value, dt.date):
         return dt.datetime.combine(value, dt.time())
-    raise _BadColumn(f"column {_column(key)}: not a date-time")
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    try:
+        parsed = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise _BadColumn(f"column {_column(key)}: not {what}") from None
+    # Store timestamps are local (Europe/Paris) wall-clock times: an explicit offset is converted to it.
+    if parsed.tzinfo is not None:
+        from zoneinfo import ZoneInfo
+
+        parsed = parsed.astimezone(ZoneInfo("Europe/Paris")).replace(tzinfo=None)
+    return parsed

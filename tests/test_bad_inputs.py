@@ -45,8 +45,8 @@ PATIENT_CASES = [
     ("opposed-not-boolean", dict(opposed_to_feeding="peut-être"), {ROW_INVALID, "PATIENT_OPPOSED"}),  # read as opposed
     ("name-not-utf8", dict(birth_family_name=b"M\xfcLLER\xff"), {ROW_INVALID}),
     ("given-not-utf8", dict(birth_given_names=b"\xc3\x28JEAN"), {ROW_INVALID}),
-    ("name-300-chars", dict(birth_family_name=LONG, used_family_name=LONG), {None, CDA_INVALID, "METADATA_INVALID"}),
-    ("given-300-chars", dict(birth_given_names=LONG), {None, CDA_INVALID, "METADATA_INVALID"}),
+    ("name-300-chars", dict(birth_family_name=LONG, used_family_name=LONG), {None, CDA_INVALID, "METADATA_INVALID", "VALUE_TOO_LONG"}),
+    ("given-300-chars", dict(birth_given_names=LONG), {None, CDA_INVALID, "METADATA_INVALID", "VALUE_TOO_LONG"}),
 ]
 
 DOCUMENT_CASES = [
@@ -76,8 +76,8 @@ DOCUMENT_CASES = [
     ("version-not-integer", dict(version="deux"), PDF, {ROW_INVALID}),
     ("stop-before-start", dict(service_start="2026-11-10 10:00:00", service_stop="2026-11-01 10:00:00"), PDF,
      {CDA_INVALID, "METADATA_INVALID"}),
-    ("title-300-chars", dict(title=LONG, patient_id=OWN), PDF, {None, CDA_INVALID, "METADATA_INVALID"}),
-    ("author-300-chars", dict(author_family_name=LONG, patient_id=OWN), PDF, {None, CDA_INVALID, "METADATA_INVALID"}),
+    ("title-300-chars", dict(title=LONG, patient_id=OWN), PDF, {None, CDA_INVALID, "METADATA_INVALID", "VALUE_TOO_LONG"}),
+    ("author-300-chars", dict(author_family_name=LONG, patient_id=OWN), PDF, {None, CDA_INVALID, "METADATA_INVALID", "VALUE_TOO_LONG"}),
     ("xml-bomb", dict(mime_type="text/xml"), BOMB, {CDA_INVALID}),
     ("xml-external-entity", dict(mime_type="text/xml"), XXE, {CDA_INVALID}),
     ("xml-not-xml", dict(mime_type="text/xml"), b"hello, not xml", {"CONTENT_INVALID"}),
@@ -146,7 +146,7 @@ def test_an_over_long_author_name_does_not_fail_the_healthy_documents_sent_with_
     """KNOWN BUG (reported): a 300-character author name makes an XDS slot value exceed 256 characters; the
     ITI-41 schema check then fails the whole submission set (METADATA_INVALID), so the patient's healthy
     documents sent in the same set are FAILED too. Only the faulty document should carry the reason."""
-    cases = [("author-300-chars-sibling", dict(author_family_name=LONG), PDF, {None, CDA_INVALID, "METADATA_INVALID"})]
+    cases = [("author-300-chars-sibling", dict(author_family_name=LONG), PDF, {None, CDA_INVALID, "METADATA_INVALID", "VALUE_TOO_LONG"})]
     healthy, expected = _broken_store(tmp_path / "store", [], cases)
     _run_and_check(tmp_path, healthy, expected)
 

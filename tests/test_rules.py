@@ -52,6 +52,9 @@ RECORD_CASES = [
     ({}, {"author_rpps": "8100012345"}, {}, Reason.METADATA_MISSING, "author_rpps"),
     ({}, {"service_start": None}, {}, Reason.METADATA_MISSING, "service_start"),
     ({}, {"created_at": None}, {}, Reason.METADATA_MISSING, "created_at"),
+    ({}, {"author_family_name": "D'" + "É" * 200}, {}, Reason.VALUE_TOO_LONG, "author_family_name"),
+    ({"birth_given_names": "Zoé " * 60}, {}, {}, Reason.VALUE_TOO_LONG, "birth_given_names"),
+    ({}, {"title": "T" * 256}, {}, Reason.VALUE_TOO_LONG, "title"),
     ({}, {"version": 2}, {"earlier_version_fed": True}, Reason.REPLACEMENT_NEEDED, "version 2"),
 ]
 

@@ -245,12 +245,14 @@ class Ledger:
         are picked with FOR UPDATE SKIP LOCKED, so concurrent instances never claim the same one."""
         now = now or utcnow()
         s, d = submissions, documents
-        due = sa.select(d.c.submission_id).where(d.c.state == DEFERRED, d.c.next_attempt_at <= now,
-                                                 d.c.held == sa.false())
+        due = sa.select(d.c.submission_id).where(d.c.state == DEFERRED, d.c.next_attempt_at <= now)
+        held = sa.select(d.c.submission_id).where(d.c.held == sa.true(), d.c.submission_id.is_not(None))
         free = sa.or_(s.c.lease_owner.is_(None), s.c.lease_until < now, s.c.lease_owner == owner)
         not_this_run = sa.or_(s.c.run_id.is_(None), s.c.run_id != run_id)  # ours in flight are never re-claimed
         query = (sa.select(s.c.id)
-                 .where(free, not_this_run, sa.or_(s.c.state == SUBMITTING, sa.and_(s.c.state == DEFERRED, s.c.id.in_(due))))
+                 .where(free, not_this_run, sa.or_(
+                     s.c.state == SUBMITTING,  # to settle (ITI-18) even if held: it may have reached the DMP
+                     sa.and_(s.c.state == DEFERRED, s.c.id.in_(due), s.c.id.not_in(held))))
                  .order_by(s.c.id).limit(limit))
         if self.is_postgresql:
             query = query.with_for_update(skip_locked=True, of=s)

@@ -105,6 +105,9 @@ def _ebxml_driver() -> str:
     return f'<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">{lines}</xs:schema>'
 
 
+_COMPILE_LOCK = threading.Lock()
+
+
 class _XsdValidator:
     """A lazily compiled XMLSchema, used under a lock (lxml keeps the error log on the object)."""
 
@@ -116,7 +119,8 @@ class _XsdValidator:
     def errors(self, tree) -> list[str]:
         with self._lock:
             if self._schema is None:
-                self._schema = _compile_xsd(self._source())
+                with _COMPILE_LOCK:  # libxml2 fails when two schemas sharing imports compile at once
+                    self._schema = _compile_xsd(self._source())
             if self._schema.validate(tree):
                 return []
             return [f"{_readable_path(tree, e.path)}: {_redact_xsd(e.message)}" for e in self._schema.error_log]
