@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from dataclasses import dataclass
 
 from lxml import etree
@@ -41,8 +42,23 @@ def document_cda(settings: Settings, document: Document, patient: Patient, site:
         xml = cda.check_passthrough_cda(content, document, patient, site)
     else:
         xml = cda.build_cda(document, patient, site, settings.structure, content, unique_id=unique_id)
-    validate.validate_cda(xml, document.document_id)
+    validate.validate_cda(xml, document.document_id, schematron=_schematron_due(settings, site, document))
     return unique_id, xml
+
+
+_sampled: dict[tuple[str, str], int] = {}  # (site, type code) -> CDAs built in this process
+_sampled_lock = threading.Lock()
+
+
+def _schematron_due(settings: Settings, site: Site, document: Document) -> bool:
+    """Whether this CDA goes through the ANS schematron too (always, unless `validation.schematron` says)."""
+    mode = settings.validation.schematron
+    if mode != "sample":
+        return mode == "every"
+    with _sampled_lock:
+        seen = _sampled.get((site.finess_geo, document.type_code or ""), 0)
+        _sampled[(site.finess_geo, document.type_code or "")] = seen + 1
+    return seen % settings.validation.sample_every == 0
 
 
 @dataclass(frozen=True)
