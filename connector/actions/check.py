@@ -26,6 +26,9 @@ class Check:
 def run_checks(settings: Settings) -> list[Check]:
     checks = [Check("ok", "config", f"{settings.source or 'settings'}: valid, {len(settings.structure.sites)} site(s), "
                                     f"environment {settings.dmp.environment}")]
+    if settings.validation.schematron != "every":
+        checks.append(Check("warning", "config", f"validation.schematron = {settings.validation.schematron}: "
+                                                 "not every CDA is checked against the ANS schematron"))
     checks.append(_store(settings))
     checks.append(_ledger(settings))
     credentials = _certificates(settings, checks)
