@@ -72,9 +72,8 @@ def build(settings: Settings, *, stop: threading.Event | None = None, job=None, 
         if event.code == EVENT_JOB_MISSED:
             log.warning("run due at %s was missed (more than %d s late); waiting for the next one",
                         event.scheduled_run_time, MISFIRE_GRACE_SECONDS)
-        job_ = scheduler.get_job(JOB_ID)
-        if job_ is not None and job_.next_run_time:
-            log.info("next run at %s", job_.next_run_time.isoformat())
+        if stop is None or not stop.is_set():  # from the trigger: the scheduler's locks are held during shutdown
+            log.info("next run at %s", cron.get_next_fire_time(None, dt.datetime.now(cron.timezone)).isoformat())
 
     scheduler.add_listener(after, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
     return scheduler
