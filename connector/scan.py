@@ -46,25 +46,51 @@ class Decision:
         return self.reason is not None and self.ledger_state not in (FED, FAILED, SUBMITTING, DEFERRED)
 
 
+STATES_BATCH = 500  # candidates whose ledger states are read in one query (one query per patient was the bottleneck)
+
+
 def scan(store: Store, ledger: Ledger | None, settings: Settings, *, load_content: bool = True) -> Iterator[list[Decision]]:
-    """Yield, patient by patient, the decisions for every store document (by the rules alone without a ledger)."""
+    """Yield, patient by patient, the decisions for every store document (by the rules alone without a ledger).
+
+    Ledger states are read for several patients at once (about STATES_BATCH documents); each patient's decisions
+    (and content) are still made when its group is asked for. States are a snapshot either way: the journal
+    (`Ledger.journal_submission`) is what settles a race with another instance."""
     now = utcnow()
-    for patient_id, group in itertools.groupby(store.candidates(), key=_patient_of):
-        group = list(group)
-        states = ledger.states((c.document.key for c in group if isinstance(c, Candidate))) if ledger else {}
-        latest: dict[str, int] = {}
-        for c in group:
-            if isinstance(c, Candidate):
-                latest[c.document.document_id] = max(c.document.version, latest.get(c.document.document_id, 0))
-        yield [_decide(c, states, latest, store, settings, now, load_content) for c in group]
+    groups = (list(group) for _, group in itertools.groupby(store.candidates(), key=_patient_of))
+    for batch in _batches(groups, STATES_BATCH):
+        keys = [c.document.key for group in batch for c in group if isinstance(c, Candidate)]
+        states = ledger.states(keys) if ledger else {}
+        fed_versions: dict[str, list[int]] = {}
+        for (document_id, version), state in states.items():
+            if state.state == FED:
+                fed_versions.setdefault(document_id, []).append(version)
+        for group in batch:
+            latest: dict[str, int] = {}
+            for c in group:
+                if isinstance(c, Candidate):
+                    latest[c.document.document_id] = max(c.document.version, latest.get(c.document.document_id, 0))
+            yield [_decide(c, states, fed_versions, latest, store, settings, now, load_content) for c in group]
+
+
+def _batches(groups: Iterator[list], size: int) -> Iterator[list[list]]:
+    """Whole groups, gathered until they hold at least `size` items."""
+    batch, count = [], 0
+    for group in groups:
+        batch.append(group)
+        count += len(group)
+        if count >= size:
+            yield batch
+            batch, count = [], 0
+    if batch:
+        yield batch
 
 
 def _patient_of(item: Candidate | RowProblem) -> str | None:
     return item.document.patient_id if isinstance(item, Candidate) else item.patient_id
 
 
-def _decide(item, states: dict[tuple[str, int], DocState], latest: dict[str, int], store: Store, settings: Settings,
-            now, load_content) -> Decision:
+def _decide(item, states: dict[tuple[str, int], DocState], fed_versions: dict[str, list[int]], latest: dict[str, int],
+            store: Store, settings: Settings, now, load_content) -> Decision:
     if isinstance(item, RowProblem):
         return Decision(item.document_id, item.version, item.patient_id, ROW_INVALID, item.message)
     doc, patient = item.document, item.patient
@@ -86,7 +112,7 @@ def _decide(item, states: dict[tuple[str, int], DocState], latest: dict[str, int
                             detail=detail)
     if doc.version < latest[doc.document_id]:
         return Decision(**base, reason=SUPERSEDED, detail=f"version {latest[doc.document_id]} is in the store")
-    earlier_fed = any(k[0] == doc.document_id and k[1] < doc.version and s.state == FED for k, s in states.items())
+    earlier_fed = any(v < doc.version for v in fed_versions.get(doc.document_id, ()))
     skip = rules.check_record(doc, patient, settings, already_fed=False, earlier_version_fed=earlier_fed)
     if skip is not None:
         return Decision(**base, reason=skip.reason, detail=skip.detail)

@@ -1,0 +1,64 @@
+"""The scan reads ledger states for several patients per query: it must decide exactly as one query per patient did."""
+
+import datetime as dt
+
+from connector import samples, scan as scan_module
+from connector.actions.context import open_store
+from connector.ledger.repo import DocState
+from connector.ledger.schema import DEFERRED, FAILED, FED, SUBMITTING
+from connector.scan import scan
+from conftest import make_settings
+
+
+class FakeLedger:
+    """Ledger states for the sample store: every state the scan knows, plus earlier versions FED."""
+
+    def __init__(self, rows: dict[tuple[str, int], DocState]):
+        self.rows, self.queries = rows, 0
+
+    def states(self, keys):
+        self.queries += 1
+        ids = {k[0] for k in keys}
+        return {k: s for k, s in self.rows.items() if k[0] in ids}
+
+
+def _sample_settings(tmp_path):
+    store_dir = tmp_path / "samples"
+    samples.create_sample_store(store_dir)
+    return make_settings(tmp_path, store={"url": f"sqlite:///{store_dir / 'store.sqlite3'}", "content_root": str(store_dir)})
+
+
+def _ledger_rows(keys):
+    later = dt.datetime(2999, 1, 1)
+    states = [(FED, None), (FAILED, None), (SUBMITTING, None), (DEFERRED, later), (DEFERRED, None)]
+    rows = {}
+    for i, (document_id, version) in enumerate(sorted(keys)):
+        if i % 3 == 0:
+            state, next_at = states[(i // 3) % len(states)]
+            rows[(document_id, version)] = DocState(document_id, version, state, "X", i % 7 == 0, next_at, None)
+        elif i % 4 == 1:  # an earlier version was fed: REPLACEMENT_NEEDED for the store's one
+            rows[(document_id, version - 1)] = DocState(document_id, version - 1, FED, None, False, None, None)
+    return rows
+
+
+def _decisions(groups):
+    return [[(d.document_id, d.version, d.patient_id, d.reason, d.detail, d.content) for d in g] for g in groups]
+
+
+def test_batched_states_decide_like_one_query_per_patient(tmp_path, monkeypatch):
+    settings = _sample_settings(tmp_path)
+    store = open_store(settings)
+    rows = _ledger_rows(samples.expected_decisions())
+    assert any(s.state == FED for s in rows.values())
+
+    monkeypatch.setattr(scan_module, "STATES_BATCH", 1)  # one query per patient, as before batching
+    one = FakeLedger(rows)
+    expected = _decisions(scan(store, one, settings))
+    monkeypatch.setattr(scan_module, "STATES_BATCH", 500)
+    batched = FakeLedger(rows)
+    got = _decisions(scan(store, batched, settings))
+
+    assert got == expected
+    assert len(got) == one.queries > 10 and batched.queries == 1  # still one group per patient, in order
+    reasons = {d[3] for g in got for d in g}
+    assert {"ALREADY_FED", "REPLACEMENT_NEEDED", "DEFERRED_NOT_DUE", "IN_PROGRESS", "HELD", None} <= reasons
