@@ -49,6 +49,7 @@ SEXES = frozenset({"M", "F", "U"})  # HL7 AdministrativeGender as used by the CD
 SUPPORTED_MIME_TYPES = ("application/pdf", "text/xml")
 _RPPS = re.compile(r"^[0-9]{11}$")
 _PDF_EOF_WINDOW = 1024  # readers accept %%EOF within the last 1024 bytes (trailing junk)
+PROBE_HEAD, PROBE_TAIL = 64, _PDF_EOF_WINDOW  # the only bytes check_content looks at: the first 64, the last 1024
 
 
 def check_record(
@@ -126,22 +127,31 @@ def check_content(
     path that may contain a name).
     """
     if error is not None or content is None:
+        return check_content_probe(document, None, settings, error=error)
+    return check_content_probe(document, (len(content), content[:PROBE_HEAD], content[-PROBE_TAIL:]), settings)
+
+
+def check_content_probe(
+    document: Document, probe: tuple[int, bytes, bytes] | None, settings: Settings, *, error: str | None = None
+) -> Skip | None:
+    """`check_content` from the content's (size, first PROBE_HEAD bytes, last PROBE_TAIL bytes): all it looks at."""
+    if error is not None or probe is None:
         return Skip(Reason.CONTENT_MISSING, f"content unreadable: {error or 'no content'}")
-    if not content:
+    size, head, tail = probe
+    if not size:
         return Skip(Reason.CONTENT_INVALID, "content is empty (0 bytes)")
     limit = settings.rules.max_document_bytes
-    if len(content) > limit:
-        size = len(content)
+    if size > limit:
         return Skip(Reason.CONTENT_INVALID, f"content is {size} bytes, over rules.max_document_bytes {limit}")
     mime = (document.mime_type or "").split(";")[0].strip().lower()
     if mime == "application/pdf":
-        if not content.startswith(b"%PDF-"):
+        if not head.startswith(b"%PDF-"):
             return Skip(Reason.CONTENT_INVALID, "mime_type is application/pdf but content lacks the %PDF- header")
-        if b"%%EOF" not in content[-_PDF_EOF_WINDOW:]:
+        if b"%%EOF" not in tail:
             return Skip(Reason.CONTENT_INVALID, "PDF content has no %%EOF at its end (truncated?)")
         return None
     if mime == "text/xml":
-        if not _looks_like_xml(content):
+        if not _looks_like_xml(head):
             return Skip(Reason.CONTENT_INVALID, "mime_type is text/xml but content does not start with a tag")
         return None
     shown = mime or "empty"
@@ -212,5 +222,5 @@ def _too_long(document: Document, patient: Patient) -> str | None:
 
 
 def _looks_like_xml(content: bytes) -> bool:
-    head = content[:64].removeprefix(b"\xef\xbb\xbf").lstrip()
+    head = content[:PROBE_HEAD].removeprefix(b"\xef\xbb\xbf").lstrip()
     return head.startswith(b"<")

@@ -12,6 +12,7 @@ from typing import Iterator
 
 from connector import rules
 from connector.config import Settings
+from connector.content import content_probe
 from connector.ledger.repo import DocState, Ledger, utcnow
 from connector.ledger.schema import DEFERRED, FAILED, FED, SUBMITTING
 from connector.store import Candidate, Document, Patient, RowProblem, Store
@@ -116,12 +117,13 @@ def _decide(item, states: dict[tuple[str, int], DocState], fed_versions: dict[st
     skip = rules.check_record(doc, patient, settings, already_fed=False, earlier_version_fed=earlier_fed)
     if skip is not None:
         return Decision(**base, reason=skip.reason, detail=skip.detail)
-    content, error = None, None
+    data, error = None, None  # the content, or only its probe (size and bytes at both ends: all the rules look at)
     try:
-        content = store.content(doc)
+        data = store.content(doc) if load_content else content_probe(store, doc)
     except OSError as exc:
         error = exc.strerror or type(exc).__name__  # never the path: it may hold a name
-    skip = rules.check_content(doc, content, settings, error=error)
+    check = rules.check_content if load_content else rules.check_content_probe
+    skip = check(doc, data, settings, error=error)
     if skip is not None:
         return Decision(**base, reason=skip.reason, detail=skip.detail)
-    return Decision(**base, reason=None, content=content if load_content else None)
+    return Decision(**base, reason=None, content=data if load_content else None)

@@ -1,13 +1,17 @@
-"""The scan reads ledger states for several patients per query: it must decide exactly as one query per patient did."""
+"""The scan reads ledger states for several patients per query and probes content (size, first and last
+bytes) in a dry run: both must decide exactly as one query per patient and whole reads did."""
 
 import datetime as dt
 
-from connector import samples, scan as scan_module
+from hypothesis import given, settings as hsettings, strategies as st
+
+from connector import rules, samples, scan as scan_module
 from connector.actions.context import open_store
+from connector.content import content_probe
 from connector.ledger.repo import DocState
 from connector.ledger.schema import DEFERRED, FAILED, FED, SUBMITTING
 from connector.scan import scan
-from conftest import make_settings
+from conftest import make_document, make_settings
 
 
 class FakeLedger:
@@ -62,3 +66,31 @@ def test_batched_states_decide_like_one_query_per_patient(tmp_path, monkeypatch)
     assert len(got) == one.queries > 10 and batched.queries == 1  # still one group per patient, in order
     reasons = {d[3] for g in got for d in g}
     assert {"ALREADY_FED", "REPLACEMENT_NEEDED", "DEFERRED_NOT_DUE", "IN_PROGRESS", "HELD", None} <= reasons
+
+
+def test_dry_run_probe_decides_like_reading_the_whole_content(tmp_path):
+    settings = _sample_settings(tmp_path)
+    store = open_store(settings)
+    loaded = [(d[:5]) for g in _decisions(scan(store, None, settings)) for d in g]
+    probed = [(d[:5]) for g in _decisions(scan(store, None, settings, load_content=False)) for d in g]
+    assert probed == loaded
+    assert {"CONTENT_INVALID", "CONTENT_MISSING"} <= {d[3] for d in probed}
+
+
+_edges = st.sampled_from([b"%PDF-1.4\n", b"%%EOF", b"\xef\xbb\xbf  <", b"<x/>", b"\n"])
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(parts=st.lists(st.one_of(_edges, st.binary(max_size=700)), max_size=8),
+       mime=st.sampled_from(["application/pdf", "text/xml", "image/png", None]),
+       limit=st.sampled_from([1, 1000, 10**6]))
+def test_probe_check_equals_whole_content_check(tmp_path_factory, parts, mime, limit):
+    content = b"".join(parts)
+    tmp = tmp_path_factory.mktemp("probe")
+    (tmp / "doc.bin").write_bytes(content)
+    settings = make_settings(tmp, rules={"max_document_bytes": limit})
+    document = make_document(content_path="doc.bin", mime_type=mime)
+    store = type("S", (), {"content_root": tmp})()
+    probe = content_probe(store, document)
+    assert probe[0] == len(content)
+    assert rules.check_content_probe(document, probe, settings) == rules.check_content(document, content, settings)
