@@ -135,17 +135,15 @@ def test_broken_rows_and_files_get_their_reason_and_healthy_documents_are_fed(tm
 
 
 def test_malformed_dates_in_a_sqlite_store_are_row_invalid_not_a_crash(tmp_path):
-    """KNOWN BUG (connector/store.py, reported): SQLAlchemy's SQLite Date/DateTime processors run when the
-    row is fetched, not when `_date`/`_datetime` read it, so the ValueError escapes Store.candidates() and
-    aborts the whole scan (run and dry-run) instead of making that one row ROW_INVALID."""
+    """Text in a SQLite DATE column makes that row ROW_INVALID (the store reads dates raw and parses them
+    per row), never an aborted scan."""
     healthy, expected = _broken_store(tmp_path / "store", DATE_PATIENT_CASES, DATE_DOCUMENT_CASES)
     _run_and_check(tmp_path, healthy, expected)
 
 
 def test_an_over_long_author_name_does_not_fail_the_healthy_documents_sent_with_it(tmp_path):
-    """KNOWN BUG (reported): a 300-character author name makes an XDS slot value exceed 256 characters; the
-    ITI-41 schema check then fails the whole submission set (METADATA_INVALID), so the patient's healthy
-    documents sent in the same set are FAILED too. Only the faulty document should carry the reason."""
+    """A 300-character author name would make an XDS slot value exceed 256 characters and fail the whole
+    submission set; the rules skip that document alone (VALUE_TOO_LONG) and its siblings are fed."""
     cases = [("author-300-chars-sibling", dict(author_family_name=LONG), PDF, {None, CDA_INVALID, "METADATA_INVALID", "VALUE_TOO_LONG"})]
     healthy, expected = _broken_store(tmp_path / "store", [], cases)
     _run_and_check(tmp_path, healthy, expected)
