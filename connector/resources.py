@@ -6,15 +6,12 @@ from pathlib import Path
 
 @cache
 def schemas_dir() -> Path:
-    """The vendored `schemas/` folder of the checkout (installed with `pip install -e .`)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "schemas", here.parent / "schemas"):
-        if (candidate / "SOURCES.md").is_file():
-            return candidate
-    raise FileNotFoundError(
-        "the official schemas folder (schemas/) was not found beside the connector package; "
-        "install from a checkout with `pip install -e .`"
-    )
+    """The vendored official schemas: `schemas/` of the checkout, linked as `connector/schemas` so that a
+    wheel carries them inside the package."""
+    path = Path(__file__).parent / "schemas"
+    if not (path / "SOURCES.md").is_file():
+        raise FileNotFoundError(f"the official schemas are missing ({path}): reinstall dmp-connector")
+    return path
 
 
 def ans_kit() -> Path:
