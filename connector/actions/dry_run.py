@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 from typing import Iterator
 
 from connector.actions.context import open_settings_ledger, open_store
@@ -27,3 +29,13 @@ def as_dict(d: Decision) -> dict:
         "reason": d.reason,
         "detail": d.detail,
     }
+
+
+def json_chunks(rows: Iterator[dict], rows_per_chunk: int = 200) -> Iterator[str]:
+    """The text of `json.dumps(list(rows), ensure_ascii=False, indent=1)`, a few rows at a time (never the whole list)."""
+    rows, opening = iter(rows), "[\n"
+    while chunk := list(itertools.islice(rows, rows_per_chunk)):
+        # A list's items come indented one level: keep them, without that list's own "[\n" and "\n]".
+        yield opening + json.dumps(chunk, ensure_ascii=False, indent=1)[2:-2]
+        opening = ",\n"
+    yield "[]" if opening == "[\n" else "\n]"
