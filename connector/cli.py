@@ -77,16 +77,19 @@ def run(settings, dry_run: bool, fmt: str) -> None:
     if dry_run:
         from connector.actions import dry_run as action
 
-        rows = [action.as_dict(d) for d in action.decisions(settings)]
+        rows = (action.as_dict(d) for d in action.decisions(settings))  # printed as they come, never all in memory
         if fmt == "json":
-            click.echo(json.dumps(rows, ensure_ascii=False, indent=1))
+            for chunk in action.json_chunks(rows):
+                click.echo(chunk, nl=False)
+            click.echo()
         else:
+            count = eligible = 0
             for r in rows:
                 what = "eligible" if r["decision"] == "eligible" else f"skipped  {r['reason']}"
                 detail = f"  ({r['detail']})" if r["detail"] else ""
                 click.echo(f"{r['document_id']} v{r['version']}  {what}{detail}")
-            eligible = sum(r["decision"] == "eligible" for r in rows)
-            click.echo(f"{len(rows)} candidates: {eligible} eligible, {len(rows) - eligible} skipped")
+                count, eligible = count + 1, eligible + (r["decision"] == "eligible")
+            click.echo(f"{count} candidates: {eligible} eligible, {count - eligible} skipped")
         return
     summary = _run_now(settings)
     click.echo(summary.text() if fmt == "text" else json.dumps(summary.as_dict(), ensure_ascii=False, indent=1))
