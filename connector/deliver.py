@@ -48,18 +48,23 @@ class Deliverer:
             found = self._lookup(record, prepared, ins_cx)
             if found:
                 return self._settle(record, prepared, Result(FED, "reconciled"), "found in the DMP by ITI-18; not resent")
-        outcome = self._send_with_retries(record, prepared)
-        if outcome.kind in ("accepted", "accepted_with_warnings"):
-            return self._settle(record, prepared, Result(FED, outcome.kind), _warnings(outcome))
-        if outcome.kind == "unknown" or getattr(outcome, "duplicate_submission", False):
+        for resend in (False, True):
+            outcome = self._send_with_retries(record, prepared)
+            if outcome.kind in ("accepted", "accepted_with_warnings"):
+                return self._settle(record, prepared, Result(FED, outcome.kind), _warnings(outcome))
+            if outcome.kind != "unknown" and not outcome.duplicate_submission:
+                break
             # Sent but no reply, or the registry already holds this submission set: ask it.
             found = self._lookup(record, prepared, ins_cx)
             if found:
                 return self._settle(record, prepared, Result(FED, "reconciled"), "confirmed by ITI-18 after " + outcome.kind)
-            if found is None or outcome.kind == "unknown":
-                return self._defer(record, prepared, outcome, UNKNOWN_OUTCOME if outcome.kind == "unknown" else TRANSIENT)
-        if outcome.kind == "transient" or outcome.kind == "unknown":
-            return self._defer(record, prepared, outcome, TRANSIENT)
+            if found is None:  # cannot tell: never resend blind; the next run asks again
+                return self._defer(record, prepared, outcome, UNKNOWN_OUTCOME)
+            if outcome.kind != "unknown" or resend:
+                break
+            # Not in the DMP: resend at once, with the very same ids (once in this run).
+        if outcome.kind in ("transient", "unknown"):
+            return self._defer(record, prepared, outcome, UNKNOWN_OUTCOME if outcome.kind == "unknown" else TRANSIENT)
         code = _first_code(outcome) or "DMP_REJECTED"
         return self._settle(record, prepared, Result(FAILED, "permanent", code), outcome.message)
 
