@@ -19,7 +19,7 @@ from connector.config import Settings
 from connector.dmp.client import DmpClient
 from connector.dmp.outcome import Outcome
 from connector.ledger.repo import Ledger, SubmissionRecord, utcnow
-from connector.ledger.schema import DEFERRED, FAILED, FED
+from connector.ledger.schema import DEFERRED, FAILED, FED, SKIPPED
 from connector.payload import xds
 from connector.prepare import Prepared
 from connector.store import Patient, Store
@@ -42,12 +42,20 @@ class Deliverer:
     def __init__(self, settings: Settings, ledger: Ledger, store: Store, client: DmpClient, run_id: int):
         self.settings, self.ledger, self.store, self.client, self.run_id = settings, ledger, store, client, run_id
 
-    def deliver(self, record: SubmissionRecord, prepared: Prepared, patient: Patient) -> Result:
+    def deliver(self, record: SubmissionRecord, prepared: Prepared, patient: Patient,
+                withdraw: tuple[str, str] | None = None) -> Result:
+        """Send (or settle) one journaled submission. `withdraw` = (reason, detail) when its documents are no
+        longer eligible: it is then only looked up, never sent."""
         ins_cx = xds.ins_cx(patient)
-        if record.attempts > 0:
-            found = self._lookup(record, prepared, ins_cx)
+        if record.attempts > 0 or withdraw:
+            found = self._lookup(record, prepared, ins_cx) if record.attempts > 0 else False
             if found:
                 return self._settle(record, prepared, Result(FED, "reconciled"), "found in the DMP by ITI-18; not resent")
+            if withdraw:
+                if found is None:  # cannot tell whether it arrived: ask again next run, never send
+                    return self._defer(record, prepared, _no_reply(), UNKNOWN_OUTCOME)
+                self.ledger.withdraw_submission(record.id, *withdraw)
+                return Result(SKIPPED, "withdrawn", withdraw[0])
         for resend in (False, True):
             outcome = self._send_with_retries(record, prepared)
             if outcome.kind in ("accepted", "accepted_with_warnings"):
@@ -142,6 +150,10 @@ class Deliverer:
                           rpps=_vihf_subject(prepared), submission_set_uid=record.submission_set_uid,
                           document_ids=[f"{d.document_id}:{d.version}" for d in record.documents],
                           error_code=code, message=message)
+
+
+def _no_reply() -> Outcome:
+    return Outcome(kind="unknown", status=None, errors=(), message="ITI-18 could not tell whether it was received")
 
 
 def _first_code(outcome: Outcome) -> str | None:

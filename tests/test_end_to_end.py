@@ -89,3 +89,35 @@ def test_a_new_version_of_a_fed_document_is_reported_not_sent(tmp_path):
         again = run_action.run(settings)
     assert again.counts["fed"] == 0 and again.skipped["REPLACEMENT_NEEDED"] == 1
     assert report.report(tmp_path / "sandbox.sqlite3")["documents"] == sum(r is None for r in samples.expected_decisions().values())
+
+
+def test_a_deferred_submission_whose_patient_opposed_meanwhile_is_withdrawn_not_sent(tmp_path):
+    _folder(tmp_path)
+    state = tmp_path / "sandbox.sqlite3"
+
+    def configure(url):  # one attempt per run, deferred submissions due at once
+        cfg = _folder(tmp_path, url)
+        text = cfg.read_text(encoding="utf-8")
+        cfg.write_text(text.replace("[dmp.retry]\n", "[dmp.retry]\nin_run_attempts = 1\ndeferred_min_minutes = 0.0\n"),
+                       encoding="utf-8")
+        return config.load(cfg)
+
+    with server.serve(pki_dir=tmp_path / "pki", state_path=state, fast=True, fail_rate=1.0, seed=1) as down:
+        first = run_action.run(configure(down.url))
+    assert first.counts["deferred"] == sum(r is None for r in samples.expected_decisions().values())
+
+    store = sa.create_engine(f"sqlite:///{tmp_path / 'store' / 'store.sqlite3'}")
+    with store.begin() as conn:  # IPP-001 (4 eligible documents) opposes before the next run
+        conn.execute(sa.text("UPDATE dmp_patient SET opposed_to_feeding = 1 WHERE patient_id = 'IPP-001'"))
+    with server.serve(pki_dir=tmp_path / "pki", state_path=state, fast=True) as up:
+        settings = configure(up.url)
+        second = run_action.run(settings)
+        got = report.report(state)
+        assert second.counts["withdrawn"] == 4 and got["per_patient"] and got["documents"] == second.counts["fed"]
+        with store.begin() as conn:
+            conn.execute(sa.text("UPDATE dmp_patient SET opposed_to_feeding = 0 WHERE patient_id = 'IPP-001'"))
+        third = run_action.run(settings)
+    assert third.counts["fed"] == 4
+    final = report.report(state)
+    assert final["documents"] == final["distinct_documents"] == second.counts["fed"] + 4
+    assert final["duplicate_deliveries"] == 0

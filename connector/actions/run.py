@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from connector import prepare, testhooks
+from connector import prepare, rules, testhooks
 from connector.actions.audit import purge as purge_audit
 from connector.actions.context import open_settings_ledger, open_store
 from connector.config import Settings
@@ -84,9 +84,9 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
     try:
         with ThreadPoolExecutor(settings.dmp.max_in_flight, thread_name_prefix="send") as pool:
 
-            def submit(record: SubmissionRecord, prepared: prepare.Prepared, patient: Patient) -> None:
+            def submit(record: SubmissionRecord, prepared: prepare.Prepared, patient: Patient, withdraw=None) -> None:
                 slots.acquire()
-                future = pool.submit(deliverer.deliver, record, prepared, patient)
+                future = pool.submit(deliverer.deliver, record, prepared, patient, withdraw)
                 future.add_done_callback(lambda f: (slots.release(), _count(summary, record, f), progress.settled(summary)))
 
             while claimed := ledger.claim_open_submissions(owner, lease, summary.run_id):
@@ -127,7 +127,8 @@ def _count(summary: Summary, record: SubmissionRecord, future) -> None:
                       record.submission_set_uid)
         summary.add("error", len(record.documents))
         return
-    summary.add({"FED": "fed", "DEFERRED": "deferred", "FAILED": "failed"}[result.state], len(record.documents))
+    summary.add({"FED": "fed", "DEFERRED": "deferred", "FAILED": "failed", "SKIPPED": "withdrawn"}[result.state],
+                len(record.documents))
 
 
 def _feed_patient(settings, ledger: Ledger, sign, summary: Summary, group: list[Decision], submit, owner, lease) -> None:
@@ -175,7 +176,7 @@ def _journal_and_submit(settings, ledger: Ledger, sign, summary: Summary, batch:
     _prepare_and_submit(settings, ledger, sign, summary, record, batch.site, batch.patient, batch.documents, submit)
 
 
-def _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit) -> None:
+def _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit, withdraw=None) -> None:
     try:
         prepared = prepare.submission(settings, sign, site=site, patient=patient, documents=batch,
                                       submission_set_uid=record.submission_set_uid,
@@ -193,18 +194,26 @@ def _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, 
                                  error_message=f"{type(exc).__name__} while building the request", reason=BUILD_ERROR)
         summary.add("failed", len(batch))
         return
-    submit(record, prepared, patient)
+    submit(record, prepared, patient, withdraw)
 
 
 def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, record: SubmissionRecord, submit) -> None:
-    """Rebuild a journaled submission from the store with its recorded ids and time, then deliver it."""
-    batch, patient, site = [], None, settings.structure.site(record.finess_geo)
+    """Rebuild a journaled submission from the store with its recorded ids and time, then deliver it; if its
+    documents are no longer eligible (opposition, death… since it was journaled) it is only settled, never sent."""
+    batch, patient, site, withdraw = [], None, settings.structure.site(record.finess_geo), None
     for doc in record.documents:
         item = store.get(doc.document_id, doc.version)
         problem = None
         if not isinstance(item, Candidate) or item.patient is None:
             problem = "the document or its patient is no longer in the store"
         else:
+            skip = rules.check_record(item.document, item.patient, settings, already_fed=False)
+            if skip is not None and withdraw is None:
+                withdraw = (skip.reason, f"document {doc.document_id} v{doc.version}: {skip.detail}")
+            if skip is not None and record.attempts == 0:  # never sent: nothing to settle with the DMP
+                ledger.withdraw_submission(record.id, *withdraw)
+                summary.skipped[str(skip.reason)] += len(record.documents)
+                return
             try:
                 uid, xml = prepare.document_cda(settings, item.document, item.patient, site, store.content(item.document))
                 batch.append((item.document, uid, xml))
@@ -219,4 +228,4 @@ def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, reco
                                      reason="RESEND_IMPOSSIBLE")
             summary.add("failed", len(record.documents))
             return
-    _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit)
+    _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit, withdraw)

@@ -216,7 +216,9 @@ class Ledger:
                     conn.execute(sa.insert(sd), [dict(submission_id=sub_id, **doc.__dict__) for doc in docs])
                 else:
                     sub_id = row.id
-                    if row.state in (FED, FAILED) or not self._claim(conn, sub_id, owner, lease, now, run_id):
+                    # FAILED (or withdrawn) sets are sent again with their ids when their documents are eligible
+                    # again: if an earlier attempt did reach the DMP, the registry's duplicate answer is settled by ITI-18.
+                    if row.state == FED or not self._claim(conn, sub_id, owner, lease, now, run_id):
                         return None
                 for doc in docs:
                     conn.execute(sa.update(d).where(d.c.document_id == doc.document_id, d.c.version == doc.version).values(
@@ -291,6 +293,18 @@ class Ledger:
                 error_message=error_message and error_message[:2000], updated_at=now,
                 lease_owner=None, lease_until=None))
             conn.execute(sa.update(documents).where(documents.c.submission_id == sub_id).values(**doc_values))
+
+    def withdraw_submission(self, sub_id: int, reason: str, detail: str) -> None:
+        """A submission whose documents are no longer eligible (opposition, death… since it was journaled) and
+        that the DMP does not hold: it is not sent; its documents are SKIPPED with the reason, re-evaluated
+        at every run like any skip."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(submissions).where(submissions.c.id == sub_id).values(
+                state=FAILED, outcome="withdrawn", error_code=reason, error_message=detail[:2000], updated_at=now,
+                lease_owner=None, lease_until=None))
+            conn.execute(sa.update(documents).where(documents.c.submission_id == sub_id).values(
+                state=SKIPPED, reason=reason, detail=detail[:1000], updated_at=now, next_attempt_at=None))
 
     def first_attempt_at(self, sub_id: int) -> dt.datetime | None:
         with self.engine.connect() as conn:
