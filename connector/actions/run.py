@@ -20,7 +20,7 @@ from connector.actions.context import open_settings_ledger, open_store
 from connector.config import Settings
 from connector.deliver import Deliverer, Result
 from connector.dmp.client import DmpClient
-from connector.logs import RunProgress
+from connector.logs import RunProgress, StopRequested
 from connector.ledger.repo import Ledger, SubmissionDoc, SubmissionRecord, utcnow
 from connector.ledger.schema import FAILED, PENDING, SKIPPED
 from connector.payload import ids
@@ -95,6 +95,9 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
             for group in scan(store, ledger, settings):
                 progress.patient(summary)  # may raise StopRequested (daemon stopping)
                 _feed_patient(settings, ledger, sign, summary, group, submit, owner, lease)
+    except StopRequested:
+        status = "interrupted"  # asked to stop (SIGTERM): what is open is settled by the next run
+        raise
     except BaseException:
         status = "failed"
         raise
