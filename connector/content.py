@@ -5,7 +5,6 @@ otherwise read ~30 GB."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from connector.rules import PROBE_HEAD, PROBE_TAIL
 from connector.store import Document, Store
@@ -16,8 +15,7 @@ def content_probe(store: Store, document: Document) -> tuple[int, bytes, bytes]:
     if not document.content_path:
         content = store.content(document)  # in the store's database: no cheaper read through the contract
         return len(content), content[:PROBE_HEAD], content[-PROBE_TAIL:]
-    path = Path(document.content_path)
-    with open(path if path.is_absolute() else store.content_root / path, "rb") as f:
+    with open(store.content_file(document), "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(PROBE_HEAD)
         if size <= PROBE_HEAD + PROBE_TAIL:

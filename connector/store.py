@@ -225,11 +225,15 @@ class Store:
             raise StoreError(f"store query failed: {_short(exc)}") from None
         return None if row is None else _candidate(row)
 
+    def content_file(self, document: Document) -> Path:
+        """The file of a document stored by path (relative paths are under `content_root`)."""
+        path = Path(document.content_path)
+        return path if path.is_absolute() else self.content_root / path
+
     def content(self, document: Document) -> bytes:
         """The document's bytes, from `content` or `content_path`; raises OSError if unreadable."""
         if document.content_path:
-            path = Path(document.content_path)
-            return (path if path.is_absolute() else self.content_root / path).read_bytes()
+            return self.content_file(document).read_bytes()
         with self.engine.connect() as conn:
             value = conn.execute(
                 sa.select(dmp_document.c.content).where(

@@ -8,6 +8,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from connector import rules, samples, scan as scan_module
 from connector.actions.context import open_store
 from connector.content import content_probe
+from connector.store import Store
 from connector.ledger.repo import DocState
 from connector.ledger.schema import DEFERRED, FAILED, FED, SUBMITTING
 from connector.scan import scan
@@ -90,7 +91,7 @@ def test_probe_check_equals_whole_content_check(tmp_path_factory, parts, mime, l
     (tmp / "doc.bin").write_bytes(content)
     settings = make_settings(tmp, rules={"max_document_bytes": limit})
     document = make_document(content_path="doc.bin", mime_type=mime)
-    store = type("S", (), {"content_root": tmp})()
+    store = Store("sqlite://", tmp)
     probe = content_probe(store, document)
     assert probe[0] == len(content)
     assert rules.check_content_probe(document, probe, settings) == rules.check_content(document, content, settings)
