@@ -11,6 +11,8 @@ import pytest
 from connector import config
 from connector.store import Document, Patient
 
+pytest_plugins = ["pki_fixtures"]  # session-wide test PKI: pki, sign_credential, auth_credential
+
 TEST_INS_OID = "1.2.250.1.213.1.4.10"
 
 

@@ -1,5 +1,5 @@
-"""Session-wide test PKI (generated at run time, never committed). Import the fixtures into a test module:
-`from pki_fixtures import pki, sign_credential, auth_credential  # noqa: F401`."""
+"""Session-wide test PKI (generated at run time, never committed), loaded by conftest.py as a pytest plugin:
+the fixtures `pki`, `sign_credential` and `auth_credential` are available to every test module."""
 
 from __future__ import annotations
 
@@ -9,15 +9,9 @@ from connector.config import CertificateSettings
 from connector.trust.certs import Credential, load_credential
 from connector.trust.pki import PkiFiles, create_test_pki
 
-_shared: dict[str, PkiFiles] = {}
-
-
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory) -> PkiFiles:
-    # One PKI per test session even when several modules import this fixture.
-    if "pki" not in _shared:
-        _shared["pki"] = create_test_pki(tmp_path_factory.mktemp("pki"))
-    return _shared["pki"]
+    return create_test_pki(tmp_path_factory.mktemp("pki"))
 
 
 def sign_settings(pki: PkiFiles) -> CertificateSettings:

@@ -8,7 +8,7 @@ import os
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from pki_fixtures import auth_credential, auth_settings, pki, sign_credential, sign_settings  # noqa: F401
+from pki_fixtures import auth_settings, sign_settings
 
 from connector.config import CertificateSettings
 from connector.trust import certs

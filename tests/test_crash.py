@@ -8,7 +8,6 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 
 import delivery_harness as h
 from connector import testhooks
@@ -16,17 +15,8 @@ from connector import testhooks
 SCENARIOS = [(point, n) for point in testhooks.POINTS for n in (1, 2)]
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    from connector.trust.pki import create_test_pki
-
-    directory = tmp_path_factory.mktemp("pki") / "pki"
-    create_test_pki(directory)
-    return directory
-
-
 def _crash_then_recover(directory, pki, point: str, nth: int) -> tuple[str, dict, int]:
-    folder = h.make_folder(directory, pki_from=pki)  # the sample store: 9 eligible documents, 6 submission sets
+    folder = h.make_folder(directory, pki_from=pki.directory)  # the sample store: 9 eligible documents, 6 submission sets
     with h.sandbox(folder) as sb:
         folder.configure(sb.url)
         crashed = h.run_cli(folder.cfg, crash_at=f"{point}:{nth}")
@@ -55,7 +45,7 @@ def _kill_chain(directory, pki, seed: int, kills: int) -> tuple[int, int]:
     where the last one died; then rerun until done and check every document arrived exactly once."""
     rng = random.Random(seed)
     eligible = set(h.synthetic_store(directory / "store", 300, seed=seed))
-    folder = h.make_folder(directory, pki_from=pki)
+    folder = h.make_folder(directory, pki_from=pki.directory)
     log = directory / "runs.log"
     killed = 0
     with h.sandbox(folder, latency_ms=40) as sb:  # slow enough that a run always has work when it is killed

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import socket
 import ssl
 import uuid
@@ -34,20 +33,13 @@ CDA_EXAMPLE = ans_kit() / "ExemplesCDA/DOC_NON_STRUCTURE_CDA-R2-N1.xml"
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return test_pki.create_test_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
 def settings(tmp_path_factory):
     return make_settings(tmp_path_factory.mktemp("settings"))
 
 
 @pytest.fixture(scope="module")
-def credentials(pki):
-    auth = load_credential(CertificateSettings(pki.auth_cli_p12, pki.auth_cli_password_file))
-    sign = load_credential(CertificateSettings(pki.sign_p12, pki.sign_password_file))
-    return auth, sign
+def credentials(auth_credential, sign_credential):
+    return auth_credential, sign_credential
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import datetime as dt
 
 import pytest
 from lxml import etree
-from pki_fixtures import pki, sign_credential  # noqa: F401
 from xmlsec import vihf_options, xmlsec_verify
 
 from connector.config import CertificateSettings, VihfSettings
