@@ -11,6 +11,7 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from connector.actions.context import open_settings_ledger, open_store
 from connector.config import Settings
 from connector.ledger.repo import LedgerError
 from connector.store import StoreError
@@ -29,32 +30,22 @@ def run_checks(settings: Settings) -> list[Check]:
     if settings.validation.schematron != "every":
         checks.append(Check("warning", "config", f"validation.schematron = {settings.validation.schematron}: "
                                                  "not every CDA is checked against the ANS schematron"))
-    checks.append(_store(settings))
-    checks.append(_ledger(settings))
+    checks.append(_opens("store", open_store, settings, StoreError,
+                         "reachable, dmp_patient and dmp_document have every column of the contract"))
+    checks.append(_opens("ledger", open_settings_ledger, settings, LedgerError, "reachable, schema up to date"))
     credentials = _certificates(settings, checks)
     if "auth_cli" in credentials:
         checks.append(_handshake(settings, credentials["auth_cli"]))
     return checks
 
 
-def _store(settings: Settings) -> Check:
-    from connector.actions.context import open_store
-
+def _opens(name: str, open_it, settings: Settings, error: type[Exception], ok: str) -> Check:
+    """A database check: opening it checks reachability and its tables (the error says what is wrong)."""
     try:
-        open_store(settings)
-    except StoreError as exc:
-        return Check("error", "store", str(exc))
-    return Check("ok", "store", "reachable, dmp_patient and dmp_document have every column of the contract")
-
-
-def _ledger(settings: Settings) -> Check:
-    from connector.actions.context import open_settings_ledger
-
-    try:
-        open_settings_ledger(settings)
-    except LedgerError as exc:
-        return Check("error", "ledger", str(exc))
-    return Check("ok", "ledger", "reachable, schema up to date")
+        open_it(settings)
+    except error as exc:
+        return Check("error", name, str(exc))
+    return Check("ok", name, ok)
 
 
 def _certificates(settings: Settings, checks: list[Check]) -> dict:

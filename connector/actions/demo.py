@@ -87,7 +87,7 @@ def demo(directory: Path, echo=print) -> int:
         summary = run_action.run(settings)
         echo(summary.text())
         echo("")
-        echo(status_action.render_text(status_action.collect(open_settings_ledger(settings))))
+        echo(status_action.render(status_action.collect(open_settings_ledger(settings))))
         echo("")
         echo(f"configuration: {directory / 'dmp-connector.toml'} "
              f"(e.g. dmp-connector status --config {directory / 'dmp-connector.toml'})")

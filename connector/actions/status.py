@@ -26,10 +26,6 @@ def render(report: dict, fmt: str = "text") -> str:
     return {"text": renderers.to_text, "json": renderers.to_json, "csv": renderers.to_csv, "html": to_html}[fmt](report)
 
 
-def render_text(report: dict) -> str:
-    return renderers.to_text(report)
-
-
 def problems(report: dict, *, max_age_hours: float = DEFAULT_MAX_AGE_HOURS, now: dt.datetime | None = None) -> list[str]:
     """Why a human should look now: FAILED documents, or no successful run recently. Empty: all is well."""
     now = now or utcnow()
