@@ -70,3 +70,10 @@ def test_bad_config_and_missing_store_tables(tmp_path):
     empty.mkdir()
     result = CliRunner().invoke(main, ["run", "--dry-run", "--config", str(_config(tmp_path, empty))])
     assert result.exit_code == EXIT_UNAVAILABLE and "dmp_patient" in result.output
+
+
+def test_run_without_certificates_is_a_configuration_error(tmp_path):
+    store_dir = tmp_path / "samples"
+    samples.create_sample_store(store_dir)
+    result = CliRunner().invoke(main, ["run", "--config", str(_config(tmp_path, store_dir))])
+    assert result.exit_code == EXIT_CONFIG and "certificates" in result.output

@@ -13,7 +13,7 @@ from lxml import etree
 
 from connector import prepare
 from connector.actions.context import open_store
-from connector.config import Settings
+from connector.config import ConfigError, Settings
 from connector.dmp.client import iti41_message
 from connector.ledger.repo import utcnow
 from connector.payload import ids
@@ -31,7 +31,7 @@ def export(settings: Settings, out: Path, *, document_id: str | None = None, ver
     """Export every document the rules accept, fed already or not (or the one asked for).
     Returns (exported sets, problems)."""
     if settings.certificates is None:
-        raise prepare.PayloadError("METADATA_INVALID", "no [certificates] configured: export needs the sign certificate")
+        raise ConfigError("certificates.sign: missing (export signs what it writes)")
     sign = load_credential(settings.certificates.sign)
     store = open_store(settings)
     exported, problems = [], []

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from connector import prepare, rules, testhooks
 from connector.actions.audit import purge as purge_audit
 from connector.actions.context import open_settings_ledger, open_store
-from connector.config import Settings
+from connector.config import ConfigError, Settings
 from connector.deliver import Deliverer, Result
 from connector.dmp.client import DmpClient
 from connector.logs import RunProgress, StopRequested
@@ -71,7 +71,7 @@ def run(settings: Settings, *, mode: str = "run", progress=None) -> Summary:
 
 def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, progress) -> Summary:
     if settings.certificates is None:
-        raise prepare.PayloadError("METADATA_INVALID", "no [certificates] configured: a run needs auth_cli and sign")
+        raise ConfigError("certificates: missing ([certificates.auth_cli] and [certificates.sign] are needed to run)")
     sign = _usable_credential(settings.certificates.sign, "sign")
     auth = _usable_credential(settings.certificates.auth_cli, "auth_cli")
     client = DmpClient(settings.dmp, auth, settings.certificates.auth_cli.password())
