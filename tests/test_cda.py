@@ -14,6 +14,7 @@ from connector.config import Site
 from connector.payload import cda, codes, ids, validate
 from connector.payload.errors import PayloadError
 from connector.resources import ans_kit
+from connector.trust import xmlsig
 
 from conftest import make_document, make_patient, make_settings, replace
 
@@ -44,7 +45,7 @@ def xpath(xml: bytes, path: str):
 
 def test_built_cda_is_valid(structure, site):
     xml = build(structure, site)
-    assert xml.startswith(b"<?xml version='1.0' encoding='UTF-8'?>")
+    assert xml.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n<ClinicalDocument ')
     assert validate.cda_errors(xml) == []
 
 
@@ -87,6 +88,15 @@ def test_instant_service_has_no_high_equal_to_low(structure, site):
     instant = dt.datetime(2026, 11, 15, 9, 0)
     xml = build(structure, site, make_document(service_start=instant, service_stop=instant))
     assert xpath(xml, "//v3:effectiveTime/v3:high") == []
+    assert validate.cda_errors(xml) == []
+
+
+def test_body_is_spliced_after_any_header_text(structure, site):
+    """The base64 body is spliced into the canonical header at the last mark: a title holding the mark
+    stays the title."""
+    xml = build(structure, site, make_document(title="@BODY@ & <co>"), content=PDF)
+    assert xpath(xml, "/v3:ClinicalDocument/v3:title/text()") == ["@BODY@ & <co>"]
+    assert base64.b64decode(xpath(xml, "//v3:nonXMLBody/v3:text/text()")[0]) == PDF
     assert validate.cda_errors(xml) == []
 
 
@@ -216,6 +226,8 @@ def test_any_valid_patient_and_document_gives_a_valid_cda(structure, site, case)
     xml = build(structure, site, document, patient, content=PDF + content)  # never empty
     assert validate.cda_errors(xml) == []
     assert xpath(xml, "//v3:patient/v3:name/v3:family[@qualifier='BR']/text()") == [patient.birth_family_name]
+    # written canonical: the signature's shortcut digest is the digest of the real canonical form
+    assert bytes(xml.canonical()) == xmlsig.canonicalize(etree.ElementTree(etree.fromstring(xml)), xmlsig.C14N_WITH_COMMENTS)
     # every element is one the reduced schematron of our own CDAs keeps the rules of
     assert {etree.QName(e).localname for e in etree.fromstring(xml).iter()} <= validate.GENERATED_ELEMENTS
 

@@ -29,6 +29,7 @@ from connector.trust.certs import Credential, certificate_digest
 from connector.trust.xmlsig import (
     C14N,
     C14N_WITH_COMMENTS,
+    CanonicalDocument,
     DIGEST_URIS,
     DS_NS,
     MANIFEST_TYPE,
@@ -205,6 +206,8 @@ def _digest_document(uid: str, content: bytes, transform: str | None, digest_uri
     """Digest of a CDA's canonical form (whole document, so comments/PIs outside the root count too)."""
     if transform is None:
         return compute_digest(content, digest_uri)
+    if isinstance(content, CanonicalDocument) and transform in (C14N, C14N_WITH_COMMENTS):
+        return compute_digest(content.canonical(), digest_uri)  # canonical already; the builder writes no comment
     try:
         tree = etree.ElementTree(parse(content))
     except SignatureError:

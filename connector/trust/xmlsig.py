@@ -60,6 +60,18 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+
+
+class CanonicalDocument(bytes):
+    """XML bytes known to be `XML_DECLARATION` followed by the document's canonical form (C14N 1.0,
+    comments kept), as the CDA builder writes them: their digest needs no parse and no c14n. Anything
+    that copies or slices them gets plain bytes back, which are canonicalized the long way."""
+
+    def canonical(self) -> memoryview:
+        return memoryview(self)[len(XML_DECLARATION):]
+
+
 def canonicalize(node: etree._Element | etree._ElementTree, algorithm_uri: str, prefixes=None) -> bytes:
     """XML canonical form of a node (in its document's namespace context) or of a whole document."""
     if algorithm_uri not in (C14N, C14N_WITH_COMMENTS, EXC_C14N):
