@@ -11,9 +11,6 @@ from pathlib import Path
 import click
 
 from connector import __version__, config
-from connector.ledger.repo import LedgerError
-from connector.store import StoreError
-from connector.trust.certs import CertificateError
 
 # Exit codes (documented in the README).
 EXIT_OK = 0
@@ -24,6 +21,16 @@ EXIT_LOCKED = 5  # another run holds the lock
 EXIT_CERTIFICATE = 6
 
 log = logging.getLogger("connector")
+
+# Errors a command may end with: (module, class, message prefix, exit code), first match wins. Looked up in
+# sys.modules, never imported here: an exception can only be raised once its module is loaded, and importing
+# SQLAlchemy or cryptography up front would cost every command (`status`, `--help`) their start-up time.
+KNOWN_ERRORS = (
+    ("connector.store", "StoreError", "", EXIT_UNAVAILABLE),
+    ("connector.ledger.repo", "LedgerError", "", EXIT_UNAVAILABLE),
+    ("connector.config", "ConfigError", "configuration: ", EXIT_CONFIG),
+    ("connector.trust.certs", "CertificateError", "certificate: ", EXIT_CERTIFICATE),
+)
 
 
 def fail(message: str, code: int) -> None:
@@ -44,14 +51,22 @@ def with_settings(func):
             fail(f"configuration: {exc}", EXIT_CONFIG)
         try:
             return func(settings, **kwargs)
-        except (StoreError, LedgerError) as exc:
-            fail(str(exc), EXIT_UNAVAILABLE)
-        except config.ConfigError as exc:
-            fail(f"configuration: {exc}", EXIT_CONFIG)
-        except CertificateError as exc:
-            fail(f"certificate: {exc}", EXIT_CERTIFICATE)
+        except Exception as exc:
+            known = _known_error(exc)
+            if known is None:
+                raise
+            prefix, code = known
+            fail(f"{prefix}{exc}", code)
 
     return wrapper
+
+
+def _known_error(exc: Exception) -> tuple[str, int] | None:
+    for module, name, prefix, code in KNOWN_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(exc, cls):
+            return prefix, code
+    return None
 
 
 @click.group()
