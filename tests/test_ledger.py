@@ -38,6 +38,36 @@ def test_migrated_to_head(ledger):
     assert migrate.current(ledger.engine) == migrate.head()
 
 
+def _index_sql(engine) -> dict[str, str]:
+    """The documents table's indexes, name -> definition, from the database's own catalog."""
+    if engine.dialect.name == "sqlite":
+        query = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'documents' AND sql IS NOT NULL"
+    else:
+        query = "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'documents' AND schemaname = current_schema()"
+    with engine.connect() as conn:
+        return {name: sql.replace('"', "").lower() for name, sql in conn.exec_driver_sql(query)}
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_upgrade_0002_to_0003_replaces_the_report_indexes(request, tmp_path, dialect):
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}" if dialect == "sqlite" else request.getfixturevalue("pg_url")
+    engine = sa.create_engine(url)
+    migrate.upgrade(engine, "0002")
+    assert {"ix_documents_report", "ix_documents_seen_day"} <= _index_sql(engine).keys()
+    migrate.upgrade(engine, "0003")
+    indexes = _index_sql(engine)
+    assert "date(first_seen_at)" in indexes["ix_documents_cells"] and "date(fed_at)" in indexes["ix_documents_cells"]
+    assert "ix_documents_fed_day" in indexes  # still read by `status --since`
+    assert not {"ix_documents_report", "ix_documents_seen_day"} & indexes.keys()
+    from alembic import command
+
+    with engine.begin() as conn:  # and back: the downgrade restores 0002's indexes
+        command.downgrade(migrate._config(conn), "0002")
+    assert {"ix_documents_report", "ix_documents_seen_day"} <= _index_sql(engine).keys()
+    assert "ix_documents_cells" not in _index_sql(engine)
+    engine.dispose()
+
+
 def test_write_ahead_ids_are_committed_and_reused(ledger):
     run_id = ledger.start_run("run")
     _pending(ledger, run_id, ("D1", 1), ("D2", 1))

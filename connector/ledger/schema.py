@@ -47,13 +47,15 @@ documents = sa.Table(
     sa.Index("ix_documents_state", "state", "next_attempt_at"),
     sa.Index("ix_documents_patient", "patient_id"),
     sa.Index("ix_documents_fed_at", "fed_at"),
-    # The status report's aggregates (migration 0002): covering indexes, so GROUP BY reads an index, not the table.
-    sa.Index("ix_documents_report", "finess_geo", "type_code", "state", "reason", "first_seen_at"),
+    # The status report (migrations 0002, 0003): covering indexes, so every query reads an index, not the table.
     sa.Index("ix_documents_state_updated", "state", "updated_at", "first_attempt_at"),
 )
-sa.Index("ix_documents_seen_day", sa.func.date(documents.c.first_seen_at), documents.c.state, documents.c.reason,
-         documents.c.first_seen_at)
-sa.Index("ix_documents_fed_day", sa.func.date(documents.c.fed_at), documents.c.fed_at)
+# All of the report's figures in one ordered pass (GROUP BY in index order, no sort); the plain columns last let
+# SQLite (< 3.41) treat the expression index as covering.
+sa.Index("ix_documents_cells", sa.func.date(documents.c.first_seen_at), documents.c.state, documents.c.reason,
+         documents.c.finess_geo, documents.c.type_code, sa.func.date(documents.c.fed_at), documents.c.first_seen_at,
+         documents.c.fed_at)
+sa.Index("ix_documents_fed_day", sa.func.date(documents.c.fed_at), documents.c.fed_at)  # feeds since a date
 
 # A submission set: the ids are chosen and committed BEFORE the first byte is sent, and reused on resend.
 submissions = sa.Table(

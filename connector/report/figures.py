@@ -26,25 +26,21 @@ def collect(ledger: Ledger, *, since: dt.date | None = None, now: dt.datetime | 
     d = documents
     start = dt.datetime.combine(since, dt.time()) if since else None
     since_day = sa.bindparam("since_day", since, type_=sa.Date)
-    seen = [d.c.first_seen_at >= start] if since else []
-    # date(column) is what the expression indexes ix_documents_seen_day / ix_documents_fed_day hold.
-    day = sa.func.date(d.c.first_seen_at)  # a str on SQLite, a date on PostgreSQL: str() for both
-    fed_day = sa.func.date(d.c.fed_at)
+    # date(column) is what the expression index ix_documents_cells (migration 0003) holds: a str on SQLite, a
+    # date on PostgreSQL, so str() for both. `day >= since` is `first_seen_at >= since 00:00`, on the index.
+    day, fed_day = sa.func.date(d.c.first_seen_at), sa.func.date(d.c.fed_at)
     with ledger.engine.connect() as conn:
-        # One pass over the (site, type, state, reason) index gives states, reasons, sites and types.
+        # One pass over ix_documents_cells, in its order, gives states, reasons, sites, types, days and (for the
+        # whole ledger) feeds per day: a million documents are read once instead of three times.
         cells = conn.execute(
-            sa.select(d.c.finess_geo, d.c.type_code, d.c.state, d.c.reason, sa.func.count())
-            .where(*seen).group_by(d.c.finess_geo, d.c.type_code, d.c.state, d.c.reason)
+            sa.select(day, d.c.state, d.c.reason, d.c.finess_geo, d.c.type_code, fed_day, sa.func.count())
+            .where(*([day >= since_day] if since else []))
+            .group_by(day, d.c.state, d.c.reason, d.c.finess_geo, d.c.type_code, fed_day)
         ).all()
-        day_cells = conn.execute(
-            sa.select(day, d.c.state, d.c.reason, sa.func.count())
-            .where(*([day >= since_day] if since else [])).group_by(day, d.c.state, d.c.reason)
-        ).all()
-        fed_per_day = conn.execute(
-            sa.select(fed_day, sa.func.count())
-            .where(fed_day >= since_day if since else fed_day.is_not(None))
-            .group_by(fed_day).order_by(fed_day)
-        ).all()
+        if since:  # feeds since DATE include documents first seen before it, outside the cells read above
+            fed_since = conn.execute(
+                sa.select(fed_day, sa.func.count()).where(fed_day >= since_day).group_by(fed_day)
+            ).all()
         oldest_deferred = conn.execute(sa.select(sa.func.min(d.c.first_attempt_at)).where(d.c.state == DEFERRED)).scalar()
         failed_total = conn.execute(sa.select(sa.func.count()).where(d.c.state == FAILED)).scalar()
         failed = [dict(r._mapping) for r in conn.execute(
@@ -63,9 +59,12 @@ def collect(ledger: Ledger, *, since: dt.date | None = None, now: dt.datetime | 
             sa.select(sa.func.max(runs.c.finished_at)).where(runs.c.status == "done", runs.c.mode != "dry-run")
         ).scalar()
 
+    by_site, by_type, by_day, fed_on = _fold(cells)
+    if since:
+        fed_on = {str(k): n for k, n in fed_since}
     by_state = collections.Counter()
     by_reason = collections.Counter()
-    for _site, _type, state, reason, n in cells:
+    for (_site, state, reason), n in by_site.items():
         by_state[state] += n
         if reason is not None:
             by_reason[(state, reason)] += n
@@ -82,13 +81,26 @@ def collect(ledger: Ledger, *, since: dt.date | None = None, now: dt.datetime | 
         "last_runs": recent,
         "last_success_at": last_success,
         "indicators": {
-            "by_site": _indicators((site, state, reason, n) for site, _t, state, reason, n in cells),
-            "by_type": _indicators((type_code, state, reason, n) for _s, type_code, state, reason, n in cells),
-            "by_day": _indicators((str(k), state, reason, n) for k, state, reason, n in day_cells),
-            "by_month": _indicators((str(k)[:7], state, reason, n) for k, state, reason, n in day_cells),
+            "by_site": _indicators((*key, n) for key, n in by_site.items()),
+            "by_type": _indicators((*key, n) for key, n in by_type.items()),
+            "by_day": _indicators((*key, n) for key, n in by_day.items()),
+            "by_month": _indicators((k[:7], state, reason, n) for (k, state, reason), n in by_day.items()),
         },
-        "fed_per_day": [{"day": str(k), "fed": n} for k, n in fed_per_day],
+        "fed_per_day": [{"day": k, "fed": n} for k, n in sorted(fed_on.items())],
     }
+
+
+def _fold(cells) -> tuple[collections.Counter, ...]:
+    """The cells added up per (site | type | day, state, reason), and feeds per day: in one loop, as a ledger of
+    many sites and types has tens of thousands of cells."""
+    by_site, by_type, by_day, fed_on = (collections.Counter() for _ in range(4))
+    for day, state, reason, site, type_code, fed_day, n in cells:
+        by_site[site, state, reason] += n
+        by_type[type_code, state, reason] += n
+        by_day[str(day), state, reason] += n
+        if fed_day is not None:
+            fed_on[str(fed_day)] += n
+    return by_site, by_type, by_day, fed_on
 
 
 def _indicators(cells) -> list[dict]:
