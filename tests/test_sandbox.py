@@ -18,8 +18,10 @@ from connector.dmp import mtom, soap
 from connector.dmp.tls import MutualTlsAdapter, client_context
 from connector.payload import ids, xds
 from connector.resources import ans_kit
+from connector.sandbox import checks
 from connector.sandbox import report as sandbox_report
 from connector.sandbox.server import serve
+from connector.sandbox.state import SandboxState
 from connector.trust import pki as test_pki
 from connector.trust.certs import load_credential
 from connector.trust.dsig import sign_submission_set
@@ -258,6 +260,43 @@ def test_valid_submission_is_stored_and_found_by_iti18(sandbox, session, setting
     assert not unique_ids(stored_query(session, sandbox.url, settings, credentials, built.patient_cx, ss_uid="1.2.3.4.404"))
     by_patient = stored_query(session, sandbox.url, settings, credentials, built.patient_cx, find_patient=built.patient_cx)
     assert set(built.doc_uids) <= unique_ids(by_patient)
+
+
+def test_stored_documents_carry_the_cda_identity(sandbox, session, settings, credentials):
+    doc = make_document(document_id="ID1", version=3)
+    built = build_request(settings, credentials, sandbox.url, documents=[doc])
+    assert registry_response(post(session, sandbox.url, built))[0] == "Success"
+    set_id = ids.document_set_id(settings.structure.oid_root, "ID1")
+    stored = [d for d in sandbox.state.submission(built.ss_uid)["documents"] if not d["is_signature"]]
+    assert [(d["set_id"], d["version"]) for d in stored] == [(f"{set_id}^", "3")]
+
+
+def test_cda_identity_is_read_from_the_header_only():
+    big = "A" * 300_000  # a base64 body well past the parser's first chunks
+    cda = cda_for("1.2.3.1", "1.2.3.9", 2).replace(b"</ClinicalDocument>", f"<!-- {big} --></ClinicalDocument>".encode())
+    assert checks._cda_identity(cda) == ("1.2.3.9^", "2")
+    late = (b'<ClinicalDocument xmlns="urn:hl7-org:v3"><component><setId root="9.9"/></component>'
+            + f"<!-- {big} -->".encode() + b'<setId root="1.1" extension="x"/></ClinicalDocument>')
+    assert checks._cda_identity(late) == ("1.1^x", None)  # a direct child, found even after the body
+    assert checks._cda_identity(b"%PDF-1.4 not xml") == (None, None)
+    assert checks._cda_identity(b'<ClinicalDocument xmlns="urn:hl7-org:v3"><setId root="1"/>') == (None, None)
+
+
+def test_state_connection_is_shared_by_threads_and_reopens_after_close(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    state = SandboxState(tmp_path / "s.sqlite3")
+    cxs = [f"{n:013d}^^^&1.2.250.1.213.1.4.10&ISO^NH" for n in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(state.set_patient, cxs))
+    state.close()
+    assert state.query("SELECT count(*) AS n FROM patients")[0]["n"] == 40  # reopened on use
+    assert SandboxState(tmp_path / "s.sqlite3").patient_status(cxs[0]) == "active"  # committed for others too
+    state.close()
+
+
+def test_validators_are_loaded_when_the_sandbox_starts(sandbox):
+    assert checks.SKIPPED == set()
 
 
 def test_connector_iti18_client_finds_what_the_sandbox_stored(sandbox, session, settings, credentials):

@@ -77,6 +77,9 @@ MAX_ERRORS_PER_CHECK = 5
 # TODO: drop once payload.validate.saml_assertion_errors knows the HL7 CE type.
 _HL7_XSI_TYPE = re.compile(r"The QName value '\{urn:hl7-org:v3\}CE' of the xsi:type attribute does not resolve")
 
+_CDA_CHUNK = 4096  # the CDA header (setId, versionNumber) is usually within the first chunk
+_CDA_IDENTITY_TAGS = (f"{{{HL7}}}setId", f"{{{HL7}}}versionNumber")
+
 SKIPPED: set[str] = set()  # "module.function" of the validators not available in this process
 
 
@@ -137,6 +140,19 @@ def _validator(module: str, name: str):
             log.warning("sandbox check skipped: %s.%s is not available", module, name)
             SKIPPED.add(f"{module}.{name}")
         return None
+
+
+def warm_up(settings: CheckSettings) -> None:
+    """Import the validators and compile their schemas now, while the sandbox starts: the first request
+    would otherwise pay for it (≈0.5 s, the schematron ≈30 s) inside the client's read timeout."""
+    _validator("connector.payload.xds_read", "metadata_errors") or _validator("connector.payload.xds", "metadata_errors")
+    _validator("connector.trust.vihf", "verify_vihf")
+    _validator("connector.trust.dsig", "verify_submission_set_signature")
+    for name, root in (("xds_request_errors", f"{{{soap.RS}}}RegistryResponse"), ("saml_assertion_errors", f"{{{SAML}}}Assertion")):
+        if schema_errors := _validator("connector.payload.validate", name):
+            schema_errors(etree.ElementTree(etree.Element(root)))  # compiles the schema; an empty root's errors don't matter
+    if not settings.fast and (schematron := _validator("connector.payload.validate", "warm_up")):
+        schematron()
 
 
 def _errors(code: str, check: str, prefix: str, messages: list[str], location: str = "") -> list[RegistryError]:
@@ -219,7 +235,7 @@ def vihf_check(env: etree._Element, ca_cert_pem: bytes) -> tuple[dict[str, str],
     errors = []
     saml_errors = _validator("connector.payload.validate", "saml_assertion_errors")
     if saml_errors:
-        messages = [m for m in saml_errors(assertion) if not _HL7_XSI_TYPE.search(m)]
+        messages = [m for m in saml_errors(_detached(assertion)) if not _HL7_XSI_TYPE.search(m)]
         errors += [err(f"schéma SAML: {m}", "vihf.schema") for m in messages[:MAX_ERRORS_PER_CHECK]]
     verify = _validator("connector.trust.vihf", "verify_vihf")
     if verify is None:
@@ -249,14 +265,20 @@ def _first(value) -> str:
     return str(value or "")
 
 
-def _without_attachments(request: etree._Element) -> etree._Element:
+def _detached(element: etree._Element) -> etree._ElementTree:
+    """A copy of `element` as its own document, with the namespaces in scope: what the schema validators
+    need, without the serialise-and-reparse they do when given an element of a larger document."""
+    return etree.ElementTree(copy.deepcopy(element))
+
+
+def _without_attachments(request: etree._Element) -> etree._ElementTree:
     """The request as XOP means it, minus the bytes: each xdsb:Document as empty base64Binary."""
-    request = copy.deepcopy(request)
-    for doc in request.iter(f"{{{soap.XDSB}}}Document"):
+    tree = _detached(request)
+    for doc in tree.getroot().iter(f"{{{soap.XDSB}}}Document"):
         for child in list(doc):
             doc.remove(child)
         doc.text = None
-    return request
+    return tree
 
 
 # --- reading the ebRIM metadata -----------------------------------------------------------------
@@ -340,12 +362,26 @@ def read_submission(request: etree._Element, documents: dict[str, bytes]) -> Sub
 
 def _cda_identity(content: bytes) -> tuple[str | None, str | None]:
     """(setId, versionNumber) of a CDA: the producer's identity of the document, to spot a document
-    delivered twice under two uniqueIds."""
+    delivered twice under two uniqueIds. Both sit in the CDA header, so the parse stops once they are
+    read instead of building the whole document (its base64 body is most of the bytes); well-formedness
+    of the whole document is the signature check's business (it canonicalises every CDA)."""
+    parser = etree.XMLPullParser(("start",), resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+    root, found = None, {}
     try:
-        cda = soap.parse_xml(content)
-    except soap.SoapError:
+        for offset in range(0, len(content), _CDA_CHUNK):
+            parser.feed(content[offset : offset + _CDA_CHUNK])
+            for _, element in parser.read_events():
+                if root is None:
+                    root = element
+                elif element.getparent() is root and element.tag in _CDA_IDENTITY_TAGS:
+                    found.setdefault(element.tag, element)
+            if len(found) == len(_CDA_IDENTITY_TAGS):
+                break
+        else:
+            parser.close()
+    except etree.XMLSyntaxError:
         return None, None
-    set_id, version = cda.find(f"{{{HL7}}}setId"), cda.find(f"{{{HL7}}}versionNumber")
+    set_id, version = found.get(f"{{{HL7}}}setId"), found.get(f"{{{HL7}}}versionNumber")
     sid = None if set_id is None else f"{set_id.get('root', '')}^{set_id.get('extension', '')}"
     return sid, None if version is None else version.get("value")
 

@@ -15,7 +15,13 @@ from connector.sandbox.state import SandboxState
 
 def report(state_path: Path | str) -> dict:
     state = SandboxState(state_path)
-    q = state.query
+    try:
+        return _counts(state.query)
+    finally:
+        state.close()
+
+
+def _counts(q) -> dict:
     docs = "FROM documents WHERE is_signature = 0"
     duplicates = [
         dict(r)

@@ -1,5 +1,7 @@
-"""The sandbox DMP's memory: one SQLite file (WAL) that survives restarts and is shared by the
-handler threads (one connection per operation; writes serialised by BEGIN IMMEDIATE).
+"""The sandbox DMP's memory: one SQLite file (WAL) that survives restarts. The handler threads share one
+connection, one operation at a time (a lock): opening a connection per operation cost more CPU than the
+operation itself. Other processes (the report, a restarted sandbox) still see every commit: BEGIN
+IMMEDIATE serialises their writes with ours.
 
 Registry rules applied when a checked submission is stored, all in one transaction:
 - a submission-set uniqueId already received → XDSDuplicateUniqueIdInRegistry, nothing stored;
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,37 +103,42 @@ class SandboxState:
         self.keep_content = keep_content
         self.auto_create_patients = auto_create_patients
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        with self._read() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA synchronous=FULL")  # a commit the client never heard of must survive a crash
-        return db
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:  # (re)opened on first use, so a closed state can still be read
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA synchronous=FULL")  # a commit the client never heard of must survive a crash
+            self._db = db
+        return self._db
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._connect()
-        try:
+        with self._lock:
+            db = self._connection()
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.close()
+                db.execute("COMMIT")
+            finally:
+                if db.in_transaction:  # an exception, or a failed COMMIT: the shared connection must not stay in it
+                    db.execute("ROLLBACK")
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        db = self._connect()
-        try:
-            yield db
-        finally:
-            db.close()
+        with self._lock:
+            yield self._connection()
 
     # --- patients ------------------------------------------------------------------------------
 
