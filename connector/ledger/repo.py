@@ -162,18 +162,24 @@ class Ledger:
                     )
                 )
             }
+            new, changed = [], []
             for row in rows:
                 key = (row["document_id"], row["version"])
                 values = dict(state=row["state"], reason=row.get("reason"), detail=row.get("detail"),
                               updated_at=now, last_run_id=run_id,
                               finess_geo=row.get("finess_geo"), type_code=row.get("type_code"))
                 if key not in existing:  # another instance may record the same new document at the same moment
-                    conn.execute(self._insert_new(d).values(document_id=key[0], version=key[1], patient_id=row["patient_id"],
-                                                            first_seen_at=now, **values))
+                    new.append(dict(document_id=key[0], version=key[1], patient_id=row["patient_id"],
+                                    first_seen_at=now, **values))
                 elif existing[key] in (PENDING, SKIPPED, DEFERRED) and not (
                     existing[key] == DEFERRED and row["state"] == PENDING
                 ):
-                    conn.execute(sa.update(d).where(d.c.document_id == key[0], d.c.version == key[1]).values(**values))
+                    changed.append(dict(key_id=key[0], key_version=key[1], **values))
+            if new:  # one statement each, executed for many rows
+                conn.execute(self._insert_new(d), new)
+            if changed:
+                conn.execute(sa.update(d).where(d.c.document_id == sa.bindparam("key_id"),
+                                                d.c.version == sa.bindparam("key_version")), changed)
 
     def _insert_new(self, table):
         """INSERT … ON CONFLICT DO NOTHING (the ledger is SQLite or PostgreSQL)."""
@@ -220,11 +226,12 @@ class Ledger:
                     # again: if an earlier attempt did reach the DMP, the registry's duplicate answer is settled by ITI-18.
                     if row.state == FED or not self._claim(conn, sub_id, owner, lease, now, run_id):
                         return None
-                for doc in docs:
-                    conn.execute(sa.update(d).where(d.c.document_id == doc.document_id, d.c.version == doc.version).values(
-                        state=SUBMITTING, reason=None, detail=None, submission_id=sub_id, unique_id=doc.unique_id,
-                        updated_at=now, last_run_id=run_id,
-                        first_attempt_at=sa.func.coalesce(d.c.first_attempt_at, now)))
+                conn.execute(
+                    sa.update(d)
+                    .where(d.c.document_id == sa.bindparam("key_id"), d.c.version == sa.bindparam("key_version"))
+                    .values(state=SUBMITTING, reason=None, detail=None, submission_id=sub_id, updated_at=now,
+                            last_run_id=run_id, first_attempt_at=sa.func.coalesce(d.c.first_attempt_at, now)),
+                    [dict(key_id=doc.document_id, key_version=doc.version, unique_id=doc.unique_id) for doc in docs])
         except sa.exc.IntegrityError:
             return None  # another instance journaled the same submission set at the same moment: it is theirs
         return self.submission(sub_id)
