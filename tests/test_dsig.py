@@ -18,7 +18,7 @@ from connector.trust.dsig import (
     verify_submission_set_signature,
 )
 from connector.trust.pki import issue_bad_p12
-from connector.trust.xmlsig import DS_NS
+from connector.trust.xmlsig import DS_NS, XML_DECLARATION, CanonicalDocument
 
 SS_UID = "1.2.250.1.999.42.2.7"
 SIG_ID = "S1.2.250.1.999.42.4.7"
@@ -93,6 +93,21 @@ def test_digest_is_over_the_canonical_form_with_comments(sign_credential, pki):
     other_comment = {DOC1: CDA1.replace(b"<!-- v1 -->", b"<!-- v2 -->"), DOC2: CDA2}
     with pytest.raises(SignatureError, match=DOC1):
         verify_submission_set_signature(xml, other_comment, ca_cert_pem=pki.ca_cert.read_bytes())
+
+
+def test_documents_written_canonical_are_digested_as_they_are(sign_credential, pki):
+    """A CanonicalDocument (the CDA builder's output) is digested without parse or c14n, to the same value;
+    the verifier's shortcut for such bytes still refuses a changed byte, and a non-canonical spelling of
+    the same document still verifies the long way."""
+    canonical = CanonicalDocument(XML_DECLARATION + etree.tostring(etree.fromstring(CDA2), method="c14n"))
+    assert b"<id root=\"1.2.250.1.999.42.1.2\"></id>" in canonical
+    assert _sign(sign_credential, documents={DOC2: canonical}) == _sign(sign_credential, documents={DOC2: CDA2})
+    xml = _sign(sign_credential, documents={DOC2: canonical})
+    ca = pki.ca_cert.read_bytes()
+    verify_submission_set_signature(xml, {DOC2: bytes(canonical)}, ca_cert_pem=ca)
+    verify_submission_set_signature(xml, {DOC2: XML_DECLARATION + CDA2.replace(b"/>", b" />")}, ca_cert_pem=ca)
+    with pytest.raises(SignatureError, match=f"urn:oid:{DOC2}: digest mismatch"):
+        verify_submission_set_signature(xml, {DOC2: bytes(canonical).replace(b">CR<", b">CX<")}, ca_cert_pem=ca)
 
 
 def test_every_document_must_be_referenced_and_provided(sign_credential, pki):
