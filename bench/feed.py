@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--keep", type=Path, help="work in DIR and keep it (default: a temporary folder, removed)")
     parser.add_argument("--time-limit", type=float, help="interrupt the run after S seconds (RSS trend on huge stores)")
     parser.add_argument("--profile", type=Path, help="profile the connector: FILE.prof with cProfile (main thread), "
-                                                     "any other name with py-spy (all threads, collapsed stacks)")
+                                                     "any other name with py-spy (threads holding the GIL: where the CPU goes, collapsed stacks)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run-only", action="store_true", help="time `run --dry-run --format json` over the store")
@@ -144,7 +144,7 @@ def _profiled(out: Path | None) -> list[str]:
     if out.suffix == ".prof":
         return [sys.executable, "-m", "cProfile", "-o", str(out.resolve())]
     py_spy = Path(sys.executable).with_name("py-spy")  # pip install py-spy
-    return [str(py_spy), "record", "--format", "raw", "--rate", "50", "--output", str(out.resolve()), "--", sys.executable]
+    return [str(py_spy), "record", "--gil", "--format", "raw", "--rate", "100", "--output", str(out.resolve()), "--", sys.executable]
 
 
 def bench_dry_run(work: Path, args) -> dict:
@@ -209,12 +209,14 @@ def bench_status(work: Path, n: int) -> dict:
                                  cwd=work, stdout=devnull, log=work / "status.log")
             timings.append(m)
         results[fmt] = timings
-    baseline = run_measured(CLI + ["--help"], cwd=work, stdout=subprocess.DEVNULL, log=work / "help.log")
+    # the same interpreter start-up and imports as `status`, without any query
+    imports = "import connector.cli, connector.actions.status, connector.ledger.repo, connector.report.figures"
+    baseline = run_measured([sys.executable, "-c", imports], cwd=work, stdout=subprocess.DEVNULL, log=work / "imports.log")
     return {
         "ledger documents": n, "ledger built in s": round(built, 1), "exit code": results["text"][0].returncode,
         "status (text) wall s, 3 runs": ", ".join(f"{m.wall_s:.2f}" for m in results["text"]),
         "status (json) wall s, 3 runs": ", ".join(f"{m.wall_s:.2f}" for m in results["json"]),
-        "of which interpreter + imports (`--help`) s": round(baseline.wall_s, 2),
+        "of which interpreter + status's imports s": round(baseline.wall_s, 2),
         "status peak RSS MB": round(max(m.peak_rss_mb for m in results["text"]), 1),
     }
 
