@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from connector import __version__, config
+from connector.errors import CertificateError, LedgerError, StoreError
 
 # Exit codes (documented in the README).
 EXIT_OK = 0
@@ -22,14 +23,12 @@ EXIT_CERTIFICATE = 6
 
 log = logging.getLogger("connector")
 
-# Errors a command may end with: (module, class, message prefix, exit code), first match wins. Looked up in
-# sys.modules, never imported here: an exception can only be raised once its module is loaded, and importing
-# SQLAlchemy or cryptography up front would cost every command (`status`, `--help`) their start-up time.
+# Errors a command may end with, first match wins (connector.errors imports nothing heavy).
 KNOWN_ERRORS = (
-    ("connector.store", "StoreError", "", EXIT_UNAVAILABLE),
-    ("connector.ledger.repo", "LedgerError", "", EXIT_UNAVAILABLE),
-    ("connector.config", "ConfigError", "configuration: ", EXIT_CONFIG),
-    ("connector.trust.certs", "CertificateError", "certificate: ", EXIT_CERTIFICATE),
+    (StoreError, "", EXIT_UNAVAILABLE),
+    (LedgerError, "", EXIT_UNAVAILABLE),
+    (config.ConfigError, "configuration: ", EXIT_CONFIG),
+    (CertificateError, "certificate: ", EXIT_CERTIFICATE),
 )
 
 
@@ -51,22 +50,11 @@ def with_settings(func):
             fail(f"configuration: {exc}", EXIT_CONFIG)
         try:
             return func(settings, **kwargs)
-        except Exception as exc:
-            known = _known_error(exc)
-            if known is None:
-                raise
-            prefix, code = known
+        except tuple(error for error, _, _ in KNOWN_ERRORS) as exc:
+            prefix, code = next((p, c) for error, p, c in KNOWN_ERRORS if isinstance(exc, error))
             fail(f"{prefix}{exc}", code)
 
     return wrapper
-
-
-def _known_error(exc: Exception) -> tuple[str, int] | None:
-    for module, name, prefix, code in KNOWN_ERRORS:
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None and isinstance(exc, cls):
-            return prefix, code
-    return None
 
 
 @click.group()

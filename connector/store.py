@@ -15,6 +15,8 @@ from typing import Iterator
 
 import sqlalchemy as sa
 
+from connector.errors import StoreError
+
 metadata = sa.MetaData()
 
 dmp_patient = sa.Table(
@@ -141,10 +143,6 @@ class RowProblem:
     version: int | None
     patient_id: str | None
     message: str
-
-
-class StoreError(RuntimeError):
-    """The store cannot be used at all (unreachable, a table or column missing)."""
 
 
 _PATIENT_COLS = [c.name for c in dmp_patient.columns]

@@ -15,6 +15,7 @@ from typing import Iterable
 
 import sqlalchemy as sa
 
+from connector.errors import LedgerError
 from connector.ledger import migrate
 from connector.ledger.schema import (
     DEFERRED,
@@ -29,10 +30,6 @@ from connector.ledger.schema import (
     submission_documents,
     submissions,
 )
-
-
-class LedgerError(RuntimeError):
-    """The ledger cannot be used (unreachable, not migrated)."""
 
 
 def utcnow() -> dt.datetime:

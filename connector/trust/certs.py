@@ -23,14 +23,11 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from connector.config import CertificateSettings, ConfigError
+from connector.errors import CertificateError
 
 Purpose = Literal["auth_cli", "sign"]
 EXPIRY_WARNING = dt.timedelta(days=30)
 _FINESS = re.compile(r"^1?([0-9][0-9AB][0-9]{7})$")
-
-
-class CertificateError(Exception):
-    """A certificate or key file that cannot be used; the message names the file, never the password."""
 
 
 @dataclass(frozen=True)
