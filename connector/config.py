@@ -114,9 +114,9 @@ class RulesSettings:
 
 @dataclass(frozen=True)
 class ValidationSettings:
-    # Every CDA is checked against the ANS CDA XSD. The ANS schematron costs ~40 ms per document and ~15 s
-    # and ~900 MB to compile per process: "every" (default) runs it on every CDA; "sample" on the first CDA
-    # of each (site, type code) in a process and then one in `sample_every`; "off" never (CDAs validated upstream).
+    # Every CDA is checked against the ANS CDA XSD. The ANS schematron costs ~10 ms of CPU per document, and
+    # ~3 s and ~300 MB to compile once per process: "every" (default) runs it on every CDA; "sample" on the
+    # first CDA of each (site, type code) in a process and then one in `sample_every`; "off" never.
     schematron: str = "every"
     sample_every: int = 100
 
