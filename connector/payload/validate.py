@@ -323,7 +323,7 @@ def _keep_errors_only(xsl: etree._Element) -> None:
 
 def _drop_rules_outside(xsl: etree._Element, elements: frozenset[str]) -> None:
     """Remove the rules whose context can only be an HL7 element not named in `elements`: they cannot
-    fire on a document whose HL7 elements all are (see `_Schematron.svrl`), so its errors are the same."""
+    fire on a document whose HL7 elements all are (see `_schematron_for`), so its errors are the same."""
     for template in list(xsl.iter(f"{_XSL}template")):
         if not re.fullmatch(r"M\d+", template.get("mode") or "") or template.get("priority") is None:
             continue
