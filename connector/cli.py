@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -99,13 +101,33 @@ def run(settings, dry_run: bool, fmt: str) -> None:
 
 
 def _run_now(settings):
+    """A run that stops cleanly on SIGINT (Ctrl-C) or SIGTERM (systemd stop): no new patient is taken, the
+    submissions in flight finish and are recorded; a second signal stops at once (the ledger's write-ahead
+    journal lets the next run settle whatever was in flight)."""
     from connector.actions import run as action
+    from connector.logs import RunProgress, StopRequested
     from connector.runlock import AlreadyRunning
 
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning("%s: finishing the submissions in flight, then stopping (again to stop at once)",
+                    signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return action.run(settings)
+        return action.run(settings, progress=RunProgress(stop=stop))
     except AlreadyRunning as exc:
         fail(str(exc), EXIT_LOCKED)
+    except StopRequested:
+        fail("run interrupted: the submissions in flight were finished and recorded; "
+             "the next run feeds the rest", EXIT_ATTENTION)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 # --- replay, hold, release ---------------------------------------------------------------------
