@@ -364,7 +364,7 @@ def _cda_identity(content: bytes) -> tuple[str | None, str | None]:
     """(setId, versionNumber) of a CDA: the producer's identity of the document, to spot a document
     delivered twice under two uniqueIds. Both sit in the CDA header, so the parse stops once they are
     read instead of building the whole document (its base64 body is most of the bytes); well-formedness
-    of the whole document is the signature check's business (it canonicalises every CDA)."""
+    of the whole document is the signature check's business (its digest covers the whole canonical form)."""
     parser = etree.XMLPullParser(("start",), resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
     root, found = None, {}
     try:
