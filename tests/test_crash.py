@@ -48,7 +48,7 @@ def _kill_chain(directory, pki, seed: int, kills: int) -> tuple[int, int]:
     folder = h.make_folder(directory, pki_from=pki.directory)
     log = directory / "runs.log"
     killed = 0
-    with h.sandbox(folder, latency_ms=40) as sb:  # slow enough that a run always has work when it is killed
+    with h.sandbox(folder, latency_ms=400) as sb:  # slow enough (≥ 10 s of work) that a run always has work when killed
         folder.configure(sb.url)
         ledger_file = folder.ledger_url.split("///", 1)[1]
         for i in range(3 * kills):  # a run may finish before its random moment: try again, boundedly
