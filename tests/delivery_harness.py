@@ -237,6 +237,28 @@ def _warm_sandbox_validators() -> None:
     validate.saml_assertion_errors(etree.Element("{urn:oasis:names:tc:SAML:2.0:assertion}Assertion"))
 
 
+def signal_at_patient(monkeypatch, signum: int, nth: int = 2) -> list:
+    """Make the run send itself `signum` when it takes its `nth` patient (mid-run: the first patient's
+    submission is already with the senders); returns the list of patients taken, one item each."""
+    import signal
+    import threading
+
+    from connector import logs
+
+    original = logs.RunProgress.patient
+    patients = []
+
+    def patient_then_signal(self, summary):
+        patients.append(1)
+        if len(patients) == nth:
+            os.kill(os.getpid(), signum)
+            threading.Event().wait(0.2)  # let the main thread's handler run before the patient is taken
+        return original(self, summary)
+
+    monkeypatch.setattr(logs.RunProgress, "patient", patient_then_signal)
+    return patients
+
+
 def ledger_url(cfg: Path) -> str:
     from connector import config
 

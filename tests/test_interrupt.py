@@ -10,7 +10,8 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from connector import cli, config, logs
+import delivery_harness as h
+from connector import cli, config
 from connector.actions import demo
 from connector.ledger.repo import open_ledger
 from connector.sandbox import report as sandbox_report
@@ -20,18 +21,9 @@ from connector.sandbox import server as sandbox
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_the_run_cleanly_and_the_next_run_feeds_the_rest(tmp_path, monkeypatch, signum):
     directory = tmp_path / "demo"
-    demo.prepare_folder(directory, "https://127.0.0.1:1/si-dmp-server/v2/services")
+    demo.prepare_folder(directory, h.PLACEHOLDER_URL)
     server = sandbox.serve(pki_dir=directory / "pki", state_path=directory / "sandbox.sqlite3").start()
-    original = logs.RunProgress.patient
-    patients = []
-
-    def patient_then_signal(self, summary):
-        patients.append(1)
-        if len(patients) == 2:  # mid-run: the first patient's submission is already with the senders
-            os.kill(os.getpid(), signum)
-        return original(self, summary)
-
-    monkeypatch.setattr(logs.RunProgress, "patient", patient_then_signal)
+    patients = h.signal_at_patient(monkeypatch, signum)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         config_path = demo.prepare_folder(directory, server.url)
@@ -48,7 +40,7 @@ def test_a_signal_stops_the_run_cleanly_and_the_next_run_feeds_the_rest(tmp_path
         with ledger.engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT status FROM runs").scalars().all() == ["interrupted"]
             fed_first = conn.exec_driver_sql("SELECT count(*) FROM documents WHERE state='FED'").scalar()
-        monkeypatch.setattr(logs.RunProgress, "patient", original)
+        monkeypatch.undo()
         second = CliRunner().invoke(cli.main, ["run", "--config", str(config_path)])
         assert second.exit_code == 0, second.output
         with ledger.engine.connect() as conn:

@@ -16,6 +16,7 @@ import apscheduler.executors.base
 import apscheduler.schedulers.base
 import pytest
 
+import delivery_harness as h
 from conftest import make_settings
 from connector import config, scheduler
 from connector.config import ConfigError
@@ -115,7 +116,6 @@ def test_locked_ledger_is_logged_and_skipped(tmp_path, monkeypatch, caplog):
 
 
 def test_sigterm_during_a_run_stops_cleanly_and_the_next_run_settles(tmp_path, monkeypatch):
-    from connector import logs
     from connector.actions import demo
     from connector.actions import run as run_action
     from connector.ledger.repo import open_ledger
@@ -123,19 +123,9 @@ def test_sigterm_during_a_run_stops_cleanly_and_the_next_run_settles(tmp_path, m
     from connector.sandbox import server as sandbox
 
     directory = tmp_path / "demo"
-    demo.prepare_folder(directory, "https://127.0.0.1:1/si-dmp-server/v2/services")
+    demo.prepare_folder(directory, h.PLACEHOLDER_URL)
     server = sandbox.serve(pki_dir=directory / "pki", state_path=directory / "sandbox.sqlite3").start()
-    original = logs.RunProgress.patient
-    patients = []
-
-    def patient_then_sigterm(self, summary):
-        patients.append(1)
-        if len(patients) == 2:  # mid-run: the first patient's submission is already with the senders
-            os.kill(os.getpid(), signal.SIGTERM)
-            threading.Event().wait(0.5)  # let the main thread's handler set the stop flag
-        return original(self, summary)
-
-    monkeypatch.setattr(logs.RunProgress, "patient", patient_then_sigterm)
+    patients = h.signal_at_patient(monkeypatch, signal.SIGTERM)
     try:
         settings = config.load(demo.prepare_folder(directory, server.url))
         before = signal.getsignal(signal.SIGTERM)
@@ -150,7 +140,7 @@ def test_sigterm_during_a_run_stops_cleanly_and_the_next_run_settles(tmp_path, m
             first = conn.exec_driver_sql("SELECT status, counts FROM runs ORDER BY id").all()
         assert [r[0] for r in first] == ["interrupted"], "the interrupted run is recorded as such, not done"
         assert len(patients) == 2, "no new patient was taken after SIGTERM"
-        monkeypatch.setattr(logs.RunProgress, "patient", original)
+        monkeypatch.undo()
         summary = run_action.run(settings)  # the next run settles what was left and feeds the rest
         with ledger.engine.connect() as conn:
             states = dict(conn.exec_driver_sql("SELECT state, count(*) FROM documents GROUP BY state").all())
