@@ -174,8 +174,14 @@ class Store:
                 raise StoreError(f"store: {table.name} lacks column(s) {', '.join(missing)}")
 
     def ensure_write_back_table(self) -> None:
-        if self.write_back_enabled:
+        if not self.write_back_enabled:
+            return
+        try:
             dmp_feed_status.create(self.engine, checkfirst=True)
+        except sa.exc.DBAPIError:
+            # two instances starting on a new store: both checked, one created it first
+            if not sa.inspect(self.engine).has_table(dmp_feed_status.name):
+                raise
 
     def candidates(self, batch_size: int = 500) -> Iterator[Candidate | RowProblem]:
         """Every store document with its patient, in (patient_id, document_id, version) order, without their

@@ -134,3 +134,22 @@ def test_readme_lists_the_expected_decisions():
             code = re.match(r"`(\w+)`", cells[-1])
             listed[(cells[0], int(cells[1]))] = code.group(1) if code else None
     assert listed == samples.expected_decisions()
+
+
+def test_write_back_table_created_by_another_instance_meanwhile(tmp_path, monkeypatch):
+    """Two instances starting on a new store both see no dmp_feed_status table; the one that creates it second
+    must not fail (seen in the multi-instance test once start-up got faster)."""
+    import connector.store as store_module
+
+    db = samples.create_sample_store(tmp_path)
+    store = Store(f"sqlite:///{db}", tmp_path)
+    table = store_module.dmp_feed_status
+    create = type(table).create
+
+    def lose_the_race(self, bind, checkfirst=False):
+        create(self, bind, checkfirst=True)  # the other instance, between our check and our CREATE
+        create(self, bind, checkfirst=False)  # ours: "table dmp_feed_status already exists"
+
+    monkeypatch.setattr(type(table), "create", lose_the_race)
+    store.ensure_write_back_table()
+    assert sa.inspect(store.engine).has_table("dmp_feed_status")
