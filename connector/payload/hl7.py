@@ -18,11 +18,12 @@ RPPS_AUTHORITY = "1.2.250.1.71.4.2.1"  # idNat of health professionals ("8" + RP
 FINESS_AUTHORITY = "1.2.250.1.71.4.2.2"  # idNat of structures ("1" + FINESS)
 
 _ESCAPES = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"}
+_ESCAPE_TABLE = str.maketrans(_ESCAPES)
 
 
 def escape(text: str) -> str:
     """HL7 v2 escaping of the delimiters `| ^ & ~ \\` in free text."""
-    return "".join(_ESCAPES.get(ch, ch) for ch in text)
+    return text.translate(_ESCAPE_TABLE)
 
 
 def unescape(text: str) -> str:
