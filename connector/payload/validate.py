@@ -20,6 +20,7 @@ echo document values redacted at generation time, and XSD messages have quoted v
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -184,8 +185,10 @@ def _tree(element_or_bytes) -> etree._ElementTree:
         return parse_untrusted(bytes(element_or_bytes))
     if isinstance(element_or_bytes, etree._ElementTree):
         return element_or_bytes
-    # validate a detached copy: the element may sit inside a SOAP envelope
-    return etree.ElementTree(etree.fromstring(etree.tostring(element_or_bytes)))
+    if element_or_bytes.getparent() is None:  # a document's root: validated in place
+        return element_or_bytes.getroottree()
+    # validate a detached copy (with the namespaces in scope): the element may sit inside a SOAP envelope
+    return etree.ElementTree(copy.deepcopy(element_or_bytes))
 
 
 def xds_request_errors(element_or_bytes) -> list[str]:

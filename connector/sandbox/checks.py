@@ -235,7 +235,7 @@ def vihf_check(env: etree._Element, ca_cert_pem: bytes) -> tuple[dict[str, str],
     errors = []
     saml_errors = _validator("connector.payload.validate", "saml_assertion_errors")
     if saml_errors:
-        messages = [m for m in saml_errors(_detached(assertion)) if not _HL7_XSI_TYPE.search(m)]
+        messages = [m for m in saml_errors(assertion) if not _HL7_XSI_TYPE.search(m)]
         errors += [err(f"schéma SAML: {m}", "vihf.schema") for m in messages[:MAX_ERRORS_PER_CHECK]]
     verify = _validator("connector.trust.vihf", "verify_vihf")
     if verify is None:
@@ -265,15 +265,9 @@ def _first(value) -> str:
     return str(value or "")
 
 
-def _detached(element: etree._Element) -> etree._ElementTree:
-    """A copy of `element` as its own document, with the namespaces in scope: what the schema validators
-    need, without the serialise-and-reparse they do when given an element of a larger document."""
-    return etree.ElementTree(copy.deepcopy(element))
-
-
 def _without_attachments(request: etree._Element) -> etree._ElementTree:
     """The request as XOP means it, minus the bytes: each xdsb:Document as empty base64Binary."""
-    tree = _detached(request)
+    tree = etree.ElementTree(copy.deepcopy(request))
     for doc in tree.getroot().iter(f"{{{soap.XDSB}}}Document"):
         for child in list(doc):
             doc.remove(child)
