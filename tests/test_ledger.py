@@ -101,6 +101,26 @@ def test_settle_fed_and_decisions_never_downgrade_it(ledger):
     assert ledger.claim_open_submissions("inst-a", LEASE, run_id + 1) == []
 
 
+def test_deferred_then_fed_records_reason_attempts_and_fed_at(ledger):
+    run_id = ledger.start_run("run")
+    _pending(ledger, run_id, ("D1", 1))
+    rec = ledger.journal_submission(submission_set_uid="1.8", entry_uuid="urn:uuid:s", patient_id="IPP-1",
+                                    finess_geo="0B0999998", submission_time=utcnow(),
+                                    docs=[SubmissionDoc("D1", 1, "1.8.1", "urn:uuid:a")], run_id=run_id, **J)
+    ledger.record_attempt(rec.id)
+    later = utcnow() + dt.timedelta(hours=1)
+    ledger.settle_submission(rec.id, state=DEFERRED, outcome="transient", error_code="HTTP_503",
+                             error_message="busy", next_attempt_at=later, reason="HTTP_503")
+    row = _state(ledger, ("D1", 1))
+    assert (row.state, row.reason, row.detail, row.fed_at, row.attempts) == (DEFERRED, "HTTP_503", "busy", None, 1)
+    assert row.next_attempt_at == later
+    ledger.record_attempt(rec.id)
+    ledger.settle_submission(rec.id, state=FED, outcome="accepted")
+    row = _state(ledger, ("D1", 1))
+    assert (row.state, row.reason, row.detail, row.attempts) == (FED, None, None, 2) and row.fed_at is not None
+    assert ledger.submission(rec.id).attempts == 2
+
+
 def test_deferred_is_due_only_after_next_attempt(ledger):
     run_id = ledger.start_run("run")
     _pending(ledger, run_id, ("D1", 1))

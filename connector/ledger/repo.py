@@ -32,6 +32,24 @@ from connector.ledger.schema import (
 )
 
 
+# The statements of every submission, built once: SQLAlchemy then reuses their compiled form without
+# rebuilding and re-keying them per call (a third of the ledger's CPU when they were built per call).
+_S, _D = submissions, documents
+_COUNT_ATTEMPT = (
+    sa.update(_S).where(_S.c.id == sa.bindparam("sub_id"))
+    .values(attempts=_S.c.attempts + 1, updated_at=sa.bindparam("now")),
+    sa.update(_D).where(_D.c.submission_id == sa.bindparam("sub_id")).values(attempts=_D.c.attempts + 1),
+)
+_SETTLE_SUBMISSION = sa.update(_S).where(_S.c.id == sa.bindparam("sub_id")).values(
+    state=sa.bindparam("state"), outcome=sa.bindparam("outcome"), error_code=sa.bindparam("error_code"),
+    error_message=sa.bindparam("error_message"), updated_at=sa.bindparam("now"), lease_owner=None, lease_until=None)
+_SETTLE_DOCUMENTS = sa.update(_D).where(_D.c.submission_id == sa.bindparam("sub_id")).values(
+    state=sa.bindparam("state"), updated_at=sa.bindparam("now"), next_attempt_at=sa.bindparam("next_attempt_at"),
+    reason=sa.bindparam("reason"), detail=sa.bindparam("detail"),
+    fed_at=sa.func.coalesce(sa.bindparam("fed_at", type_=_D.c.fed_at.type), _D.c.fed_at))
+_AUDIT = sa.insert(audit)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
 
@@ -277,26 +295,22 @@ class Ledger:
 
     def record_attempt(self, sub_id: int) -> None:
         with self.engine.begin() as conn:
-            conn.execute(sa.update(submissions).where(submissions.c.id == sub_id).values(
-                attempts=submissions.c.attempts + 1, updated_at=utcnow()))
-            conn.execute(sa.update(documents).where(documents.c.submission_id == sub_id).values(
-                attempts=documents.c.attempts + 1))
+            for statement in _COUNT_ATTEMPT:
+                conn.execute(statement, dict(sub_id=sub_id, now=utcnow()))
 
     def settle_submission(self, sub_id: int, *, state: str, outcome: str, error_code: str | None = None,
                           error_message: str | None = None, next_attempt_at: dt.datetime | None = None,
                           reason: str | None = None) -> None:
         """Record a submission's final or deferred outcome on it and on its documents, in one transaction."""
         now = utcnow()
-        doc_values = dict(state=state, updated_at=now, next_attempt_at=next_attempt_at,
-                          reason=reason, detail=(error_message or None) and error_message[:1000])
-        if state == FED:
-            doc_values.update(fed_at=now, reason=None, detail=error_message and error_message[:1000])
+        detail = (error_message or None) and error_message[:1000]
         with self.engine.begin() as conn:
-            conn.execute(sa.update(submissions).where(submissions.c.id == sub_id).values(
-                state=state, outcome=outcome, error_code=error_code,
-                error_message=error_message and error_message[:2000], updated_at=now,
-                lease_owner=None, lease_until=None))
-            conn.execute(sa.update(documents).where(documents.c.submission_id == sub_id).values(**doc_values))
+            conn.execute(_SETTLE_SUBMISSION, dict(sub_id=sub_id, state=state, outcome=outcome, error_code=error_code,
+                                                  error_message=error_message and error_message[:2000], now=now))
+            conn.execute(_SETTLE_DOCUMENTS, dict(
+                sub_id=sub_id, state=state, now=now, next_attempt_at=next_attempt_at,
+                reason=None if state == FED else reason, detail=detail,
+                fed_at=now if state == FED else None))  # a document's fed_at is only ever set by a FED outcome
 
     def withdraw_submission(self, sub_id: int, reason: str, detail: str) -> None:
         """A submission whose documents are no longer eligible (opposition, death… since it was journaled) and
@@ -321,7 +335,7 @@ class Ledger:
               rpps: str | None = None, submission_set_uid: str | None = None, document_ids: Iterable[str] = (),
               error_code: str | None = None, message: str | None = None) -> None:
         with self.engine.begin() as conn:
-            conn.execute(sa.insert(audit).values(
+            conn.execute(_AUDIT, dict(
                 at=utcnow(), run_id=run_id, action=action, outcome=outcome, finess_geo=finess_geo, rpps=rpps,
                 submission_set_uid=submission_set_uid, document_ids=",".join(document_ids)[:2000] or None,
                 error_code=error_code, message=message and message[:2000]))
