@@ -48,6 +48,23 @@ _SETTLE_DOCUMENTS = sa.update(_D).where(_D.c.submission_id == sa.bindparam("sub_
     reason=sa.bindparam("reason"), detail=sa.bindparam("detail"),
     fed_at=sa.func.coalesce(sa.bindparam("fed_at", type_=_D.c.fed_at.type), _D.c.fed_at))
 _AUDIT = sa.insert(audit)
+_SUBMISSION_BY_UID = sa.select(_S.c.id, _S.c.state).where(_S.c.submission_set_uid == sa.bindparam("uid"))
+_NEW_SUBMISSION = sa.insert(_S)
+_NEW_SUBMISSION_DOCUMENTS = sa.insert(submission_documents)
+_JOURNAL_DOCUMENTS = (
+    sa.update(_D)
+    .where(_D.c.document_id == sa.bindparam("key_id"), _D.c.version == sa.bindparam("key_version"))
+    .values(state=SUBMITTING, reason=None, detail=None, submission_id=sa.bindparam("sub_id"),
+            updated_at=sa.bindparam("now"), last_run_id=sa.bindparam("run_id"),
+            first_attempt_at=sa.func.coalesce(_D.c.first_attempt_at, sa.bindparam("now")))
+)
+_SUBMISSION = sa.select(_S).where(_S.c.id == sa.bindparam("sub_id"))
+_SUBMISSION_DOCUMENTS = (
+    sa.select(submission_documents.c.document_id, submission_documents.c.version,
+              submission_documents.c.unique_id, submission_documents.c.entry_uuid)
+    .where(submission_documents.c.submission_id == sa.bindparam("sub_id"))
+    .order_by(submission_documents.c.document_id, submission_documents.c.version)
+)
 
 
 def utcnow() -> dt.datetime:
@@ -224,29 +241,24 @@ class Ledger:
         same uid is the same submission: it is reused as recorded (ids and submission time), never regenerated.
         Returns None when another live instance holds it (or it is already settled)."""
         now = utcnow()
-        s, sd, d = submissions, submission_documents, documents
         try:
             with self.engine.begin() as conn:
-                row = conn.execute(sa.select(s.c.id, s.c.state).where(s.c.submission_set_uid == submission_set_uid)).first()
+                row = conn.execute(_SUBMISSION_BY_UID, dict(uid=submission_set_uid)).first()
                 if row is None:
-                    sub_id = conn.execute(sa.insert(s).values(
+                    sub_id = conn.execute(_NEW_SUBMISSION, dict(
                         submission_set_uid=submission_set_uid, entry_uuid=entry_uuid, patient_id=patient_id,
                         finess_geo=finess_geo, state=SUBMITTING, submission_time=submission_time, created_at=now,
                         updated_at=now, attempts=0, run_id=run_id, lease_owner=owner,
                         lease_until=now + lease)).inserted_primary_key[0]
-                    conn.execute(sa.insert(sd), [dict(submission_id=sub_id, **doc.__dict__) for doc in docs])
+                    conn.execute(_NEW_SUBMISSION_DOCUMENTS, [dict(submission_id=sub_id, **doc.__dict__) for doc in docs])
                 else:
                     sub_id = row.id
                     # FAILED (or withdrawn) sets are sent again with their ids when their documents are eligible
                     # again: if an earlier attempt did reach the DMP, the registry's duplicate answer is settled by ITI-18.
                     if row.state == FED or not self._claim(conn, sub_id, owner, lease, now, run_id):
                         return None
-                conn.execute(
-                    sa.update(d)
-                    .where(d.c.document_id == sa.bindparam("key_id"), d.c.version == sa.bindparam("key_version"))
-                    .values(state=SUBMITTING, reason=None, detail=None, submission_id=sub_id, updated_at=now,
-                            last_run_id=run_id, first_attempt_at=sa.func.coalesce(d.c.first_attempt_at, now)),
-                    [dict(key_id=doc.document_id, key_version=doc.version, unique_id=doc.unique_id) for doc in docs])
+                conn.execute(_JOURNAL_DOCUMENTS, [dict(key_id=doc.document_id, key_version=doc.version, unique_id=doc.unique_id,
+                                                       sub_id=sub_id, now=now, run_id=run_id) for doc in docs])
         except sa.exc.IntegrityError:
             return None  # another instance journaled the same submission set at the same moment: it is theirs
         return self.submission(sub_id)
@@ -285,11 +297,9 @@ class Ledger:
             return [i for i in ids if self._claim(conn, i, owner, lease, now, run_id)]
 
     def submission(self, sub_id: int) -> SubmissionRecord:
-        s, sd = submissions, submission_documents
         with self.engine.connect() as conn:
-            r = conn.execute(sa.select(s).where(s.c.id == sub_id)).one()
-            docs = conn.execute(sa.select(sd.c.document_id, sd.c.version, sd.c.unique_id, sd.c.entry_uuid)
-                                .where(sd.c.submission_id == sub_id).order_by(sd.c.document_id, sd.c.version)).all()
+            r = conn.execute(_SUBMISSION, dict(sub_id=sub_id)).one()
+            docs = conn.execute(_SUBMISSION_DOCUMENTS, dict(sub_id=sub_id)).all()
         return SubmissionRecord(r.id, r.submission_set_uid, r.entry_uuid, r.patient_id, r.finess_geo, r.state,
                                 r.submission_time, r.attempts, r.created_at, tuple(SubmissionDoc(*x) for x in docs))
 
