@@ -30,6 +30,16 @@ LEASE = dt.timedelta(minutes=10)
 J = dict(owner="inst-a", lease=LEASE)
 
 
+def _journaled_d1(ledger, uid: str):
+    """A new run with document D1 v1 PENDING, journaled by inst-a in submission set `uid`: (run id, record)."""
+    run_id = ledger.start_run("run")
+    _pending(ledger, run_id, ("D1", 1))
+    rec = ledger.journal_submission(submission_set_uid=uid, entry_uuid="urn:uuid:s", patient_id="IPP-1",
+                                    finess_geo="0B0999998", submission_time=utcnow(),
+                                    docs=[SubmissionDoc("D1", 1, f"{uid}.1", "urn:uuid:a")], run_id=run_id, **J)
+    return run_id, rec
+
+
 def _pending(ledger, run_id, *keys):
     ledger.record_decisions([dict(document_id=k, version=v, patient_id="IPP-1", state=PENDING) for k, v in keys], run_id)
 
@@ -87,11 +97,7 @@ def test_write_ahead_ids_are_committed_and_reused(ledger):
 
 
 def test_settle_fed_and_decisions_never_downgrade_it(ledger):
-    run_id = ledger.start_run("run")
-    _pending(ledger, run_id, ("D1", 1))
-    rec = ledger.journal_submission(submission_set_uid="1.9", entry_uuid="urn:uuid:s", patient_id="IPP-1",
-                                    finess_geo="0B0999998", submission_time=utcnow(),
-                                    docs=[SubmissionDoc("D1", 1, "1.9.1", "urn:uuid:a")], run_id=run_id, **J)
+    run_id, rec = _journaled_d1(ledger, "1.9")
     ledger.record_attempt(rec.id)
     ledger.settle_submission(rec.id, state=FED, outcome="accepted")
     row = _state(ledger, ("D1", 1))
@@ -102,11 +108,7 @@ def test_settle_fed_and_decisions_never_downgrade_it(ledger):
 
 
 def test_deferred_then_fed_records_reason_attempts_and_fed_at(ledger):
-    run_id = ledger.start_run("run")
-    _pending(ledger, run_id, ("D1", 1))
-    rec = ledger.journal_submission(submission_set_uid="1.8", entry_uuid="urn:uuid:s", patient_id="IPP-1",
-                                    finess_geo="0B0999998", submission_time=utcnow(),
-                                    docs=[SubmissionDoc("D1", 1, "1.8.1", "urn:uuid:a")], run_id=run_id, **J)
+    run_id, rec = _journaled_d1(ledger, "1.8")
     ledger.record_attempt(rec.id)
     later = utcnow() + dt.timedelta(hours=1)
     ledger.settle_submission(rec.id, state=DEFERRED, outcome="transient", error_code="HTTP_503",
@@ -122,11 +124,7 @@ def test_deferred_then_fed_records_reason_attempts_and_fed_at(ledger):
 
 
 def test_deferred_is_due_only_after_next_attempt(ledger):
-    run_id = ledger.start_run("run")
-    _pending(ledger, run_id, ("D1", 1))
-    rec = ledger.journal_submission(submission_set_uid="1.8", entry_uuid="urn:uuid:s", patient_id="IPP-1",
-                                    finess_geo="0B0999998", submission_time=utcnow(),
-                                    docs=[SubmissionDoc("D1", 1, "1.8.1", "urn:uuid:a")], run_id=run_id, **J)
+    run_id, rec = _journaled_d1(ledger, "1.8")
     later = utcnow() + dt.timedelta(minutes=15)
     ledger.settle_submission(rec.id, state=DEFERRED, outcome="transient", error_code="XDSRegistryBusy",
                              next_attempt_at=later, reason="TRANSIENT_ERROR")
@@ -135,11 +133,7 @@ def test_deferred_is_due_only_after_next_attempt(ledger):
 
 
 def test_a_dead_instance_lease_expires(ledger):
-    run_id = ledger.start_run("run")
-    _pending(ledger, run_id, ("D1", 1))
-    rec = ledger.journal_submission(submission_set_uid="1.7", entry_uuid="urn:uuid:s", patient_id="IPP-1",
-                                    finess_geo="0B0999998", submission_time=utcnow(),
-                                    docs=[SubmissionDoc("D1", 1, "1.7.1", "urn:uuid:a")], run_id=run_id, **J)
+    run_id, rec = _journaled_d1(ledger, "1.7")
     # Another instance journaling the same documents does not get them while inst-a's lease lives.
     assert ledger.journal_submission(submission_set_uid="1.7", entry_uuid="urn:uuid:s", patient_id="IPP-1",
                                      finess_geo="0B0999998", submission_time=utcnow(),
