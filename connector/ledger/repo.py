@@ -7,6 +7,7 @@ after) is its own committed transaction, so a crash at any point leaves a state 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import socket
 from dataclasses import dataclass
@@ -48,6 +49,10 @@ _SETTLE_DOCUMENTS = sa.update(_D).where(_D.c.submission_id == sa.bindparam("sub_
     reason=sa.bindparam("reason"), detail=sa.bindparam("detail"),
     fed_at=sa.func.coalesce(sa.bindparam("fed_at", type_=_D.c.fed_at.type), _D.c.fed_at))
 _AUDIT = sa.insert(audit)
+_DOCUMENT_STATES = sa.select(_D.c.document_id, _D.c.version, _D.c.state).where(
+    _D.c.document_id.in_(sa.bindparam("ids", expanding=True)))
+_UPDATE_DECISION = sa.update(_D).where(_D.c.document_id == sa.bindparam("key_id"),
+                                       _D.c.version == sa.bindparam("key_version"))
 _SUBMISSION_BY_UID = sa.select(_S.c.id, _S.c.state).where(_S.c.submission_set_uid == sa.bindparam("uid"))
 _NEW_SUBMISSION = sa.insert(_S)
 _NEW_SUBMISSION_DOCUMENTS = sa.insert(submission_documents)
@@ -184,16 +189,9 @@ class Ledger:
         if not rows:
             return
         now = utcnow()
-        d = documents
         with self.engine.begin() as conn:
-            existing = {
-                (r.document_id, r.version): r.state
-                for r in conn.execute(
-                    sa.select(d.c.document_id, d.c.version, d.c.state).where(
-                        d.c.document_id.in_(sorted({r["document_id"] for r in rows}))
-                    )
-                )
-            }
+            ids = sorted({r["document_id"] for r in rows})
+            existing = {(r.document_id, r.version): r.state for r in conn.execute(_DOCUMENT_STATES, dict(ids=ids))}
             new, changed = [], []
             for row in rows:
                 key = (row["document_id"], row["version"])
@@ -208,16 +206,16 @@ class Ledger:
                 ):
                     changed.append(dict(key_id=key[0], key_version=key[1], **values))
             if new:  # one statement each, executed for many rows
-                conn.execute(self._insert_new(d), new)
+                conn.execute(self._insert_new, new)
             if changed:
-                conn.execute(sa.update(d).where(d.c.document_id == sa.bindparam("key_id"),
-                                                d.c.version == sa.bindparam("key_version")), changed)
+                conn.execute(_UPDATE_DECISION, changed)
 
-    def _insert_new(self, table):
-        """INSERT … ON CONFLICT DO NOTHING (the ledger is SQLite or PostgreSQL)."""
+    @functools.cached_property
+    def _insert_new(self):
+        """INSERT INTO documents … ON CONFLICT DO NOTHING (the ledger is SQLite or PostgreSQL)."""
         from sqlalchemy.dialects import postgresql, sqlite
 
-        return (postgresql if self.is_postgresql else sqlite).insert(table).on_conflict_do_nothing()
+        return (postgresql if self.is_postgresql else sqlite).insert(documents).on_conflict_do_nothing()
 
     def fail_documents(self, keys: list[tuple[str, int]], reason: str, detail: str, run_id: int,
                        patient_id: str, finess_geo: str | None = None) -> None:
