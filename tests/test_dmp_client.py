@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.server
 import os
@@ -83,20 +84,23 @@ def other_pki(tmp_path_factory):
     return pki.create_test_pki(tmp_path_factory.mktemp("other-pki"))
 
 
-def start_server(ctx: ssl.SSLContext):
+@contextlib.contextmanager
+def running_server(ctx: ssl.SSLContext):
     server = Server(("127.0.0.1", 0), Handler)
     server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     server.behaviour = Behaviour()
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
 def server(test_pki):
-    srv = start_server(server_context(test_pki))
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running_server(server_context(test_pki)) as srv:
+        yield srv
 
 
 def credential(p12, password_file) -> certs.Credential:
@@ -225,26 +229,18 @@ def test_connection_refused_is_transient_not_sent(test_pki, vihf):
 
 
 def test_server_offering_only_tls_1_1_is_refused(test_pki, vihf):
-    srv = start_server(server_context(test_pki, max_version=ssl.TLSVersion.TLSv1_1))
-    try:
+    with running_server(server_context(test_pki, max_version=ssl.TLSVersion.TLSv1_1)) as srv:
         with make_client(test_pki, srv.server_port) as client:
             result = send(client, vihf)
-    finally:
-        srv.shutdown()
-        srv.server_close()
     assert (result.kind, result.sent) == ("transient", False)
     assert "protocol" in result.message.lower()
     assert srv.behaviour.requests == []
 
 
 def test_untrusted_server_certificate(other_pki, test_pki, vihf):
-    srv = start_server(server_context(other_pki))  # server cert from another CA; trusts our client CA? no
-    try:
+    with running_server(server_context(other_pki)) as srv:  # server certificate from another CA
         with make_client(test_pki, srv.server_port) as client:
             result = send(client, vihf)
-    finally:
-        srv.shutdown()
-        srv.server_close()
     assert (result.kind, result.sent) == ("transient", False)
     assert "certificate verify failed" in result.message
 
