@@ -9,6 +9,7 @@ from connector.config import CertificateSettings
 from connector.trust.certs import Credential, load_credential
 from connector.trust.pki import PkiFiles, create_test_pki
 
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory) -> PkiFiles:
     return create_test_pki(tmp_path_factory.mktemp("pki"))
@@ -30,3 +31,9 @@ def sign_credential(pki) -> Credential:
 @pytest.fixture(scope="session")
 def auth_credential(pki) -> Credential:
     return load_credential(auth_settings(pki))
+
+
+def swap_certificate(config_text: str, purpose: str, p12, password_file) -> str:
+    """A demo configuration (`dmp-connector demo` writes pki/<purpose>.p12) using another PKCS#12 for `purpose`."""
+    return (config_text.replace(f'p12 = "pki/{purpose}.p12"', f'p12 = "{p12}"')
+            .replace(f'password_file = "pki/{purpose}.password"', f'password_file = "{password_file}"'))

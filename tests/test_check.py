@@ -9,6 +9,7 @@ from connector.cli import EXIT_ATTENTION, EXIT_CERTIFICATE, main
 from connector.sandbox import server
 from connector.trust import certs
 from connector.trust.pki import create_test_pki, issue_bad_p12
+from pki_fixtures import swap_certificate
 
 
 def _check(config):
@@ -30,17 +31,14 @@ def test_check_passes_against_the_sandbox_then_names_each_problem(tmp_path):
         p12, password = issue_bad_p12(pki, tmp_path / "expired.p12", "sign",
                                       not_before=now - dt.timedelta(days=400), not_after=now - dt.timedelta(days=2))
         text = config.read_text(encoding="utf-8")
-        config.write_text(text.replace('p12 = "pki/sign.p12"', f'p12 = "{p12}"')
-                          .replace('password_file = "pki/sign.password"', f'password_file = "{password}"'), encoding="utf-8")
+        config.write_text(swap_certificate(text, "sign", p12, password), encoding="utf-8")
         expired = _check(config)
         assert expired.exit_code == EXIT_CERTIFICATE
         assert "[FAIL] sign" in expired.output and "expired" in expired.output
 
         # A certificate from another CA for TLS: the DMP refuses the handshake.
-        config.write_text(text, encoding="utf-8")
         p12, password = issue_bad_p12(pki, tmp_path / "other.p12", "auth_cli", other_ca=True)
-        config.write_text(text.replace('p12 = "pki/auth_cli.p12"', f'p12 = "{p12}"')
-                          .replace('password_file = "pki/auth_cli.password"', f'password_file = "{password}"'), encoding="utf-8")
+        config.write_text(swap_certificate(text, "auth_cli", p12, password), encoding="utf-8")
         other = _check(config)
         assert other.exit_code in (EXIT_ATTENTION, EXIT_CERTIFICATE)
         assert "[FAIL] auth_cli" in other.output and "does not chain" in other.output

@@ -53,6 +53,7 @@ def test_run_refuses_to_start_with_an_expired_certificate(tmp_path):
     from connector.cli import EXIT_CERTIFICATE
     from connector.trust import certs
     from connector.trust.pki import create_test_pki, issue_bad_p12
+    from pki_fixtures import swap_certificate
 
     pki = create_test_pki(tmp_path / "pki")
     config = _folder(tmp_path)
@@ -60,8 +61,7 @@ def test_run_refuses_to_start_with_an_expired_certificate(tmp_path):
     p12, password = issue_bad_p12(pki, tmp_path / "expired.p12", "auth_cli",
                                   not_before=now - dt.timedelta(days=400), not_after=now - dt.timedelta(days=1))
     text = config.read_text(encoding="utf-8")
-    config.write_text(text.replace('p12 = "pki/auth_cli.p12"', f'p12 = "{p12}"')
-                      .replace('password_file = "pki/auth_cli.password"', f'password_file = "{password}"'), encoding="utf-8")
+    config.write_text(swap_certificate(text, "auth_cli", p12, password), encoding="utf-8")
     certs.clear_cache()
     result = CliRunner().invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == EXIT_CERTIFICATE
