@@ -262,3 +262,10 @@ def test_saml_attribute_values_typed_hl7_ce_are_validated():
     assert validate.saml_assertion_errors(assertion(ce)) == []
     wrong = ce.replace('codeSystem="1.2.250.1.213.1.1.4.248"', 'codeSystem="not an oid"')
     assert validate.saml_assertion_errors(assertion(wrong))
+
+
+def test_the_shared_cda_and_saml_schema_refuses_a_saml_root_as_a_cda():
+    assertion = (f'<saml:Assertion xmlns:saml="{SAML}" ID="_a1" Version="2.0" IssueInstant="2026-11-20T13:30:00Z">'
+                 "<saml:Issuer>CN=test</saml:Issuer></saml:Assertion>").encode()
+    assert validate.saml_assertion_errors(assertion) == []
+    assert validate.cda_errors(assertion, schematron=False) == ["XSD /: the root element is Assertion, not ClinicalDocument"]

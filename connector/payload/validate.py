@@ -97,6 +97,12 @@ def _compile_xsd(text_or_path: str | Path) -> etree.XMLSchema:
     return etree.XMLSchema(doc)
 
 
+def _importing(imports: dict[str, Path]) -> str:
+    """A driver schema importing each namespace from its local file: one compile for several roots."""
+    lines = "".join(f'<xs:import namespace="{ns}" schemaLocation="{p.as_uri()}"/>' for ns, p in imports.items())
+    return f'<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">{lines}</xs:schema>'
+
+
 def _ebxml_driver() -> str:
     """One schema importing every ITI-41/ITI-18 message root (xdsb, lcm, query, rs)."""
     ebrs = schemas_dir() / "IHE-IT-Infrastructure/schema/ebRS"
@@ -106,8 +112,7 @@ def _ebxml_driver() -> str:
         "urn:oasis:names:tc:ebxml-regrep:xsd:query:3.0": ebrs / "query.xsd",
         "urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0": ebrs / "rs.xsd",
     }
-    lines = "".join(f'<xs:import namespace="{ns}" schemaLocation="{p.as_uri()}"/>' for ns, p in imports.items())
-    return f'<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">{lines}</xs:schema>'
+    return _importing(imports)
 
 
 _COMPILE_LOCK = threading.Lock()
@@ -155,21 +160,20 @@ def _redact_xsd(message: str) -> str:
     return re.sub(r": '[^']*' is not a valid value", ": '…' is not a valid value", message)
 
 
-_cda_xsd = _XsdValidator(lambda: ans_kit() / "infrastructure/cda/CDA_extended.xsd")
-_ebxml_xsd = _XsdValidator(_ebxml_driver)
-def _saml_driver() -> str:
-    """The SAML assertion schema plus the HL7 v3 datatypes: VIHF attribute values are HL7 elements
-    typed by xsi:type="CE" (role, purposeofuse), which must resolve to be validated."""
+def _hl7_and_saml_driver() -> str:
+    """The ANS CDA schema and the SAML assertion schema, compiled once for both: VIHF attribute values are
+    HL7 elements typed by xsi:type="CE" (role, purposeofuse), which must resolve to be validated, and the
+    CDA schema is the largest we load (compiled twice, it cost ~15 MB per process)."""
     imports = {
         "urn:oasis:names:tc:SAML:2.0:assertion":
             schemas_dir() / "SAML-Toolkits-python3-saml/src/onelogin/saml2/schemas/saml-schema-assertion-2.0.xsd",
         "urn:hl7-org:v3": ans_kit() / "infrastructure/cda/CDA_extended.xsd",
     }
-    lines = "".join(f'<xs:import namespace="{ns}" schemaLocation="{p.as_uri()}"/>' for ns, p in imports.items())
-    return f'<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">{lines}</xs:schema>'
+    return _importing(imports)
 
 
-_saml_xsd = _XsdValidator(_saml_driver)
+_hl7_and_saml_xsd = _XsdValidator(_hl7_and_saml_driver)  # CDA documents and VIHF assertions
+_ebxml_xsd = _XsdValidator(_ebxml_driver)  # ITI-41 / ITI-18 messages
 
 _EBXML_ROOTS = {
     "{urn:ihe:iti:xds-b:2007}ProvideAndRegisterDocumentSetRequest",
@@ -211,7 +215,7 @@ def saml_assertion_errors(element_or_bytes) -> list[str]:
         return [str(exc)]
     if tree.getroot().tag != "{urn:oasis:names:tc:SAML:2.0:assertion}Assertion":
         return [f"unexpected root element {tree.getroot().tag}"]
-    return _saml_xsd.errors(tree)
+    return _hl7_and_saml_xsd.errors(tree)
 
 
 # --- schematron -------------------------------------------------------------------------------
@@ -473,7 +477,9 @@ def cda_errors(xml: bytes, *, schematron: bool = True) -> list[str]:
         tree = parse_untrusted(xml)
     except ValueError as exc:
         return [str(exc)]
-    xsd = [f"XSD {e}" for e in _cda_xsd.errors(tree)]
+    if tree.getroot().tag != "{urn:hl7-org:v3}ClinicalDocument":  # the schema also accepts SAML roots
+        return [f"XSD /: the root element is {etree.QName(tree.getroot()).localname}, not ClinicalDocument"]
+    xsd = [f"XSD {e}" for e in _hl7_and_saml_xsd.errors(tree)]
     if not schematron:
         return xsd
     _shrink_body(tree)
