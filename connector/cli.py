@@ -212,10 +212,12 @@ def status(settings, fmt, since, check: bool, max_age_hours: float, prometheus) 
     report = action.collect(ledger, since=since.date() if since else None)
     if fmt or not (check or prometheus):
         click.echo(action.render(report, fmt or "text"))
-    if prometheus:  # whole-ledger figures: monitoring is never about a period
-        action.write_prometheus(action.collect(ledger) if since else report, prometheus)
+    # monitoring (--prometheus, --check) is about the whole ledger, never a period
+    whole = (action.collect(ledger) if since else report) if (prometheus or check) else None
+    if prometheus:
+        action.write_prometheus(whole, prometheus)
     if check:
-        found = action.problems(action.collect(ledger) if since else report, max_age_hours=max_age_hours)
+        found = action.problems(whole, max_age_hours=max_age_hours)
         for why in found:
             click.echo(f"CHECK: {why}", err=True)
         if found:
