@@ -131,14 +131,28 @@ def test_the_generated_stylesheet_is_smaller(example):
     assert validate.stylesheet_path(validate.GENERATED_ELEMENTS).stat().st_size * 2 < validate.stylesheet_path().stat().st_size
 
 
-def test_context_names_of_rule_patterns():
-    ns = {"hl7": validate.HL7_NS, "cda": validate.HL7_NS, "sdtc": "urn:hl7-org:sdtc"}
-    names = validate._context_names
-    assert names("//hl7:ClinicalDocument[hl7:typeId[@root = '2.1']]/hl7:recordTarget[not(@nullFlavor)]", ns) == {"recordTarget"}
-    assert names("hl7:addr[matches(., '[a|b]/x')] | cda:telecom", ns) == {"addr", "telecom"}
-    assert names("//hl7:ClinicalDocument/*[not(self::hl7:id)]", ns) is None
-    assert names("hl7:code/@code", ns) is None
-    assert names("sdtc:raceCode", ns) is None
+def test_required_names_of_rule_patterns():
+    ns = {"hl7": validate.HL7_NS, "cda": validate.HL7_NS, "sdtc": "urn:hl7-org:sdtc", "xsi": "http://www.w3.org/2001/XMLSchema-instance"}
+    names = validate._required_names
+    assert names("//hl7:ClinicalDocument[hl7:typeId[@root = '2.1']]/hl7:recordTarget[not(@nullFlavor)]", ns) == [
+        {"ClinicalDocument", "recordTarget"}]
+    assert names("hl7:addr[matches(., '[a|b]/x')] | cda:telecom", ns) == [{"addr"}, {"telecom"}]
+    assert names("//hl7:ClinicalDocument/*[not(self::hl7:id)]", ns) == [{"ClinicalDocument"}]
+    assert names("hl7:code/@code | hl7:value/attribute::xsi:type", ns) == [{"code"}, {"value"}]
+    assert names("hl7:patient/sdtc:raceCode", ns) == [{"patient"}]
+    assert names("ancestor::hl7:section/child::hl7:entry", ns) == [{"section", "entry"}]
+    assert names("id('x')/hl7:code", ns) is None
+
+
+def test_rules_needing_an_element_we_never_write_are_dropped():
+    """Only the connector's variant drops rules, and only those whose path names an element it never writes."""
+    ours, whole = (etree.parse(str(validate.stylesheet_path(e))) for e in (validate.GENERATED_ELEMENTS, None))
+    kept = {t.get("match") for t in ours.iter(f"{validate._XSL}template")}
+    dropped = [t for t in whole.iter(f"{validate._XSL}template") if t.get("match") not in kept]
+    assert any("/hl7:informationRecipient[" in t.get("match") and t.get("match").endswith("/hl7:templateId") for t in dropped)
+    for template in dropped:
+        alternatives = validate._required_names(template.get("match"), template.nsmap)
+        assert all(not names <= validate.GENERATED_ELEMENTS for names in alternatives), template.get("match")
 
 
 def test_errors_name_the_location_and_hide_document_values(example):
