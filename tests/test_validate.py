@@ -155,6 +155,14 @@ def test_rules_needing_an_element_we_never_write_are_dropped():
         assert all(not names <= validate.GENERATED_ELEMENTS for names in alternatives), template.get("match")
 
 
+def test_value_sets_are_read_once_when_compiling():
+    """doc() in a test would reload its value set for every document: only static variables call it."""
+    xsl = etree.parse(str(validate.stylesheet_path(validate.GENERATED_ELEMENTS))).getroot()
+    calls = [e for e in xsl.iter(f"{validate._XSL}*") for name in validate._XPATH_ATTRIBUTES if "doc(" in (e.get(name) or "")]
+    assert calls and all(e.get("static") == "yes" and e.getparent() is xsl for e in calls)
+    assert "voc-1.2.250.1.213.1.1.5.467-DYNAMIC.xml" in " ".join(e.get("select") for e in calls)
+
+
 def test_errors_name_the_location_and_hide_document_values(example):
     xml = without(example, r'<birthTime value="19790328"/>', b'<birthTime value="1979x0328"/>')
     errors = validate.cda_errors(xml)
