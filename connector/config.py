@@ -114,8 +114,8 @@ class RulesSettings:
 
 @dataclass(frozen=True)
 class ValidationSettings:
-    # Every CDA is checked against the ANS CDA XSD. The ANS schematron costs ~10 ms of CPU per document, and
-    # ~3 s and ~300 MB to compile once per process: "every" (default) runs it on every CDA; "sample" on the
+    # Every CDA is checked against the ANS CDA XSD. The ANS schematron costs ~4–5 ms of CPU per document, and
+    # ~1 s and ~200 MB to compile once per process: "every" (default) runs it on every CDA; "sample" on the
     # first CDA of each (site, type code) in a process and then one in `sample_every`; "off" never.
     schematron: str = "every"
     sample_every: int = 100
