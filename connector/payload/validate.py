@@ -283,33 +283,31 @@ def _generate_stylesheet(directory: Path, elements: frozenset[str] | None, *, re
         _keep_errors_only(svrl)
     if reduce and elements is not None:
         _drop_rules_outside(svrl, elements)
+    if reduce:
+        _load_value_sets_once(svrl)
     xsl = etree.tostring(svrl, encoding="unicode")
     # ART-DECOR value sets are loaded relative to the schematron: point them at the kit, and the one
     # the kit lacks at our generated copy.
     xsl = xsl.replace(f"doc('include/{_TYPE_CODE_VOC}')", f"doc('{(directory / _TYPE_CODE_VOC).as_uri()}')")
-    xsl = xsl.replace("doc('include/", f"doc('{(_schematron_dir() / 'include').as_uri()}/")
-    return _load_value_sets_once(xsl) if reduce else xsl
+    return xsl.replace("doc('include/", f"doc('{(_schematron_dir() / 'include').as_uri()}/")
 
 
 _DOC_CALL = re.compile(r"doc\('([^']+)'\)")
 _XPATH_ATTRIBUTES = ("test", "select", "match")
 
 
-def _load_value_sets_once(xsl: str) -> str:
+def _load_value_sets_once(xsl: etree._Element) -> None:
     """Read each value set into a static variable, which Saxon evaluates once when it compiles the
     stylesheet, instead of calling doc() in each test, which reloads the file for every document (it
     took 4 of the 7 ms of a transform). Only the XSLT's own XPath changes, not the messages' text."""
-    root = etree.fromstring(xsl.encode("utf-8"), _safe_parser())
     variables: dict[str, str] = {}  # uri -> variable named after the file, the same in every variant
     as_variable = lambda call: "$" + variables.setdefault(call.group(1), "dmp-" + Path(call.group(1)).stem)  # noqa: E731
-    for element in root.iter(f"{_XSL}*"):
+    for element in xsl.iter(f"{_XSL}*"):
         for name in _XPATH_ATTRIBUTES:
             if "doc(" in (element.get(name) or ""):
                 element.set(name, _DOC_CALL.sub(as_variable, element.get(name)))
-    for position, (uri, name) in enumerate(variables.items()):
-        declaration = etree.Element(f"{_XSL}variable", name=name, static="yes", select=f"doc('{uri}')")
-        root.insert(position, declaration)
-    return etree.tostring(root, encoding="unicode")
+    for position, (uri, name) in enumerate(variables.items()):  # their uris are resolved with the others
+        xsl.insert(position, etree.Element(f"{_XSL}variable", name=name, static="yes", select=f"doc('{uri}')"))
 
 
 def _text_element(value_of: etree._Element) -> etree._Element:
