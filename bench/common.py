@@ -240,6 +240,7 @@ class Measured:
     returncode: int
     wall_s: float
     cpu_s: float  # user + system of the child
+    system_s: float  # of which system (the kernel: I/O, page faults, fsync)
     peak_rss_mb: float  # ru_maxrss of the child
     rss_samples: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, RSS MB)
     stopped_after: float | None = None  # seconds, when a time limit interrupted it
@@ -278,7 +279,7 @@ def run_measured(cmd: list[str], *, log: Path, cwd: Path | None = None, stdout=N
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0, 1):
         sys.stderr.write(Path(log).read_text(errors="replace")[-3000:])
-    return Measured(proc.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, samples,
+    return Measured(proc.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_stime, usage.ru_maxrss / 1024, samples,
                     stopped[0] if stopped else None)
 
 

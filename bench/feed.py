@@ -129,6 +129,7 @@ def bench_feed(work: Path, args) -> dict:
         "fed": fed, "deferred": summary["documents"].get("deferred", 0), "failed": summary["documents"].get("failed", 0),
         "wall s": round(m.wall_s, 1), "documents/s": round(n / m.wall_s, 1),
         "connector CPU s": round(m.cpu_s, 1), "connector CPU ms/doc": round(1000 * m.cpu_s / max(1, n), 1),
+        "of which system ms/doc": round(1000 * m.system_s / max(1, n), 1),
         "connector peak RSS MB": round(m.peak_rss_mb, 1),
         "RSS samples (s, MB)": ", ".join(f"{t:g}:{r:.0f}" for t, r in m.rss_samples[:: max(1, len(m.rss_samples) // 12)]),
         "sandbox CPU ms/doc": round(1000 * sandbox_cpu / max(1, n), 1),
