@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from connector import __version__, config
+from connector import __version__, config, malloc
 from connector.errors import CertificateError, LedgerError, StoreError
 
 # Exit codes (documented in the README).
@@ -96,6 +96,7 @@ def run(settings, dry_run: bool, fmt: str) -> None:
                 count, eligible = count + 1, eligible + (r["decision"] == "eligible")
             click.echo(f"{count} candidates: {eligible} eligible, {count - eligible} skipped")
         return
+    malloc.tune(malloc.FEEDING)
     summary = _run_now(settings)
     click.echo(summary.text() if fmt == "text" else json.dumps(summary.as_dict(), ensure_ascii=False, indent=1))
 
@@ -235,6 +236,7 @@ def daemon(settings, run_now: bool) -> None:
     """Run on the configured schedule ([schedule] cron, timezone) until SIGTERM."""
     from connector import scheduler
 
+    malloc.tune(malloc.FEEDING)
     scheduler.daemon(settings, run_now=run_now)
 
 

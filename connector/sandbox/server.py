@@ -12,7 +12,6 @@ A message that is not MTOM (ITI-41), not SOAP 1.2 or not XML gets a SOAP 1.2 fau
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import re
 import signal
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from connector import malloc
 from connector.dmp import mtom, soap
 from connector.sandbox import checks
 from connector.sandbox.checks import CheckSettings, RegistryError, SoapFault
@@ -430,7 +430,7 @@ def serve(
 
 def main(**options) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (the CLI's `sandbox serve`)."""
-    _keep_freed_memory()
+    malloc.tune(_KEEP_FREED_MEMORY)
     server = serve(**options).start()
     print(f"sandbox DMP listening on {server.url}", flush=True)
     stop = threading.Event()
@@ -440,17 +440,14 @@ def main(**options) -> None:
     server.stop()
 
 
-def _keep_freed_memory() -> None:
-    """Let glibc keep freed request buffers for the next request. By default it hands every freed
-    multi-megabyte buffer (the body, its parts, the parsed CDAs) back to the kernel and page-faults it in
-    again for the next request: ≈700 page faults per ITI-41, 10–15 % of the sandbox's CPU. Only for
-    the sandbox's own process (`main`), not for a process that merely embeds it."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return
-    mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: its maximum; bigger blocks are still mmap'ed
-    mallopt(-1, 128 * 1024 * 1024)  # M_TRIM_THRESHOLD: return memory to the kernel past 128 MB free
+# Let glibc keep freed request buffers for the next request. By default it hands every freed multi-megabyte
+# buffer (the body, its parts, the parsed CDAs) back to the kernel and page-faults it in again for the next
+# request: ≈700 page faults per ITI-41, 10–15 % of the sandbox's CPU. Only for the sandbox's own process
+# (`main`), not for a process that merely embeds it.
+_KEEP_FREED_MEMORY = {
+    malloc.M_MMAP_THRESHOLD: 32 * 1024 * 1024,  # its maximum; bigger blocks are still mmap'ed
+    malloc.M_TRIM_THRESHOLD: 128 * 1024 * 1024,  # return memory to the kernel past 128 MB free
+}
 
 
 def _media_param(content_type: str, name: str) -> str | None:
