@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import random
 import sys
@@ -55,14 +56,15 @@ def cda_header() -> etree._Element:
     return root
 
 
-def per_call_ms(fn, min_total_s: float = 0.5) -> float:
+def per_call_ms(fn, min_total_s: float = 0.5, repeat: int = 5) -> float:
+    """The best of `repeat` timings of `fn`, each looping for at least `min_total_s`."""
     timer = timeit.Timer(fn)
     number, _ = timer.autorange()
     number = max(number, int(number * min_total_s / 0.2))
-    return min(timer.repeat(repeat=5, number=number)) / number * 1000
+    return min(timer.repeat(repeat=repeat, number=number)) / number * 1000
 
 
-def measure() -> dict[str, float]:
+def measure(per_call_ms=per_call_ms) -> dict[str, float]:
     pdf = synthetic_pdf(random.Random(1), 300 * 1024)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # in memory only
     digest_input = hashlib.sha256(b"SignedInfo").digest()
@@ -74,7 +76,7 @@ def measure() -> dict[str, float]:
     }
 
 
-def measure_beyond(pdf: bytes) -> dict[str, float]:
+def measure_beyond(pdf: bytes, per_call_ms=per_call_ms) -> dict[str, float]:
     """What every conforming document also costs, left out of the floor above."""
     cda = synthetic_cda(pdf)
     aes, nonce = AESGCM(AESGCM.generate_key(bit_length=256)), b"\0" * 12
@@ -92,13 +94,15 @@ def measure_beyond(pdf: bytes) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connector-cpu-ms", type=float, help="the connector's CPU ms per document (bench/feed.py)")
+    parser.add_argument("--quick", action="store_true", help="one short timing each (tests; not for figures)")
     args = parser.parse_args(argv)
-    costs = measure()
+    timed = functools.partial(per_call_ms, min_total_s=0.05, repeat=1) if args.quick else per_call_ms
+    costs = measure(timed)
     floor = sum(costs.values())
-    beyond = measure_beyond(synthetic_pdf(random.Random(1), 300 * 1024))
+    beyond = measure_beyond(synthetic_pdf(random.Random(1), 300 * 1024), timed)
     strict = floor + sum(beyond.values())
-    schematron = per_call_ms(lambda: validate.cda_errors(synthetic_cda(b"%PDF-1.4\n%%EOF\n")), min_total_s=2) \
-        - per_call_ms(lambda: validate.cda_errors(synthetic_cda(b"%PDF-1.4\n%%EOF\n"), schematron=False))
+    small = synthetic_cda(b"%PDF-1.4\n%%EOF\n")
+    schematron = timed(lambda: validate.cda_errors(small)) - timed(lambda: validate.cda_errors(small, schematron=False))
     rows = [(k, f"{v:.3f} ms") for k, v in costs.items()] + [("floor per document", f"{floor:.3f} ms")]
     rows += [(f"+ {k}", f"{v:.3f} ms") for k, v in beyond.items()]
     rows += [("floor with what conformance adds", f"{strict:.3f} ms"),

@@ -45,7 +45,7 @@ def test_store_rows_give_exactly_n_documents_one_to_five_per_patient():
 
 
 def test_floor_is_positive():
-    costs = floor.main(["--connector-cpu-ms", "10"])
+    costs = floor.main(["--connector-cpu-ms", "10", "--quick"])
     assert costs["floor"] > 0 and all(v > 0 for v in costs.values())
     assert costs["floor with conformance"] > costs["floor"]  # base64, CDA hashes, XSD and TLS come on top
 
