@@ -13,6 +13,7 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import itertools
 import json
@@ -131,6 +132,7 @@ def bench_feed(work: Path, args) -> dict:
         "connector CPU s": round(m.cpu_s, 1), "connector CPU ms/doc": round(1000 * m.cpu_s / max(1, n), 1),
         "of which system ms/doc": round(1000 * m.system_s / max(1, n), 1),
         "connector peak RSS MB": round(m.peak_rss_mb, 1),
+        "fed per 30 s": " ".join(map(str, fed_per_window(work / "state" / "ledger.sqlite3"))),
         "RSS samples (s, MB)": ", ".join(f"{t:g}:{r:.0f}" for t, r in m.rss_samples[:: max(1, len(m.rss_samples) // 12)]),
         "sandbox CPU ms/doc": round(1000 * sandbox_cpu / max(1, n), 1),
         "sandbox submissions": stored["submissions"], "sandbox documents stored": stored["documents"],
@@ -146,6 +148,20 @@ def _profiled(out: Path | None) -> list[str]:
         return [sys.executable, "-m", "cProfile", "-o", str(out.resolve())]
     py_spy = Path(sys.executable).with_name("py-spy")  # pip install py-spy
     return [str(py_spy), "record", "--gil", "--format", "raw", "--rate", "100", "--output", str(out.resolve()), "--", sys.executable]
+
+
+def fed_per_window(ledger_path: Path, window_s: int = 30) -> list[int]:
+    """Documents fed in each `window_s` seconds of the run, from the ledger's fed_at (the last window is
+    partial): a run that slows down as the ledger grows shows it here."""
+    engine = sa.create_engine(f"sqlite:///{ledger_path}")
+    try:
+        with engine.connect() as conn:
+            times = conn.execute(sa.select(documents.c.fed_at).where(documents.c.fed_at.is_not(None))
+                                 .order_by(documents.c.fed_at)).scalars().all()
+    finally:
+        engine.dispose()
+    counts = collections.Counter(int((t - times[0]).total_seconds() // window_s) for t in times)
+    return [counts[i] for i in range(max(counts) + 1)] if counts else []
 
 
 def bench_dry_run(work: Path, args) -> dict:
