@@ -74,26 +74,7 @@ class SubmissionView:
 
 def parse_request(element: etree._Element) -> SubmissionView:
     """What a ProvideAndRegisterDocumentSetRequest says; missing parts are None (see metadata_errors)."""
-    package = _submission_set(element)
-    ss_id = package.get("id") if package is not None else None
-    entries, signature = [], None
-    for eo in element.iter(f"{_R}ExtrinsicObject"):
-        view = _entry_view(eo)
-        if view.class_code == SIGNATURE_CLASS.code:
-            signature = view
-        else:
-            entries.append(view)
-    return SubmissionView(
-        submission_set_uid=_external_id(package, SS_UNIQUE_ID) if package is not None else None,
-        submission_set_entry_uuid=ss_id,
-        patient_id=_external_id(package, SS_PATIENT_ID) if package is not None else None,
-        source_id=_external_id(package, SS_SOURCE_ID) if package is not None else None,
-        submission_time=_slot(package, "submissionTime") if package is not None else None,
-        finess_geo=_finess(package, SS_AUTHOR) if package is not None else None,
-        content_type_code=_code(package, SS_CONTENT_TYPE) if package is not None else None,
-        entries=tuple(entries),
-        signature=signature,
-    )
+    return _parse(element, _submission_set(element), [_Object(eo) for eo in element.iter(_EXTRINSIC)])
 
 
 def metadata_errors(
@@ -106,17 +87,21 @@ def metadata_errors(
     package = _submission_set(element)
     if package is None:
         return ["no RegistryPackage classified as SubmissionSet"]
-    ss = package.get("id")
-    view = parse_request(element)
+    ss = package.element.get("id")
+    extrinsic = [_Object(eo) for eo in element.iter(_EXTRINSIC)]
+    view = _parse(element, package, extrinsic)
+    associations = {
+        (a.get("associationType"), a.get("sourceObject"), a.get("targetObject")) for a in element.iter(_ASSOCIATION)
+    }
 
     # Submission set.
-    time = _slot(package, "submissionTime")
+    time = package.slot("submissionTime")
     if not time or not DTM_RE.match(time):
         errors.append("SubmissionSet: submissionTime missing or not YYYYMMDD[hhmmss]")
     errors += _author_errors(package, SS_AUTHOR, "SubmissionSet")
     errors += _code_errors(package, SS_CONTENT_TYPE, "SubmissionSet", "contentTypeCode")
     for scheme, label in ((SS_PATIENT_ID, "patientId"), (SS_SOURCE_ID, "sourceId"), (SS_UNIQUE_ID, "uniqueId")):
-        if not _external_id(package, scheme):
+        if not package.external_id(scheme):
             errors.append(f"SubmissionSet: {label} missing")
     if view.submission_set_uid and not _short_oid(view.submission_set_uid):
         errors.append("SubmissionSet: uniqueId is not an OID of at most 64 characters")
@@ -126,34 +111,33 @@ def metadata_errors(
         errors.append("SubmissionSet: patientId is not a CX of type NH")
 
     # Document entries (the signature document included).
-    extrinsic = list(element.iter(f"{_R}ExtrinsicObject"))
     if not view.entries:
         errors.append("no DocumentEntry")
     finesses = {view.finess_geo} if view.finess_geo else set()
     unique_ids: list[str] = [view.submission_set_uid or ""]
     for eo in extrinsic:
-        eid = eo.get("id")
+        eid = eo.element.get("id")
         where = f"DocumentEntry {eid}"
-        if eo.get("objectType") != DOCUMENT_ENTRY:
+        if eo.element.get("objectType") != DOCUMENT_ENTRY:
             errors.append(f"{where}: objectType is not DocumentEntry")
-        if not eo.get("mimeType"):
+        if not eo.element.get("mimeType"):
             errors.append(f"{where}: mimeType missing")
         for name in _REQUIRED_DE_SLOTS:
-            if not _slot(eo, name):
+            if not eo.slot(name):
                 errors.append(f"{where}: {name} missing")
         for name in ("creationTime", "serviceStartTime", "serviceStopTime"):
-            value = _slot(eo, name)
+            value = eo.slot(name)
             if value and not DTM_RE.match(value):
                 errors.append(f"{where}: {name} is not YYYYMMDD[hhmmss]")
         errors += _author_errors(eo, DE_AUTHOR, where)
         for scheme, label in _REQUIRED_DE_CODES.items():
             errors += _code_errors(eo, scheme, where, label)
-        patient_id = _external_id(eo, DE_PATIENT_ID)
+        patient_id = eo.external_id(DE_PATIENT_ID)
         if not patient_id:
             errors.append(f"{where}: patientId missing")
         elif patient_id != view.patient_id:
             errors.append(f"{where}: patientId differs from the SubmissionSet's")
-        unique_id = _external_id(eo, DE_UNIQUE_ID)
+        unique_id = eo.external_id(DE_UNIQUE_ID)
         if not unique_id:
             errors.append(f"{where}: uniqueId missing")
         elif not _short_oid(unique_id):
@@ -162,7 +146,7 @@ def metadata_errors(
         if finess := _finess(eo, DE_AUTHOR):
             finesses.add(finess)
         errors += _content_errors(eo, where, attachments)
-        if not _associated(element, HAS_MEMBER, ss, eid):
+        if (HAS_MEMBER, ss, eid) not in associations:
             errors.append(f"{where}: no HasMember association from the SubmissionSet")
 
     if len(finesses) > 1:
@@ -171,11 +155,11 @@ def metadata_errors(
     duplicates = sorted({u for u in unique_ids if u and unique_ids.count(u) > 1})
     if duplicates:
         errors.append(f"uniqueId used twice: {', '.join(duplicates)}")
-    known = {eo.get("id") for eo in extrinsic}
+    known = {eo.element.get("id") for eo in extrinsic}
     for doc in element.findall(f"{{{XDSB}}}Document"):
         if doc.get("id") not in known:
             errors.append(f"xdsb:Document {doc.get('id')}: no DocumentEntry with this id")
-    if view.signature is not None and not _associated(element, SIGNS, view.signature.entry_uuid, ss):
+    if view.signature is not None and (SIGNS, view.signature.entry_uuid, ss) not in associations:
         errors.append(f"DocumentEntry {view.signature.entry_uuid}: signature without a 'signs' association")
     if require_signature and view.signature is None:
         errors.append("no submission-set signature document")
@@ -184,92 +168,115 @@ def metadata_errors(
 
 # --- internals ----------------------------------------------------------------------------------
 
+_SLOT, _VALUE_LIST, _VALUE = f"{_R}Slot", f"{_R}ValueList", f"{_R}Value"
+_CLASSIFICATION = f"{_R}Classification"
+_EXTERNAL_ID, _EXTRINSIC, _ASSOCIATION = f"{_R}ExternalIdentifier", f"{_R}ExtrinsicObject", f"{_R}Association"
 
-def _submission_set(element: etree._Element) -> etree._Element | None:
-    for cl in element.iter(f"{_R}Classification"):
+
+class _Object:
+    """A registry object's slots, classifications and external identifiers, read once: a request is
+    checked by dozens of lookups per object, and walking its children for each one cost milliseconds."""
+
+    __slots__ = ("element", "slots", "classifications", "external_ids")
+
+    def __init__(self, element: etree._Element):
+        self.element = element
+        self.slots: dict[str, list[str]] = {}
+        self.classifications: dict[str, list[_Object]] = {}
+        self.external_ids: dict[str, str | None] = {}
+        for child in element:
+            if child.tag == _SLOT:
+                values = self.slots.setdefault(child.get("name"), [])
+                for value_list in child.iterchildren(_VALUE_LIST):
+                    values += [(v.text or "").strip() for v in value_list.iterchildren(_VALUE)]
+            elif child.tag == _CLASSIFICATION:
+                self.classifications.setdefault(child.get("classificationScheme"), []).append(_Object(child))
+            elif child.tag == _EXTERNAL_ID:
+                self.external_ids.setdefault(child.get("identificationScheme"), child.get("value") or None)
+
+    def slot(self, name: str) -> str | None:
+        values = self.slots.get(name)
+        return values[0] if values and values[0] else None
+
+    def external_id(self, scheme: str) -> str | None:
+        return self.external_ids.get(scheme)
+
+    def code(self, scheme: str) -> str | None:
+        found = self.classifications.get(scheme)
+        return (found[0].element.get("nodeRepresentation") or None) if found else None
+
+
+def _parse(element: etree._Element, package: _Object | None, extrinsic: list[_Object]) -> SubmissionView:
+    entries, signature = [], None
+    for eo in extrinsic:
+        view = _entry_view(eo)
+        if view.class_code == SIGNATURE_CLASS.code:
+            signature = view
+        else:
+            entries.append(view)
+    if package is None:
+        return SubmissionView(None, None, None, None, None, None, None, tuple(entries), signature)
+    return SubmissionView(
+        submission_set_uid=package.external_id(SS_UNIQUE_ID),
+        submission_set_entry_uuid=package.element.get("id"),
+        patient_id=package.external_id(SS_PATIENT_ID),
+        source_id=package.external_id(SS_SOURCE_ID),
+        submission_time=package.slot("submissionTime"),
+        finess_geo=_finess(package, SS_AUTHOR),
+        content_type_code=package.code(SS_CONTENT_TYPE),
+        entries=tuple(entries),
+        signature=signature,
+    )
+
+
+def _submission_set(element: etree._Element) -> _Object | None:
+    for cl in element.iter(_CLASSIFICATION):
         if cl.get("classificationNode") == SUBMISSION_SET:
             target = cl.get("classifiedObject")
             for package in element.iter(f"{_R}RegistryPackage"):
                 if package.get("id") == target:
-                    return package
+                    return _Object(package)
     return None
 
 
-def _slots(owner: etree._Element, name: str) -> list[str]:
-    return [
-        (v.text or "").strip()
-        for slot in owner.findall(f"{_R}Slot")
-        if slot.get("name") == name
-        for v in slot.iterfind(f"{_R}ValueList/{_R}Value")
-    ]
-
-
-def _slot(owner: etree._Element, name: str) -> str | None:
-    values = _slots(owner, name)
-    return values[0] if values and values[0] else None
-
-
-def _classifications(owner: etree._Element, scheme: str) -> list[etree._Element]:
-    return [c for c in owner.findall(f"{_R}Classification") if c.get("classificationScheme") == scheme]
-
-
-def _code(owner: etree._Element, scheme: str) -> str | None:
-    found = _classifications(owner, scheme)
-    return (found[0].get("nodeRepresentation") or None) if found else None
-
-
-def _codes(owner: etree._Element, scheme: str) -> tuple[str, ...]:
-    return tuple(c.get("nodeRepresentation") or "" for c in _classifications(owner, scheme))
-
-
-def _external_id(owner: etree._Element, scheme: str) -> str | None:
-    for ei in owner.findall(f"{_R}ExternalIdentifier"):
-        if ei.get("identificationScheme") == scheme:
-            return ei.get("value") or None
-    return None
-
-
-def _finess(owner: etree._Element, author_scheme: str) -> str | None:
-    for author in _classifications(owner, author_scheme):
-        for institution in _slots(author, "authorInstitution"):
+def _finess(owner: _Object, author_scheme: str) -> str | None:
+    for author in owner.classifications.get(author_scheme, ()):
+        for institution in author.slots.get("authorInstitution", ()):
             if finess := hl7.xon_finess(institution):
                 return finess
     return None
 
 
-def _name(owner: etree._Element) -> str | None:
-    node = owner.find(f"{_R}Name/{_R}LocalizedString")
-    return node.get("value") if node is not None else None
-
-
-def _entry_view(eo: etree._Element) -> EntryView:
-    size = _slot(eo, "size")
+def _entry_view(eo: _Object) -> EntryView:
+    size = eo.slot("size")
+    name = eo.element.find(f"{_R}Name/{_R}LocalizedString")
     return EntryView(
-        entry_uuid=eo.get("id"),
-        unique_id=_external_id(eo, DE_UNIQUE_ID),
-        patient_id=_external_id(eo, DE_PATIENT_ID),
-        hash=_slot(eo, "hash"),
+        entry_uuid=eo.element.get("id"),
+        unique_id=eo.external_id(DE_UNIQUE_ID),
+        patient_id=eo.external_id(DE_PATIENT_ID),
+        hash=eo.slot("hash"),
         size=int(size) if size and size.isdigit() else None,
-        mime_type=eo.get("mimeType"),
+        mime_type=eo.element.get("mimeType"),
         finess_geo=_finess(eo, DE_AUTHOR),
-        type_code=_code(eo, DE_TYPE_CODE),
-        class_code=_code(eo, DE_CLASS_CODE),
-        format_code=_code(eo, DE_FORMAT_CODE),
-        confidentiality_codes=_codes(eo, DE_CONFIDENTIALITY),
-        title=_name(eo),
+        type_code=eo.code(DE_TYPE_CODE),
+        class_code=eo.code(DE_CLASS_CODE),
+        format_code=eo.code(DE_FORMAT_CODE),
+        confidentiality_codes=tuple(
+            c.element.get("nodeRepresentation") or "" for c in eo.classifications.get(DE_CONFIDENTIALITY, ())
+        ),
+        title=name.get("value") if name is not None else None,
     )
 
 
-def _author_errors(owner: etree._Element, scheme: str, where: str) -> list[str]:
-    authors = _classifications(owner, scheme)
+def _author_errors(owner: _Object, scheme: str, where: str) -> list[str]:
+    authors = owner.classifications.get(scheme)
     if not authors:
         return [f"{where}: author missing"]
     errors = []
     for author in authors:
-        person = _slot(author, "authorPerson")
-        if not person:
+        if not author.slot("authorPerson"):
             errors.append(f"{where}: authorPerson missing")
-        institution = _slot(author, "authorInstitution")
+        institution = author.slot("authorInstitution")
         if not institution:
             errors.append(f"{where}: authorInstitution missing")
         elif not hl7.xon_finess(institution):
@@ -277,25 +284,25 @@ def _author_errors(owner: etree._Element, scheme: str, where: str) -> list[str]:
     return errors
 
 
-def _code_errors(owner: etree._Element, scheme: str, where: str, label: str) -> list[str]:
-    found = _classifications(owner, scheme)
+def _code_errors(owner: _Object, scheme: str, where: str, label: str) -> list[str]:
+    found = owner.classifications.get(scheme)
     if not found:
         return [f"{where}: {label} missing"]
     errors = []
     for cl in found:
-        if not cl.get("nodeRepresentation"):
+        if not cl.element.get("nodeRepresentation"):
             errors.append(f"{where}: {label} without code")
-        if not _slot(cl, "codingScheme"):
+        if not cl.slot("codingScheme"):
             errors.append(f"{where}: {label} without codingScheme")
     return errors
 
 
-def _content_errors(eo: etree._Element, where: str, attachments: dict[str, bytes]) -> list[str]:
-    content = attachments.get(eo.get("id"))
+def _content_errors(eo: _Object, where: str, attachments: dict[str, bytes]) -> list[str]:
+    content = attachments.get(eo.element.get("id"))
     if content is None:
         return [f"{where}: no attached document"]
     errors = []
-    declared_hash, declared_size = _slot(eo, "hash"), _slot(eo, "size")
+    declared_hash, declared_size = eo.slot("hash"), eo.slot("size")
     if declared_hash and (
         not SHA1_RE.match(declared_hash) or declared_hash.lower() != hashlib.sha1(content).hexdigest()
     ):
@@ -303,13 +310,6 @@ def _content_errors(eo: etree._Element, where: str, attachments: dict[str, bytes
     if declared_size and declared_size != str(len(content)):
         errors.append(f"{where}: size does not match the attached document")
     return errors
-
-
-def _associated(element: etree._Element, kind: str, source: str | None, target: str | None) -> bool:
-    return any(
-        a.get("associationType") == kind and a.get("sourceObject") == source and a.get("targetObject") == target
-        for a in element.iter(f"{_R}Association")
-    )
 
 
 def _short_oid(value: str) -> bool:
