@@ -114,11 +114,13 @@ class RulesSettings:
 
 @dataclass(frozen=True)
 class ValidationSettings:
-    # Every CDA is checked against the ANS CDA XSD. The ANS schematron costs ~4–5 ms of CPU per document, and
-    # ~1 s and ~200 MB to compile once per process: "every" (default) runs it on every CDA; "sample" on the
+    # Every CDA is checked against the ANS CDA XSD. The ANS schematron costs ~4–7 ms of CPU per document, and
+    # ~1 s and 110–210 MB to compile once per process: "every" (default) runs it on every CDA; "sample" on the
     # first CDA of each (site, type code) in a process and then one in `sample_every`; "off" never.
+    # `process`: `run` checks in a process of its own, on another core (payload/schematron_process.py).
     schematron: str = "every"
     sample_every: int = 100
+    process: bool = True
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,7 @@ def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> S
         validation=ValidationSettings(
             schematron=r.string("validation.schematron", "every", choices=("every", "sample", "off")),
             sample_every=r.integer("validation.sample_every", 100, minimum=1),
+            process=r.boolean("validation.process", True),
         ),
         signature=_signature(r),
         vihf=_vihf(r),

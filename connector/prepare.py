@@ -37,13 +37,23 @@ class Prepared:
 
 def document_cda(settings: Settings, document: Document, patient: Patient, site: Site, content: bytes) -> tuple[str, bytes]:
     """The document's uniqueId and its validated CDA; raises PayloadError (CDA_INVALID / METADATA_INVALID)."""
+    unique_id, xml, finish = start_document_cda(settings, document, patient, site, content)
+    finish()
+    return unique_id, xml
+
+
+def start_document_cda(settings: Settings, document: Document, patient: Patient, site: Site, content: bytes,
+                       schematron_process=None):
+    """`document_cda` in two steps: (uniqueId, CDA, finish), `finish()` raising once the schematron, run in
+    `schematron_process` if given, has answered. Raises at once what is found before."""
     unique_id = ids.document_unique_id(settings.structure.oid_root, document.document_id, document.version)
     if document.mime_type == CDA_MIME:
         xml = cda.check_passthrough_cda(content, document, patient, site)
     else:
         xml = cda.build_cda(document, patient, site, settings.structure, content, unique_id=unique_id)
-    validate.validate_cda(xml, document.document_id, schematron=_schematron_due(settings, site, document))
-    return unique_id, xml
+    finish = validate.start_cda_validation(xml, document.document_id, process=schematron_process,
+                                           schematron=_schematron_due(settings, site, document))
+    return unique_id, xml, finish
 
 
 _sampled: dict[tuple[str, str], int] = {}  # (site, type code) -> CDAs built in this process
@@ -77,17 +87,30 @@ class Batch:
 def plan_patient(settings: Settings, eligible: list) -> tuple[list[tuple[object, PayloadError]], list[Batch]]:
     """Build and validate the CDA of each eligible decision of one patient, then group them per site into
     batches capped by `submission.max_documents` and `submission.max_bytes`. Returns (failures, batches)."""
-    failures, by_site = [], {}
+    return start_patient(settings, eligible)()
+
+
+def start_patient(settings: Settings, eligible: list, schematron_process=None):
+    """`plan_patient` in two steps: the CDAs are built now and the schematron checks them in
+    `schematron_process` (if given) meanwhile; the returned callable waits for it and plans."""
+    failures, built = [], []
     for d in eligible:
         site = settings.structure.site(d.document.finess_geo)
         try:
-            uid, xml = document_cda(settings, d.document, d.patient, site, d.content)
-        except PayloadError as exc:
-            failures.append((d, exc))
-            continue
-        except Exception as exc:  # a defect of ours: this document fails, the others go on
-            log.exception("document %s v%d: could not be built", d.document_id, d.version)
-            failures.append((d, PayloadError("BUILD_ERROR", f"document {d.document_id}: {type(exc).__name__} while building its CDA")))
+            built.append((d, site, *start_document_cda(settings, d.document, d.patient, site, d.content,
+                                                       schematron_process)))
+        except Exception as exc:
+            failures.append((d, _as_payload_error(d, exc)))
+    return lambda: _plan(settings, failures, built)
+
+
+def _plan(settings: Settings, failures: list, built: list) -> tuple[list[tuple[object, PayloadError]], list[Batch]]:
+    by_site = {}
+    for d, site, uid, xml, finish in built:
+        try:
+            finish()
+        except Exception as exc:
+            failures.append((d, _as_payload_error(d, exc)))
             continue
         by_site.setdefault(site.finess_geo, (site, d.patient, []))[2].append((d.document, uid, xml))
     cap_count, cap_bytes = settings.submission.max_documents, settings.submission.max_bytes
@@ -103,6 +126,14 @@ def plan_patient(settings: Settings, eligible: list) -> tuple[list[tuple[object,
         if current:
             batches.append(Batch(site, patient, current))
     return failures, batches
+
+
+def _as_payload_error(d, exc: Exception) -> PayloadError:
+    if isinstance(exc, PayloadError):
+        return exc
+    # A defect of ours: this document fails, the others go on.
+    log.error("document %s v%d: could not be built", d.document_id, d.version, exc_info=exc)
+    return PayloadError("BUILD_ERROR", f"document {d.document_id}: {type(exc).__name__} while building its CDA")
 
 
 def submission(

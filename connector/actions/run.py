@@ -1,7 +1,8 @@
 """`run`: settle what earlier runs left open, scan the store, journal and deliver new submission sets.
 
-scan → rules → CDA (built, validated) → group per patient (capped) → journal ids (committed) → sign,
-assemble, validate → send (a bounded number in flight) → classify → FED / DEFERRED / FAILED + write-back.
+scan → rules → CDA (built, validated; the schematron in a process of its own, two patients ahead) → group
+per patient (capped) → journal ids (committed) → sign, assemble, validate → send (a bounded number in
+flight) → classify → FED / DEFERRED / FAILED + write-back.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from connector.ledger.repo import Ledger, SubmissionDoc, SubmissionRecord, utcno
 from connector.ledger.schema import FAILED, PENDING, SKIPPED
 from connector.payload import ids
 from connector.payload.errors import PayloadError
+from connector.payload.schematron_process import SchematronProcess
 from connector.runlock import run_lock
 from connector.scan import Decision, scan
 from connector.store import Candidate, Patient, Store
@@ -33,6 +35,7 @@ from connector.trust.certs import CertificateError, check_credential, load_crede
 log = logging.getLogger("connector.run")
 
 BUILD_ERROR = "BUILD_ERROR"  # an unexpected error while building a request: a defect to report
+LOOKAHEAD = 2  # patients whose CDAs are being checked while the main thread submits the one before
 
 
 @dataclass
@@ -83,6 +86,7 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
     slots = threading.BoundedSemaphore(settings.dmp.max_in_flight + 1)
     owner, lease = settings.ledger.instance, dt.timedelta(minutes=settings.ledger.lease_minutes)
     status = "done"
+    checker = SchematronProcess() if settings.validation.process and settings.validation.schematron != "off" else None
     try:
         with ThreadPoolExecutor(settings.dmp.max_in_flight, thread_name_prefix="send") as pool:
 
@@ -93,10 +97,24 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
 
             while claimed := ledger.claim_open_submissions(owner, lease, summary.run_id):
                 for sub_id in claimed:
-                    _resume(settings, ledger, store, sign, summary, ledger.submission(sub_id), submit)
-            for group in scan(store, ledger, settings):
-                progress.patient(summary)  # may raise StopRequested (daemon stopping)
-                _feed_patient(settings, ledger, sign, summary, group, submit, owner, lease)
+                    _resume(settings, ledger, store, sign, summary, ledger.submission(sub_id), submit, checker)
+            # A patient's CDAs are checked by the schematron process while the main thread finishes the
+            # patients before it. Asked to stop, it takes no new patient and finishes those it has taken.
+            started = collections.deque()
+
+            def finish(keep: int) -> None:
+                while len(started) > keep:
+                    _finish_patient(settings, ledger, sign, summary, started.popleft(), submit, owner, lease)
+
+            try:
+                for group in scan(store, ledger, settings):
+                    progress.patient(summary)  # may raise StopRequested (daemon stopping)
+                    started.append(_start_patient(settings, ledger, summary, group, checker))
+                    finish(keep=LOOKAHEAD if checker else 0)  # without that process, nothing to wait for
+            except StopRequested:
+                finish(keep=0)
+                raise
+            finish(keep=0)
     except StopRequested:
         status = "interrupted"  # asked to stop (SIGTERM): what is open is settled by the next run
         raise
@@ -104,6 +122,8 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
         status = "failed"
         raise
     finally:
+        if checker is not None:
+            checker.close()
         progress.close(summary)
         summary.duration = time.monotonic() - summary.started
         ledger.finish_run(summary.run_id, status, {**summary.counts, **{f"skipped:{k}": v for k, v in summary.skipped.items()}})
@@ -136,7 +156,8 @@ def _count(summary: Summary, record: SubmissionRecord, future) -> None:
                 len(record.documents))
 
 
-def _feed_patient(settings, ledger: Ledger, sign, summary: Summary, group: list[Decision], submit, owner, lease) -> None:
+def _start_patient(settings, ledger: Ledger, summary: Summary, group: list[Decision], checker):
+    """Record the patient's decisions, build its CDAs and start their checks; returns what finishes it."""
     rows = []
     for d in group:
         if d.eligible:
@@ -150,7 +171,12 @@ def _feed_patient(settings, ledger: Ledger, sign, summary: Summary, group: list[
                                  finess_geo=d.document.finess_geo if d.document else None,
                                  type_code=d.document.type_code if d.document else None))
     ledger.record_decisions(rows, summary.run_id)
-    failures, batches = prepare.plan_patient(settings, [d for d in group if d.eligible])
+    return prepare.start_patient(settings, [d for d in group if d.eligible], checker)
+
+
+def _finish_patient(settings, ledger: Ledger, sign, summary: Summary, plan, submit, owner, lease) -> None:
+    """Once its CDAs are checked: record those that failed, journal and submit the others' submission sets."""
+    failures, batches = plan()
     for d, exc in failures:
         log.warning("document %s v%d: %s", d.document_id, d.version, exc.reason)
         ledger.fail_documents([(d.document_id, d.version)], exc.reason, str(exc), summary.run_id, d.patient_id)
@@ -202,7 +228,8 @@ def _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, 
     submit(record, prepared, patient, withdraw)
 
 
-def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, record: SubmissionRecord, submit) -> None:
+def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, record: SubmissionRecord, submit,
+            checker) -> None:
     """Rebuild a journaled submission from the store with its recorded ids and time, then deliver it; if its
     documents are no longer eligible (opposition, death… since it was journaled) it is only settled, never sent."""
     batch, patient, site, withdraw = [], None, settings.structure.site(record.finess_geo), None
@@ -220,7 +247,9 @@ def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, reco
                 summary.skipped[str(skip.reason)] += len(record.documents)
                 return
             try:
-                uid, xml = prepare.document_cda(settings, item.document, item.patient, site, store.content(item.document))
+                uid, xml, checked = prepare.start_document_cda(settings, item.document, item.patient, site,
+                                                               store.content(item.document), checker)
+                checked()
                 batch.append((item.document, uid, xml))
                 patient = item.patient
             except PayloadError as exc:

@@ -497,17 +497,22 @@ def _short_path(location: str) -> str:
 def cda_errors(xml: bytes, *, schematron: bool = True) -> list[str]:
     """All errors of a CDA document: ANS CDA XSD, then (unless told not to) the structuration minimale
     schematron. [] = valid."""
+    errors, tree = _xsd_checked(xml)
+    if tree is not None and schematron:
+        _shrink_body(tree)
+        errors += [f"schematron {e}" for e in schematron_errors(tree)]
+    return errors
+
+
+def _xsd_checked(xml: bytes) -> tuple[list[str], etree._ElementTree | None]:
+    """The XSD errors of a CDA, and its tree when it is one the schematron can look at."""
     try:
         tree = parse_untrusted(xml)
     except ValueError as exc:
-        return [str(exc)]
+        return [str(exc)], None
     if tree.getroot().tag != "{urn:hl7-org:v3}ClinicalDocument":  # the schema also accepts SAML roots
-        return [f"XSD /: the root element is {etree.QName(tree.getroot()).localname}, not ClinicalDocument"]
-    xsd = [f"XSD {e}" for e in _hl7_and_saml_xsd.errors(tree)]
-    if not schematron:
-        return xsd
-    _shrink_body(tree)
-    return xsd + [f"schematron {e}" for e in schematron_errors(tree)]
+        return [f"XSD /: the root element is {etree.QName(tree.getroot()).localname}, not ClinicalDocument"], None
+    return [f"XSD {e}" for e in _hl7_and_saml_xsd.errors(tree)], tree
 
 
 def _shrink_body(tree: etree._ElementTree) -> None:
@@ -521,7 +526,25 @@ def _shrink_body(tree: etree._ElementTree) -> None:
 
 def validate_cda(xml: bytes, document_id: str, *, schematron: bool = True) -> None:
     """Raise PayloadError(CDA_INVALID) naming the document and its first errors if the CDA is invalid."""
-    errors = cda_errors(xml, schematron=schematron)
-    if errors:
-        more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
-        raise PayloadError(CDA_INVALID, f"{document_id}: {'; '.join(errors[:3])}{more}")
+    start_cda_validation(xml, document_id, schematron=schematron)()
+
+
+def start_cda_validation(xml: bytes, document_id: str, *, schematron: bool = True, process=None):
+    """`validate_cda` in two steps: the XSD now, the schematron now or, given a `SchematronProcess`, in that
+    process while the caller goes on. Returns the second step: a callable that raises as `validate_cda` does."""
+    errors, tree = _xsd_checked(xml)
+    pending = None
+    if tree is not None and schematron:
+        _shrink_body(tree)
+        if process is None:
+            errors += [f"schematron {e}" for e in schematron_errors(tree)]
+        else:
+            pending = process.submit(tree)
+
+    def finish() -> None:
+        found = errors + ([f"schematron {e}" for e in pending.result()] if pending is not None else [])
+        if found:
+            more = f" (+{len(found) - 3} more)" if len(found) > 3 else ""
+            raise PayloadError(CDA_INVALID, f"{document_id}: {'; '.join(found[:3])}{more}")
+
+    return finish
