@@ -239,34 +239,37 @@ class Sandbox:
 class Measured:
     returncode: int
     wall_s: float
-    cpu_s: float  # user + system of the child
+    cpu_s: float  # user + system of the child and of its own children (the schematron process)
     system_s: float  # of which system (the kernel: I/O, page faults, fsync)
-    peak_rss_mb: float  # ru_maxrss of the child
+    peak_rss_mb: float  # ru_maxrss: the largest of the child and its own children, each alone
     rss_samples: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, RSS MB)
+    tree_rss_samples: list[tuple[float, float]] = field(default_factory=list)  # the child + its children, summed
     stopped_after: float | None = None  # seconds, when a time limit interrupted it
 
 
 def run_measured(cmd: list[str], *, log: Path, cwd: Path | None = None, stdout=None, time_limit: float | None = None,
                  sample_every: float = 5.0) -> Measured:
     """Run `cmd` and measure exactly that child: wall time, CPU and peak RSS through wait4 (not
-    RUSAGE_CHILDREN, which would mix in every other child); RSS sampled from /proc along the way.
+    RUSAGE_CHILDREN, which would mix in every other child; wait4 counts the child's own children, e.g. the
+    schematron process); RSS sampled from /proc along the way, of the child and of it with its children.
     With `time_limit`, SIGINT after that many seconds (the run then finishes its run record and stops).
     The child's stderr goes to `log` (a pipe could fill up while we wait)."""
     started = time.monotonic()
     with open(log, "wb") as err:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=stdout, stderr=err)
     samples: list[tuple[float, float]] = []
+    tree_samples: list[tuple[float, float]] = []
     stop = threading.Event()
     stopped = []
 
     def watch():
         while not stop.wait(sample_every):
             try:
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        samples.append((round(time.monotonic() - started, 1), int(line.split()[1]) / 1024))
+                at, own = round(time.monotonic() - started, 1), _rss_mb(proc.pid)
             except OSError:
                 return
+            samples.append((at, own))
+            tree_samples.append((at, own + sum(_rss_mb(child, missing=0.0) for child in _children(proc.pid))))
             if time_limit and time.monotonic() - started > time_limit and not stopped:
                 stopped.append(round(time.monotonic() - started, 1))
                 proc.send_signal(2)
@@ -280,7 +283,25 @@ def run_measured(cmd: list[str], *, log: Path, cwd: Path | None = None, stdout=N
     if proc.returncode not in (0, 1):
         sys.stderr.write(Path(log).read_text(errors="replace")[-3000:])
     return Measured(proc.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_stime, usage.ru_maxrss / 1024, samples,
-                    stopped[0] if stopped else None)
+                    tree_samples, stopped[0] if stopped else None)
+
+
+def _rss_mb(pid: int, missing: float | None = None) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        if missing is None:
+            raise
+        return missing
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0.0)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        direct = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+    return direct + [grandchild for c in direct for grandchild in _children(c)]
 
 
 def table(rows: list[tuple[str, str]]) -> str:

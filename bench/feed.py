@@ -133,7 +133,8 @@ def bench_feed(work: Path, args) -> dict:
         "of which system ms/doc": round(1000 * m.system_s / max(1, n), 1),
         "connector peak RSS MB": round(m.peak_rss_mb, 1),
         "fed per 30 s": " ".join(map(str, fed_per_window(work / "state" / "ledger.sqlite3"))),
-        "RSS samples (s, MB)": ", ".join(f"{t:g}:{r:.0f}" for t, r in m.rss_samples[:: max(1, len(m.rss_samples) // 12)]),
+        "RSS samples (s, MB)": _samples(m.rss_samples),
+        "with its schematron process (s, MB)": _samples(m.tree_rss_samples) if m.tree_rss_samples != m.rss_samples else "-",
         "sandbox CPU ms/doc": round(1000 * sandbox_cpu / max(1, n), 1),
         "sandbox submissions": stored["submissions"], "sandbox documents stored": stored["documents"],
         "sandbox duplicates": stored["duplicate_deliveries"], "sandbox rejected requests": stored["rejected_requests"],
@@ -148,6 +149,10 @@ def _profiled(out: Path | None) -> list[str]:
         return [sys.executable, "-m", "cProfile", "-o", str(out.resolve())]
     py_spy = Path(sys.executable).with_name("py-spy")  # pip install py-spy
     return [str(py_spy), "record", "--gil", "--format", "raw", "--rate", "100", "--output", str(out.resolve()), "--", sys.executable]
+
+
+def _samples(samples: list[tuple[float, float]]) -> str:
+    return ", ".join(f"{t:g}:{r:.0f}" for t, r in samples[:: max(1, len(samples) // 12)])
 
 
 def fed_per_window(ledger_path: Path, window_s: int = 30) -> list[int]:
