@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from connector.payload import cda, validate
+from connector.payload import cda, schematron_process, validate
 from connector.payload.errors import PayloadError
 from connector.payload.schematron_process import SchematronProcess
 from connector.resources import ans_kit
@@ -80,3 +80,16 @@ def test_falls_back_to_the_callers_process_when_it_dies(cases, caplog):
     assert verdict(validate.start_cda_validation(cases["ours"], "D3", process=p)) is None
     warnings = [r for r in caplog.records if "schematron process ended" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_without_a_process_the_checks_run_in_the_callers(cases, caplog, monkeypatch):
+    def refused(*args, **kwargs):
+        raise OSError(38, "Function not implemented")  # what sem_open says where /dev/shm is missing
+
+    monkeypatch.setattr(schematron_process, "ProcessPoolExecutor", refused)
+    with caplog.at_level(logging.WARNING, logger="connector.validate"):
+        with SchematronProcess() as p:
+            found = verdict(validate.start_cda_validation(cases["ours-no-county"], "D1", process=p))
+            assert verdict(validate.start_cda_validation(cases["ours"], "D2", process=p)) is None
+    assert found and "schematron" in found
+    assert [r.getMessage() for r in caplog.records] == ["no schematron process (OSError); checking CDAs in the run's own process"]

@@ -24,9 +24,12 @@ log = logging.getLogger("connector.validate")
 
 class SchematronProcess:
     def __init__(self) -> None:
-        # spawn, not fork: the parent runs threads (senders) and a fork would copy their locks mid-use.
-        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start)
         self._broken = False
+        try:  # spawn, not fork: the parent runs threads (senders) and a fork would copy their locks mid-use
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start)
+        except (OSError, NotImplementedError) as exc:  # no POSIX semaphores (a sandbox without /dev/shm)…
+            log.warning("no schematron process (%s); checking CDAs in the run's own process", type(exc).__name__)
+            self._pool, self._broken = None, True
 
     def submit(self, tree: etree._ElementTree) -> "Pending":
         """Start checking a parsed CDA (body already shrunk); `Pending.result()` gives its errors."""
@@ -39,7 +42,8 @@ class SchematronProcess:
         return Pending(self, future, tree)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> "SchematronProcess":
         return self
