@@ -35,9 +35,10 @@ class Prepared:
     cdas: dict[str, bytes]  # document uniqueId -> CDA bytes
 
 
-def document_cda(settings: Settings, document: Document, patient: Patient, site: Site, content: bytes) -> tuple[str, bytes]:
+def document_cda(settings: Settings, document: Document, patient: Patient, site: Site, content: bytes,
+                 schematron_process=None) -> tuple[str, bytes]:
     """The document's uniqueId and its validated CDA; raises PayloadError (CDA_INVALID / METADATA_INVALID)."""
-    unique_id, xml, finish = start_document_cda(settings, document, patient, site, content)
+    unique_id, xml, finish = start_document_cda(settings, document, patient, site, content, schematron_process)
     finish()
     return unique_id, xml
 

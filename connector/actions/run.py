@@ -247,9 +247,8 @@ def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, reco
                 summary.skipped[str(skip.reason)] += len(record.documents)
                 return
             try:
-                uid, xml, checked = prepare.start_document_cda(settings, item.document, item.patient, site,
-                                                               store.content(item.document), checker)
-                checked()
+                uid, xml = prepare.document_cda(settings, item.document, item.patient, site,
+                                                store.content(item.document), checker)
                 batch.append((item.document, uid, xml))
                 patient = item.patient
             except PayloadError as exc:

@@ -27,6 +27,7 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import lxml
@@ -497,11 +498,22 @@ def _short_path(location: str) -> str:
 def cda_errors(xml: bytes, *, schematron: bool = True) -> list[str]:
     """All errors of a CDA document: ANS CDA XSD, then (unless told not to) the structuration minimale
     schematron. [] = valid."""
+    return _start_cda_errors(xml, schematron, None)()
+
+
+def _start_cda_errors(xml: bytes, schematron: bool, process) -> Callable[[], list[str]]:
+    """The XSD errors now, the schematron's now or, given a `SchematronProcess`, in that process: a callable
+    that gives them all (waiting for that process if need be)."""
     errors, tree = _xsd_checked(xml)
-    if tree is not None and schematron:
-        _shrink_body(tree)
-        errors += [f"schematron {e}" for e in schematron_errors(tree)]
-    return errors
+    if tree is None or not schematron:
+        return lambda: errors
+    _shrink_body(tree)
+    if process is None:
+        found = schematron_errors(tree)
+        answer = lambda: found  # noqa: E731
+    else:
+        answer = process.submit(tree).result
+    return lambda: errors + [f"schematron {e}" for e in answer()]
 
 
 def _xsd_checked(xml: bytes) -> tuple[list[str], etree._ElementTree | None]:
@@ -532,18 +544,10 @@ def validate_cda(xml: bytes, document_id: str, *, schematron: bool = True) -> No
 def start_cda_validation(xml: bytes, document_id: str, *, schematron: bool = True, process=None):
     """`validate_cda` in two steps: the XSD now, the schematron now or, given a `SchematronProcess`, in that
     process while the caller goes on. Returns the second step: a callable that raises as `validate_cda` does."""
-    errors, tree = _xsd_checked(xml)
-    pending = None
-    if tree is not None and schematron:
-        _shrink_body(tree)
-        if process is None:
-            errors += [f"schematron {e}" for e in schematron_errors(tree)]
-        else:
-            pending = process.submit(tree)
+    all_errors = _start_cda_errors(xml, schematron, process)
 
     def finish() -> None:
-        found = errors + ([f"schematron {e}" for e in pending.result()] if pending is not None else [])
-        if found:
+        if found := all_errors():
             more = f" (+{len(found) - 3} more)" if len(found) > 3 else ""
             raise PayloadError(CDA_INVALID, f"{document_id}: {'; '.join(found[:3])}{more}")
 
