@@ -6,6 +6,7 @@ import signal
 import threading
 
 POINTS = ("after_journal", "before_send", "after_send", "before_settle", "after_settle")
+# Also "migration_step": after each step of a ledger migration (connector/ledger/migrations/env.py).
 
 _spec = os.environ.get("DMP_CONNECTOR_CRASH_AT", "")
 _target, _, _nth = _spec.partition(":")

@@ -34,10 +34,49 @@ def current(engine: sa.Engine) -> str | None:
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    """The whole upgrade in one transaction: a failure or a kill -9 at any point leaves the ledger as it was
+    (both SQLite and PostgreSQL have transactional DDL). pysqlite would commit each CREATE/DROP on its own (it
+    only opens transactions before INSERT/UPDATE/DELETE), so on SQLite the transaction is opened explicitly."""
     from alembic import command
 
-    with engine.begin() as conn:
-        command.upgrade(_config(conn), revision)
+    with engine.connect() as conn:
+        sqlite = engine.dialect.name == "sqlite"
+        dbapi_conn = conn.connection.dbapi_connection
+        if sqlite:
+            dbapi_conn.isolation_level = None  # pysqlite: no implicit BEGIN/COMMIT of its own
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            _clear_unversioned(conn)
+            command.upgrade(_config(conn), revision)
+            conn.commit()
+        finally:
+            if sqlite:
+                conn.rollback()  # a no-op after the commit
+                dbapi_conn.isolation_level = ""
+
+
+# The tables of the ledger, children first: what an interrupted migration of an earlier version may have left.
+TABLES = ("submission_documents", "documents", "submissions", "runs", "audit")
+
+
+def _clear_unversioned(conn) -> None:
+    """Repair what an earlier version's interrupted first migration left (tables, no alembic_version): if
+    those tables hold nothing, they are dropped (this transaction recreates them); if they hold rows, the
+    ledger is refused: migrating over it could lose what it knows."""
+    inspector = sa.inspect(conn)
+    if inspector.has_table("alembic_version"):
+        if conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar():
+            return
+    left = [t for t in TABLES if inspector.has_table(t)]
+    if not left:
+        return
+    if any(conn.execute(sa.text(f"SELECT 1 FROM {t} LIMIT 1")).first() for t in left):
+        from connector.errors import LedgerError
+
+        raise LedgerError(f"the ledger has tables ({', '.join(left)}) holding rows but no schema version: it was "
+                          "not made by dmp-connector, or a migration was interrupted; restore it from a backup")
+    for t in left:
+        conn.execute(sa.text(f"DROP TABLE {t}"))
 
 
 def revision(engine: sa.Engine, message: str, rev_id: str) -> None:
