@@ -2,7 +2,8 @@
 
 The ids were committed by the ledger before we get here (write-ahead). A submission that was tried before
 (crash, unknown outcome, deferred) is first looked up with ITI-18: if the DMP has it, it is FED and nothing is
-resent; otherwise it is resent with the very same ids. Transient errors are retried in the run (tenacity,
+resent; if the DMP says it does not, it is resent with the very same ids; if the query gets no answer, nothing is
+sent: it is DEFERRED (UNKNOWN_OUTCOME) and asked again by a later run. Transient errors are retried in the run (tenacity,
 exponential backoff with jitter), then DEFERRED with a doubling delay, then FAILED (EXPIRED) after the lifetime.
 """
 
@@ -51,9 +52,9 @@ class Deliverer:
             found = self._lookup(record, prepared, ins_cx) if record.attempts > 0 else False
             if found:
                 return self._settle(record, prepared, Result(FED, "reconciled"), "found in the DMP by ITI-18; not resent")
+            if found is None:  # sent before, and cannot tell whether it arrived: ask again next run, never send
+                return self._defer(record, prepared, _no_reply(), UNKNOWN_OUTCOME)
             if withdraw:
-                if found is None:  # cannot tell whether it arrived: ask again next run, never send
-                    return self._defer(record, prepared, _no_reply(), UNKNOWN_OUTCOME)
                 self.ledger.withdraw_submission(record.id, *withdraw)
                 return Result(SKIPPED, "withdrawn", withdraw[0])
         for resend in (False, True):

@@ -1,18 +1,13 @@
-"""DmpClient against a real HTTPS server in a thread (client certificate required, test PKI)."""
+"""DmpClient against a real HTTPS server in a thread (client certificate required, test PKI: hostile_server.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import http.server
 import os
 import ssl
-import threading
-import time
-import warnings
-from dataclasses import dataclass, field
 
 import pytest
+from hostile_server import running_server, server_context
 from lxml import etree
 
 from connector.config import CertificateSettings, DmpSettings, VihfSettings
@@ -25,55 +20,6 @@ INS_CX = "279035121518989^^^&1.2.250.1.213.1.4.10&ISO^NH"
 SS_UID = "1.2.250.1.999.42.3.1"
 
 
-@dataclass
-class Behaviour:
-    status: int = 200
-    content_type: str = "application/soap+xml; charset=UTF-8"
-    body: bytes = b""
-    close_without_reply: bool = False
-    delay: float = 0.0
-    requests: list = field(default_factory=list)
-
-
-class Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass  # handshake failures are the point of several tests; the client side asserts them
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        b: Behaviour = self.server.behaviour
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        b.requests.append((self.path, dict(self.headers), body, self.connection.version()))
-        if b.close_without_reply:
-            self.close_connection = True
-            return
-        time.sleep(b.delay)
-        self.send_response(b.status)
-        self.send_header("Content-Type", b.content_type)
-        self.send_header("Content-Length", str(len(b.body)))
-        self.end_headers()
-        self.wfile.write(b.body)
-
-
-def server_context(files: pki.PkiFiles, *, max_version=None) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    if max_version:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1 on purpose
-            ctx.minimum_version = ctx.maximum_version = max_version
-        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    ctx.load_cert_chain(files.server_cert, files.server_key, files.server_password_file.read_bytes().strip())
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cafile=str(files.client_ca))
-    return ctx
-
-
 @pytest.fixture(scope="module")
 def test_pki(tmp_path_factory):
     return pki.create_test_pki(tmp_path_factory.mktemp("pki"))
@@ -82,19 +28,6 @@ def test_pki(tmp_path_factory):
 @pytest.fixture(scope="module")
 def other_pki(tmp_path_factory):
     return pki.create_test_pki(tmp_path_factory.mktemp("other-pki"))
-
-
-@contextlib.contextmanager
-def running_server(ctx: ssl.SSLContext):
-    server = Server(("127.0.0.1", 0), Handler)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
-    server.behaviour = Behaviour()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
