@@ -183,13 +183,41 @@ def release(settings, document_id: str, version) -> None:
 
 
 def _set_held(settings, document_id, version, held: bool) -> None:
-    from connector.actions import replay as action
+    """Holds are kept by document id (and optional version) whether or not a run has seen the document."""
     from connector.actions.context import open_settings_ledger
+    from connector.ledger.schema import FED
 
-    n = action.set_held(open_settings_ledger(settings), document_id, version, held)
-    if n == 0:
-        fail(f"document {document_id} is not in the ledger yet (a document is recorded by its first run)", EXIT_ATTENTION)
-    click.echo(f"{document_id}: {n} version(s) {'held' if held else 'released'}")
+    ledger = open_settings_ledger(settings)
+    what = f"{document_id}{'' if version is None else f' v{version}'}"
+    seen = {k: s for k, s in ledger.states([(document_id, v) for v in _versions(ledger, document_id, version)]).items()
+            if s.state is not None}
+    if not held:
+        if ledger.release(document_id, version) == 0:
+            others = ledger.holds_of(document_id)
+            hint = (" (it is held for every version: release it without --version)" if None in others and version
+                    is not None else f" (held versions: {', '.join(map(str, others))})" if others else "")
+            fail(f"{what} is not held{hint}", EXIT_ATTENTION)
+        click.echo(f"{what}: released; the next run decides on it")
+        return
+    new = ledger.hold(document_id, version)
+    fed = sorted(v for (_, v), s in seen.items() if s.state == FED)
+    click.echo(f"{what}: {'held' if new else 'already held'}"
+               f"{'' if version is not None else ' (every version)'}"
+               f"{'' if seen else ' (no run has seen it yet: it will not be fed)'}")
+    if fed:
+        click.echo(f"note: {document_id} v{', v'.join(map(str, fed))} already FED: the DMP keeps what it received; "
+                   "the hold only keeps other versions out")
+
+
+def _versions(ledger, document_id: str, version) -> list[int]:
+    if version is not None:
+        return [version]
+    import sqlalchemy as sa
+
+    from connector.ledger.schema import documents
+
+    with ledger.engine.connect() as conn:
+        return list(conn.execute(sa.select(documents.c.version).where(documents.c.document_id == document_id)).scalars())
 
 
 # --- status ------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def test_replay_after_correction_dry_run_hold_and_release(tmp_path):
         assert h.received(folder)["submissions"] == 1
 
         # hold keeps the (now validated) document out of runs
-        assert "1 version(s) held" in _cli(cfg, "hold", "HELD-1")
+        assert "HELD-1: held (every version)" in _cli(cfg, "hold", "HELD-1")
         with sqlite3.connect(folder.store_db) as db:
             db.execute("UPDATE dmp_document SET status = 'VALIDATED' WHERE document_id = 'HELD-1'")
         out = _cli(cfg, "run", "--format", "json")
@@ -78,3 +78,35 @@ def test_replay_after_correction_dry_run_hold_and_release(tmp_path):
 
     h.assert_exactly_once(folder, set(keys) | {("HELD-1", 1)})
     assert h.received(folder)["rejections"] == {CLOSED: 1}  # refused once while closed, never resent meanwhile
+
+
+def test_hold_before_any_run_keeps_the_document_out_and_hold_release_say_what_they_did(tmp_path):
+    """An identity-vigilance hold is possible before the first run sees the document (by id, or id and
+    version); `hold` of a FED document says so; `release` of a document not held says so (exit 1)."""
+    store = tmp_path / "store"
+    keys = h.synthetic_store(store, 3, seed=5, per_patient=(1, 1))
+    folder = h.make_folder(tmp_path)
+    (held_id, _), (versioned_id, _), (fed_id, _) = sorted(keys)
+    with h.sandbox(folder) as sb:
+        cfg = folder.configure(sb.url)
+        out = _cli(cfg, "hold", held_id)
+        assert f"{held_id}: held (every version) (no run has seen it yet: it will not be fed)" in out
+        assert "already held" in _cli(cfg, "hold", held_id)
+        assert f"{versioned_id} v1: held" in _cli(cfg, "hold", versioned_id, "--version", "1")
+        _cli(cfg, "run")
+        states = h.ledger_states(folder.ledger_url)
+        assert states[(held_id, 1)] == ("SKIPPED", "HELD") and states[(versioned_id, 1)] == ("SKIPPED", "HELD")
+        assert states[(fed_id, 1)] == ("FED", None)
+        assert h.received(folder)["documents"] == 1
+
+        out = _cli(cfg, "hold", fed_id)
+        assert f"note: {fed_id} v1 already FED" in out
+
+        not_held = CliRunner().invoke(main, ["release", versioned_id, "--version", "2", "--config", str(cfg)])
+        assert not_held.exit_code == 1 and f"{versioned_id} v2 is not held (held versions: 1)" in not_held.output
+        never = CliRunner().invoke(main, ["release", "NO-SUCH-DOC", "--config", str(cfg)])
+        assert never.exit_code == 1 and "NO-SUCH-DOC is not held" in never.output
+        assert f"{held_id}: released" in _cli(cfg, "release", held_id)
+        assert f"{versioned_id} v1: released" in _cli(cfg, "release", versioned_id, "--version", "1")
+        _cli(cfg, "run")
+    h.assert_exactly_once(folder, set(keys))

@@ -62,16 +62,6 @@ def requeue(ledger: Ledger, rows: list[dict]) -> None:
                     state=PENDING, reason=None, detail=None, updated_at=now))
 
 
-def set_held(ledger: Ledger, document_id: str, version: int | None, held: bool) -> int:
-    """Hold (or release) a document: a held document is left out of every run until released."""
-    d = documents
-    query = sa.update(d).where(d.c.document_id == document_id)
-    if version is not None:
-        query = query.where(d.c.version == version)
-    with ledger.engine.begin() as conn:
-        return conn.execute(query.values(held=held, updated_at=utcnow())).rowcount
-
-
 def states_of(ledger: Ledger, keys: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[str, str | None]]:
     states = ledger.states(keys)
     return {k: (states[k].state, states[k].reason) for k in keys if k in states}

@@ -6,6 +6,7 @@ after) is its own committed transaction, so a crash at any point leaves a state 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import os
@@ -26,10 +27,13 @@ from connector.ledger.schema import (
     SKIPPED,
     SUBMITTING,
     audit,
+    certificates,
     documents,
+    holds,
     runs,
     submission_documents,
     submissions,
+    write_back_pending,
 )
 
 
@@ -80,7 +84,7 @@ def utcnow() -> dt.datetime:
 class DocState:
     document_id: str
     version: int
-    state: str
+    state: str | None  # None: never seen by a run, only held by an operator
     reason: str | None
     held: bool
     next_attempt_at: dt.datetime | None
@@ -181,7 +185,23 @@ class Ledger:
                     d.c.document_id, d.c.version, d.c.state, d.c.reason, d.c.held, d.c.next_attempt_at, d.c.submission_id
                 ).where(d.c.document_id.in_(ids))
             ).all()
-        return {(r.document_id, r.version): DocState(*r) for r in rows}
+            held = conn.execute(sa.select(holds.c.document_id, holds.c.version)
+                                .where(holds.c.document_id.in_(ids))).all() if self._has_holds(conn) else []
+        found = {(r.document_id, r.version): DocState(*r) for r in rows}
+        # A hold by id (every version) or id and version counts whether or not a run has seen the document: an
+        # unseen one gets a state-less entry, so the scan skips it as HELD (and records it so).
+        every = {h.document_id for h in held if h.version is None}
+        one = {(h.document_id, h.version) for h in held if h.version is not None}
+        for key in keys:
+            if key[0] in every or key in one:
+                state = found.get(key)
+                found[key] = (DocState(key[0], key[1], None, None, True, None, None) if state is None
+                              else dataclasses.replace(state, held=True))
+        return found
+
+    def _has_holds(self, conn) -> bool:
+        """Whether any hold exists (one indexed probe; most ledgers have none)."""
+        return conn.execute(sa.select(holds.c.id).limit(1)).first() is not None
 
     def record_decisions(self, rows: list[dict], run_id: int) -> None:
         """Upsert the scan's decisions: SKIPPED (with reason) or PENDING. Never touches a document that is
@@ -347,3 +367,99 @@ class Ledger:
                 at=utcnow(), run_id=run_id, action=action, outcome=outcome, finess_geo=finess_geo, rpps=rpps,
                 submission_set_uid=submission_set_uid, document_ids=",".join(document_ids)[:2000] or None,
                 error_code=error_code, message=message and message[:2000]))
+
+    # --- holds (`dmp-connector hold` / `release`) ------------------------------------------------
+
+    def hold(self, document_id: str, version: int | None) -> bool:
+        """Hold a document id (every version) or one version, seen by a run or not. False: it already was."""
+        h = holds
+        with self.engine.begin() as conn:
+            same = conn.execute(sa.select(h.c.id).where(
+                h.c.document_id == document_id,
+                h.c.version.is_(None) if version is None else h.c.version == version)).first()
+            if same is None:
+                conn.execute(sa.insert(h).values(document_id=document_id, version=version, held_at=utcnow()))
+            self._sync_held(conn, document_id)
+        return same is None
+
+    def release(self, document_id: str, version: int | None) -> int:
+        """Remove the holds on a document id (every hold of it) or on one version; returns how many."""
+        h = holds
+        query = sa.delete(h).where(h.c.document_id == document_id)
+        if version is not None:
+            query = query.where(h.c.version == version)
+        with self.engine.begin() as conn:
+            n = conn.execute(query).rowcount
+            self._sync_held(conn, document_id)
+        return n
+
+    def holds_of(self, document_id: str) -> list[int | None]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(holds.c.version).where(holds.c.document_id == document_id)).scalars())
+
+    @staticmethod
+    def _sync_held(conn, document_id: str) -> None:
+        """documents.held follows the holds (a held deferred submission is not claimed by a run)."""
+        h, d = holds, documents
+        covered = sa.exists().where(h.c.document_id == d.c.document_id,
+                                    sa.or_(h.c.version.is_(None), h.c.version == d.c.version))
+        conn.execute(sa.update(d).where(d.c.document_id == document_id).values(held=covered))
+
+    # --- write-back to the store's dmp_feed_status -----------------------------------------
+
+    def write_back_failed(self, keys: Iterable[tuple[str, int]], error: str) -> None:
+        """Remember documents whose dmp_feed_status row could not be written: every run retries them."""
+        w, now = write_back_pending, utcnow()
+        with self.engine.begin() as conn:
+            for document_id, version in keys:
+                key = (w.c.document_id == document_id) & (w.c.version == version)
+                if conn.execute(sa.update(w).where(key).values(attempts=w.c.attempts + 1,
+                                                               last_error=error[:300])).rowcount == 0:
+                    conn.execute(sa.insert(w).values(document_id=document_id, version=version, since=now,
+                                                     attempts=1, last_error=error[:300]))
+
+    def write_back_done(self, keys: Iterable[tuple[str, int]]) -> None:
+        w = write_back_pending
+        with self.engine.begin() as conn:
+            for document_id, version in keys:
+                conn.execute(sa.delete(w).where(w.c.document_id == document_id, w.c.version == version))
+
+    def write_back_rows(self, *, pending_only: bool = True, limit: int | None = None) -> list[dict]:
+        """dmp_feed_status rows as the ledger says they should be: the pending ones, or every FED and FAILED
+        document (`dmp-connector write-back --all`)."""
+        d, sd, w = documents, submission_documents, write_back_pending
+        query = (sa.select(d.c.document_id, d.c.version, d.c.state, d.c.fed_at, d.c.reason, d.c.detail,
+                           sd.c.unique_id)
+                 .select_from(d.outerjoin(sd, (sd.c.submission_id == d.c.submission_id)
+                                          & (sd.c.document_id == d.c.document_id) & (sd.c.version == d.c.version))))
+        if pending_only:
+            query = query.join(w, (w.c.document_id == d.c.document_id) & (w.c.version == d.c.version))
+        else:
+            query = query.where(d.c.state.in_([FED, FAILED]))
+        query = query.order_by(d.c.document_id, d.c.version).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(document_id=r.document_id, version=r.version, status=r.state,
+                         dmp_unique_id=r.unique_id if r.state == FED else None,
+                         fed_at=r.fed_at if r.state == FED else None,
+                         last_error=None if r.state == FED else (r.detail or r.reason or "")[:1000])
+                    for r in conn.execute(query)]
+
+    def write_back_pending_count(self) -> tuple[int, dt.datetime | None]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(sa.func.count(), sa.func.min(write_back_pending.c.since))).one()
+        return row[0], row[1]
+
+    # --- certificates ------------------------------------------------------------------------
+
+    def record_certificates(self, not_after: dict[str, dt.datetime]) -> None:
+        """The expiry of the certificates a run loaded (naive UTC), for `status --check` and Prometheus."""
+        c, now = certificates, utcnow()
+        with self.engine.begin() as conn:
+            for purpose, when in not_after.items():
+                if conn.execute(sa.update(c).where(c.c.purpose == purpose)
+                                .values(not_after=when, checked_at=now)).rowcount == 0:
+                    conn.execute(sa.insert(c).values(purpose=purpose, not_after=when, checked_at=now))
+
+    def certificate_expiry(self) -> dict[str, dt.datetime]:
+        with self.engine.connect() as conn:
+            return {r.purpose: r.not_after for r in conn.execute(sa.select(certificates))}

@@ -108,3 +108,35 @@ audit = sa.Table(
     sa.Column("message", sa.String(2000)),
     sa.Index("ix_audit_at", "at"),
 )
+
+# An operator's hold (`dmp-connector hold`), by document id and optional version (NULL: every version), whether or
+# not a run has seen the document yet (migration 0005).
+holds = sa.Table(
+    "holds",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("document_id", sa.String(64), nullable=False),
+    sa.Column("version", sa.Integer),
+    sa.Column("held_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("document_id", "version", name="uq_holds_document_version"),
+)
+
+# Documents whose `dmp_feed_status` row could not be written: every run retries them until it succeeds.
+write_back_pending = sa.Table(
+    "write_back_pending",
+    metadata,
+    sa.Column("document_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("since", sa.DateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("last_error", sa.String(300)),
+)
+
+# The expiry of the certificates the last run loaded (read by `status --check` without loading them).
+certificates = sa.Table(
+    "certificates",
+    metadata,
+    sa.Column("purpose", sa.String(16), primary_key=True),
+    sa.Column("not_after", sa.DateTime, nullable=False),
+    sa.Column("checked_at", sa.DateTime, nullable=False),
+)
