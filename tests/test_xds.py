@@ -195,6 +195,23 @@ def test_signature_entry_metadata(tmp_path):
     assert slot(eo, "legalAuthenticator") == author_slots(eo, xds.DE_AUTHOR)["authorPerson"]
     assert external_id(eo, xds.DE_UNIQUE_ID) == signature.unique_id
     assert codes(eo, xds.DE_FACILITY_TYPE)[0][0] == "SA01"
+    # as the GIE's TD2.1: the submission set's author with its specialty, the INS as sourcePatientId
+    (package,) = element.iter(f"{R}RegistryPackage")
+    assert author_slots(eo, xds.DE_AUTHOR) == author_slots(package, xds.SS_AUTHOR)
+    assert author_slots(eo, xds.DE_AUTHOR)["authorSpecialty"] == [
+        "G15_10/SM26^Médecin - Qualifié en Médecine Générale (SM)^1.2.250.1.213.1.1.4.5"
+    ]
+    assert slot(eo, "sourcePatientId") == [external_id(eo, xds.DE_PATIENT_ID)]
+
+
+@pytest.mark.parametrize("legal, expected", [
+    (None, "810001234567^MARTIN^Claire^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS"),  # the author, as the CDA's
+    ("10009876543", "810009876543^^^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS"),
+])
+def test_every_entry_has_the_cdas_legal_authenticator(tmp_path, legal, expected):
+    element, _, (entry,), signature = build(tmp_path, legal_authenticator_rpps=legal)
+    assert slot(extrinsic(element, entry.entry_uuid), "legalAuthenticator") == [expected]
+    assert slot(extrinsic(element, signature.entry_uuid), "legalAuthenticator") == [expected]
 
 
 @pytest.mark.parametrize(

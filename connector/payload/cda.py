@@ -23,7 +23,7 @@ import datetime as dt
 from lxml import etree
 
 from connector.config import Site, Structure
-from connector.payload import codes, hl7, ids
+from connector.payload import codes, header, hl7, ids
 from connector.payload.errors import CDA_INVALID, METADATA_INVALID, PayloadError
 from connector.payload.validate import parse_untrusted
 from connector.store import Document, Patient
@@ -79,7 +79,7 @@ def build_cda(
         wrong = "healthcare_facility_type" if facility is None else "practice_setting"
         raise PayloadError(METADATA_INVALID, f"document {doc_id}: site {site.finess_geo} {wrong} is not in its value set")
     created = document.created_at or now
-    legal_rpps = document.legal_authenticator_rpps or document.author_rpps
+    legal_rpps = header.legal_authenticator_rpps(document)
 
     b = _Builder()
     root = b.root
@@ -89,10 +89,10 @@ def build_cda(
         b.add(root, "templateId", root=template)
     b.add(root, "id", root=unique_id)
     b.code(root, "code", type_code)
-    b.add(root, "title", text=(document.title or "").strip() or type_code.display)  # ST must not be blank
+    b.add(root, "title", text=header.title(document, type_code.display))
     b.add(root, "effectiveTime", value=timestamp(created))
     b.add(root, "confidentialityCode", code="N", displayName="Normal", codeSystem=CONFIDENTIALITY_SYSTEM)
-    b.add(root, "languageCode", code="fr-FR")
+    b.add(root, "languageCode", code=header.LANGUAGE)
     b.add(root, "setId", root=ids.document_set_id(structure.oid_root, doc_id))
     b.add(root, "versionNumber", value=str(document.version))
 
@@ -118,7 +118,7 @@ def build_cda(
     b.add(author, "time", value=timestamp(created))
     assigned = b.add(author, "assignedAuthor")
     b.add(assigned, "id", root=hl7.RPPS_AUTHORITY, extension="8" + document.author_rpps)
-    specialty = codes.author_specialty(document.author_specialty_code)
+    specialty = header.author_specialty(document)
     if specialty is not None:
         b.code(assigned, "code", specialty)
     b.person_name(b.add(assigned, "assignedPerson"), document.author_family_name, document.author_given_name)
@@ -132,7 +132,7 @@ def build_cda(
     b.add(legal, "signatureCode", code="S")
     entity = b.add(legal, "assignedEntity")
     b.add(entity, "id", root=hl7.RPPS_AUTHORITY, extension="8" + legal_rpps)
-    if legal_rpps == document.author_rpps:
+    if header.legal_authenticator_is_author(document):
         b.person_name(b.add(entity, "assignedPerson"), document.author_family_name, document.author_given_name)
 
     event = b.add(b.add(root, "documentationOf"), "serviceEvent")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from connector.config import Site, Structure, SubmissionSettings
-from connector.payload import codes, hl7, ids
+from connector.payload import codes, header, hl7, ids
 from connector.payload.errors import METADATA_INVALID, PayloadError
 from connector.store import Document, Patient
 
@@ -189,12 +189,13 @@ def build_provide_and_register(
                 entry_uuid=entry.entry_uuid,
                 unique_id=entry.unique_id,
                 mime_type="text/xml",
-                title=doc.title or type_code.display,
-                language="fr-FR",
+                title=header.title(doc, type_code.display),
+                language=header.LANGUAGE,
                 creation_time=doc.created_at,
                 service_start=doc.service_start or doc.created_at,
                 service_stop=doc.service_stop,
                 content=entry.cda,
+                source_patient_id=ipp_cx(structure, patient),
                 author=doc_author,
                 legal_authenticator=_legal_authenticator(doc),
                 class_code=Code(submission.class_code, submission.class_code_scheme, submission.class_code_display),
@@ -223,8 +224,9 @@ def build_provide_and_register(
                 service_start=signature.signing_time,
                 service_stop=signature.signing_time,
                 content=signature.xml,
-                author=_Author(author.person, author.institution, None),
-                legal_authenticator=author.person,
+                source_patient_id=ins_cx(patient),  # as the GIE's TD2.1 example: the signature has no IPP of its own
+                author=author,
+                legal_authenticator=_legal_authenticator(first),
                 class_code=SIGNATURE_CLASS,
                 type_code=SIGNATURE_TYPE,
                 format_code=SIGNATURE_FORMAT,
@@ -288,8 +290,9 @@ class _EntryMetadata:
     service_start: dt.datetime
     service_stop: dt.datetime | None
     content: bytes
+    source_patient_id: str
     author: _Author
-    legal_authenticator: str | None
+    legal_authenticator: str
     class_code: Code
     type_code: Code
     format_code: Code
@@ -338,14 +341,13 @@ class _Builder:
         # Slots first (ebRIM sequence), in the order of IHE ITI TF-3 tables.
         self.slot(eo, "creationTime", hl7.dtm(m.creation_time))
         self.slot(eo, "languageCode", m.language)
-        if m.legal_authenticator:
-            self.slot(eo, "legalAuthenticator", m.legal_authenticator)
+        self.slot(eo, "legalAuthenticator", m.legal_authenticator)
         self.slot(eo, "serviceStartTime", hl7.dtm(m.service_start))
         if m.service_stop:
             self.slot(eo, "serviceStopTime", hl7.dtm(m.service_stop))
         self.slot(eo, "hash", sha1_hex(m.content))
         self.slot(eo, "size", str(len(m.content)))
-        self.slot(eo, "sourcePatientId", ipp_cx(structure, patient))
+        self.slot(eo, "sourcePatientId", m.source_patient_id)
         if info := _source_patient_info(patient):
             self.slot(eo, "sourcePatientInfo", *info)
         self.name(eo, m.title)
@@ -378,12 +380,11 @@ def _source_patient_info(patient: Patient) -> list[str]:
     return values
 
 
-def _legal_authenticator(doc: Document) -> str | None:
-    if not doc.legal_authenticator_rpps:
-        return None
-    if doc.legal_authenticator_rpps == doc.author_rpps:
+def _legal_authenticator(doc: Document) -> str:
+    """legalAuthenticator: the CDA's (`header`), the author unless the store names another professional."""
+    if header.legal_authenticator_is_author(doc):
         return hl7.xcn_professional(doc.author_rpps, doc.author_family_name, doc.author_given_name)
-    return hl7.xcn_professional(doc.legal_authenticator_rpps)
+    return hl7.xcn_professional(header.legal_authenticator_rpps(doc))
 
 
 def _lookup(table, code: str, default_scheme: str, default_display: str | None = None) -> Code:
@@ -396,11 +397,9 @@ def _lookup(table, code: str, default_scheme: str, default_display: str | None =
 
 
 def _specialty(doc: Document) -> str | None:
-    """authorSpecialty `code^display^codingScheme` (JDV_J01), when the store knows it."""
-    if not doc.author_specialty_code:
-        return None
-    code = _lookup(codes.author_specialty, doc.author_specialty_code, SPECIALTY_SCHEME)
-    return hl7.ce(code.code, code.display, code.scheme)
+    """authorSpecialty `code^display^codingScheme`, as the CDA's author code (`header`)."""
+    code = header.author_specialty(doc)
+    return hl7.ce(code.code, code.display, code.code_system or SPECIALTY_SCHEME) if code else None
 
 
 def _check_inputs(site: Site, patient: Patient, entries: list[Entry]) -> None:
