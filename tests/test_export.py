@@ -13,7 +13,7 @@ from connector.cli import main
 from connector.dmp import mtom
 from connector.payload import validate, xds_read
 from connector.trust import dsig, vihf
-from xmlsec import manifest_options, vihf_options, xmlsec_verify
+from independent_verifier import with_submission_set, xmlsec_verify
 
 HL7 = "{urn:hl7-org:v3}"
 XDSB = "{urn:ihe:iti:xds-b:2007}"
@@ -70,7 +70,7 @@ def test_each_exported_set_passes_every_validation(exported):
         token = envelope.find(".//{urn:oasis:names:tc:SAML:2.0:assertion}Assertion")
         assert validate.saml_assertion_errors(token) == []
         info = vihf.verify_vihf(token, ca_pem)
-        assert xmlsec_verify(etree.tostring(token), folder / "pki" / "ca.pem", *vihf_options()).returncode == 0
+        assert xmlsec_verify(etree.tostring(token), folder / "pki" / "ca.pem", id_attribute="ID").ok
 
         finess = {view.finess_geo} | {e.finess_geo for e in view.entries}
         identifiant = info.attributes["Identifiant_Structure"]
@@ -87,8 +87,11 @@ def test_each_exported_set_passes_every_validation(exported):
         signature = attachments[view.signature.entry_uuid]
         assert signature == (path / "signature.xml").read_bytes()
         dsig.verify_submission_set_signature(signature, documents, ca_cert_pem=ca_pem)
-        result = xmlsec_verify(signature, folder / "pki" / "ca.pem", *manifest_options())
-        assert result.returncode == 0, result.stderr
+        result = xmlsec_verify(signature, folder / "pki" / "ca.pem",
+                               documents=with_submission_set(view.submission_set_uid, documents))
+        assert result.ok, result.error
+        assert result.manifest_ok() == [f"urn:oid:{uid}" for uid in documents]  # n of n+1: not the "AA==" placeholder
+        assert len(result.manifest) == len(documents) + 1
 
 
 def test_a_tampered_document_breaks_the_manifest(exported):
@@ -101,6 +104,10 @@ def test_a_tampered_document_breaks_the_manifest(exported):
     with pytest.raises(dsig.SignatureError, match=uid.replace(".", r"\.")):
         dsig.verify_submission_set_signature(attachments[view.signature.entry_uuid], documents,
                                              ca_cert_pem=(folder / "pki" / "ca.pem").read_bytes())
+    result = xmlsec_verify(attachments[view.signature.entry_uuid], folder / "pki" / "ca.pem",
+                           documents=with_submission_set(view.submission_set_uid, documents))
+    assert result.ok and len(result.manifest_ok()) == len(documents) - 1
+    assert f"urn:oid:{uid}" not in result.manifest_ok()
 
 
 def test_export_of_a_skipped_document_says_why(exported):
