@@ -55,19 +55,17 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
                 dbapi_conn.isolation_level = ""
 
 
-# The tables of the ledger, children first: what an interrupted migration of an earlier version may have left.
-TABLES = ("submission_documents", "documents", "submissions", "runs", "audit")
-
-
 def _clear_unversioned(conn) -> None:
     """Repair what an earlier version's interrupted first migration left (tables, no alembic_version): if
     those tables hold nothing, they are dropped (this transaction recreates them); if they hold rows, the
     ledger is refused: migrating over it could lose what it knows."""
+    from connector.ledger.schema import metadata
+
     inspector = sa.inspect(conn)
     if inspector.has_table("alembic_version"):
         if conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar():
             return
-    left = [t for t in TABLES if inspector.has_table(t)]
+    left = [t.name for t in reversed(metadata.sorted_tables) if inspector.has_table(t.name)]  # children first
     if not left:
         return
     if any(conn.execute(sa.text(f"SELECT 1 FROM {t} LIMIT 1")).first() for t in left):
