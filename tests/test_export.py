@@ -115,3 +115,13 @@ def test_export_of_a_skipped_document_says_why(exported):
     result = CliRunner().invoke(main, ["export", "--document", "DOC-012", "--out", str(folder / "o2"),
                                        "--config", str(folder / "dmp-connector.toml")])
     assert result.exit_code == 1 and "PATIENT_OPPOSED" in result.output
+
+
+def test_each_exported_set_carries_everything_the_gie_example_carries(exported):
+    from gie_td21 import missing_structure
+
+    _, folders = exported
+    for path in folders:
+        envelope, _ = _request(path)
+        request = envelope.find(f".//{XDSB}ProvideAndRegisterDocumentSetRequest")
+        assert missing_structure(request) == {}, path.name

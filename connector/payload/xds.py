@@ -245,8 +245,9 @@ def build_provide_and_register(
                                 associationType=HAS_MEMBER, sourceObject=ss, targetObject=member)
         b.slot(association, "SubmissionSetStatus", "Original")
     if signature is not None:
-        b.element(objects, "Association", id=ids.child_uuid(signature.entry_uuid, "signs"),
-                  associationType=SIGNS, sourceObject=signature.entry_uuid, targetObject=ss)
+        signs = b.element(objects, "Association", id=ids.child_uuid(signature.entry_uuid, "signs"),
+                          associationType=SIGNS, sourceObject=signature.entry_uuid, targetObject=ss)
+        b.slot(signs, "SubmissionSetStatus", "Original")  # IHE asks it of HasMember only; the GIE's TD2.1 has it here too
 
     for document_id in attachments:
         etree.SubElement(root, f"{{{XDSB}}}Document", id=document_id)
