@@ -137,8 +137,8 @@ class SubmissionSettings:
 
 @dataclass(frozen=True)
 class SignatureSettings:
-    digest: str = "sha1"  # sha1 or sha256
-    xades_namespace: str = "http://uri.etsi.org/01903/v1.1.1#"
+    digest: str = "sha1"  # sha1 or sha256; sha1 (rsa-sha1) as the GIE's TD2.1 example, sha256 [UNKNOWN]
+    xades_namespace: str = "http://uri.etsi.org/01903/v1.1.1#"  # as TD2.1
 
 
 @dataclass(frozen=True)

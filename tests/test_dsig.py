@@ -5,10 +5,14 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from lxml import etree
 from independent_verifier import with_submission_set, xmlsec_verify
 
 from connector.config import CertificateSettings
+from connector.payload import validate
+from connector.resources import schemas_dir
 from connector.trust.certs import load_credential
 from connector.trust.dsig import (
     XADES_111,
@@ -18,7 +22,8 @@ from connector.trust.dsig import (
     verify_submission_set_signature,
 )
 from connector.trust.pki import issue_bad_p12
-from connector.trust.xmlsig import DS_NS, XML_DECLARATION, CanonicalDocument
+from connector.trust.certs import certificate_digest
+from connector.trust.xmlsig import DS_NS, XML_DECLARATION, CanonicalDocument, b64
 
 SS_UID = "1.2.250.1.999.42.2.7"
 SIG_ID = "S1.2.250.1.999.42.4.7"
@@ -29,6 +34,7 @@ DOCS = {DOC1: CDA1, DOC2: CDA2}
 WHEN = dt.datetime(2026, 11, 21, 2, 0, tzinfo=dt.timezone.utc)
 NS = {"ds": DS_NS}
 PROFILES = [("sha1", XADES_111), ("sha256", XADES_132)]
+TD21 = schemas_dir() / "gie-dmp-package/messages/TD2.1-SignatureXades.xml"  # the GIE's example signature
 
 
 def _sign(credential, digest="sha1", xades=XADES_111, documents=DOCS):
@@ -165,3 +171,94 @@ def test_bad_parameters_are_refused(sign_credential):
         _sign(sign_credential, digest="md5")
     with pytest.raises(ValueError, match=f"document {DOC1}: not well-formed"):
         _sign(sign_credential, documents={DOC1: b"<ClinicalDocument>"})
+
+
+def test_the_gie_example_is_valid_xades_111():
+    """TD2.1, the GIE's own signature, validates against the XAdES 1.1.1 schema the GIE ships. As a whole
+    its one schema error is its ds:Signature Id, a UUID, which is not an XML ID (NCName): the sandbox
+    checks the XAdES part only, our own output is held to the whole."""
+    td21 = TD21.read_bytes()
+    assert validate.xades_errors(td21) == []
+    (error,) = validate.signature_errors(td21)
+    assert error.startswith("/Signature:") and "'Id'" in error and "xs:ID" in error
+
+
+@pytest.mark.parametrize("digest,xades", PROFILES)
+def test_schema_valid_as_a_whole(sign_credential, digest, xades):
+    """XAdES against its schema (1.1.1: the GIE's; 1.3.2: ETSI's) and the whole signature against XML-DSig,
+    which also makes every Id we emit an XML ID."""
+    xml = _sign(sign_credential, digest, xades)
+    assert validate.xades_errors(xml) == []
+    assert validate.signature_errors(xml) == []
+
+
+def test_xades_111_cert_digest_holds_xades_digest_elements(sign_credential):
+    sig = etree.fromstring(_sign(sign_credential))
+    digest_method = sig.find(f".//{{{XADES_111}}}CertDigest/{{{XADES_111}}}DigestMethod")
+    assert digest_method is not None and digest_method.get("Algorithm") == f"{DS_NS}sha1"
+    digest_method.tag = f"{{{DS_NS}}}DigestMethod"  # what we wrote before: XAdES 1.3.2's shape
+    assert any("DigestMethod" in e for e in validate.xades_errors(etree.tostring(sig)))
+
+
+@pytest.mark.parametrize("digest,xades", PROFILES)
+def test_signing_certificate_lists_the_signer_and_its_ca(sign_credential, pki, digest, xades):
+    sig = etree.fromstring(_sign(sign_credential, digest, xades))
+    digest_ns = XADES_111 if xades == XADES_111 else DS_NS
+    certs = sig.findall(f".//{{{xades}}}SigningCertificate/{{{xades}}}Cert")
+    listed = [(c.findtext(f"{{{xades}}}CertDigest/{{{digest_ns}}}DigestValue"),
+               c.findtext(f"{{{xades}}}IssuerSerial/{{{DS_NS}}}X509IssuerName"),
+               c.findtext(f"{{{xades}}}IssuerSerial/{{{DS_NS}}}X509SerialNumber")) for c in certs]
+    hash_ = getattr(hashes, digest.upper())
+    path = [sign_credential.certificate, x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())]
+    assert listed == [(b64(certificate_digest(c, hash_())), c.issuer.rfc4514_string(), str(c.serial_number))
+                      for c in path]
+    verify_submission_set_signature(etree.tostring(sig), DOCS, ca_cert_pem=pki.ca_cert.read_bytes())
+
+
+def _shape(root: etree._Element) -> set[tuple]:
+    """Each element's path from the root, its attributes' names, and its Algorithm and Type values."""
+    def path(e):
+        return tuple(n.tag for n in reversed([e, *e.iterancestors()]))
+    return {(path(e), tuple(sorted(e.attrib)), e.get("Algorithm"), e.get("Type")) for e in root.iter(etree.Element)}
+
+
+def test_shape_is_the_gie_examples_element_by_element(sign_credential):
+    """Our SHA-1 / XAdES 1.1.1 signature has exactly the elements, attributes and algorithms of TD2.1,
+    with one deliberate difference: TD2.1's SignatureProperties is in no namespace (xmlns=""), ours in
+    XML-DSig's, as DRIMbox and the TLSi kit write it and IHE DSG describes it."""
+    td21 = etree.fromstring(TD21.read_bytes())
+    for properties in td21.iter("SignatureProperties"):
+        for element in properties.iter():
+            element.tag = f"{{{DS_NS}}}{element.tag}"
+    ours = etree.fromstring(_sign(sign_credential, "sha1", XADES_111))
+    assert _shape(ours) == _shape(td21)
+
+
+@pytest.mark.parametrize("digest,xades", PROFILES)
+def test_the_setting_chooses_the_profile_of_the_requests_signature(tmp_path, sign_credential, pki, digest, xades):
+    """signature.digest / signature.xades_namespace (default: TD2.1's sha1 and XAdES 1.1.1) reach the
+    signature of a prepared request, which libxmlsec1 verifies, manifest included."""
+    from conftest import make_document, make_patient, make_settings
+
+    from connector import prepare
+    from connector.payload import cda, ids
+
+    defaults = make_settings(tmp_path).signature
+    assert (defaults.digest, defaults.xades_namespace) == ("sha1", XADES_111)
+    settings = make_settings(tmp_path, signature={"digest": digest, "xades_namespace": xades})
+    structure, site = settings.structure, settings.structure.sites[0]
+    patient, document = make_patient(), make_document()
+    uid = ids.document_unique_id(structure.oid_root, document.document_id, document.version)
+    body = cda.build_cda(document, patient, site, structure, b"%PDF-1.4\n%%EOF\n", unique_id=uid)
+    keys = [(document.document_id, document.version)]
+    ss_uid = ids.submission_set_unique_id(structure.oid_root, keys)
+    prepared = prepare.submission(settings, sign_credential, site=site, patient=patient, documents=[(document, uid, body)],
+                                  submission_set_uid=ss_uid,
+                                  submission_set_entry_uuid=ids.submission_set_entry_uuid(structure.oid_root, keys),
+                                  submission_time=WHEN)
+    sig = etree.fromstring(prepared.signature_xml)
+    assert sig.find("ds:SignedInfo/ds:SignatureMethod", NS).get("Algorithm").endswith(f"rsa-{digest}")
+    assert sig.find(f"ds:Object/{{{xades}}}QualifyingProperties", NS) is not None
+    assert validate.signature_errors(prepared.signature_xml) == []
+    result = xmlsec_verify(prepared.signature_xml, pki.ca_cert, documents=with_submission_set(ss_uid, {uid: body}))
+    assert result.ok and result.manifest_ok() == [f"urn:oid:{uid}"], result

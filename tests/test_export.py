@@ -1,6 +1,7 @@
 """`export --all` over the samples: every eligible document's request passes every validation, and the
 FINESS géo is the same in the VIHF, the submission set, each DocumentEntry and each CDA."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -87,11 +88,30 @@ def test_each_exported_set_passes_every_validation(exported):
         signature = attachments[view.signature.entry_uuid]
         assert signature == (path / "signature.xml").read_bytes()
         dsig.verify_submission_set_signature(signature, documents, ca_cert_pem=ca_pem)
+        assert validate.xades_errors(signature) == [] and validate.signature_errors(signature) == []
         result = xmlsec_verify(signature, folder / "pki" / "ca.pem",
                                documents=with_submission_set(view.submission_set_uid, documents))
         assert result.ok, result.error
         assert result.manifest_ok() == [f"urn:oid:{uid}" for uid in documents]  # n of n+1: not the "AA==" placeholder
         assert len(result.manifest) == len(documents) + 1
+
+
+def test_every_xml_id_we_emit_is_an_ncname(exported):
+    """Id (XML-DSig, XAdES) and ID (SAML) attributes are xs:ID: NCNames (no leading digit, no ':'). The
+    schemas check them where they apply; this checks every one in the envelope and the signature."""
+    _, folders = exported
+    ncname = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]*$")
+    seen = 0
+    for path in folders:
+        envelope, attachments = _request(path)
+        view = xds_read.parse_request(envelope.find(f".//{XDSB}ProvideAndRegisterDocumentSetRequest"))
+        for root in (envelope, etree.fromstring(attachments[view.signature.entry_uuid])):
+            for element in root.iter(etree.Element):
+                for name in ("Id", "ID"):
+                    if name in element.attrib:
+                        seen += 1
+                        assert ncname.match(element.get(name)), (element.tag, name, element.get(name))
+    assert seen >= 5 * len(folders)  # VIHF ID; Signature, Manifest, SignatureProperty, SignedProperties Ids
 
 
 def test_a_tampered_document_breaks_the_manifest(exported):

@@ -113,6 +113,7 @@ def build_request(
     doc_uid=None,
     vihf_signer=None,
     signed_ss_uid=None,
+    signature_mutate=lambda xml: xml,
     action=soap.ITI41_ACTION,
 ):
     auth, sign = credentials
@@ -129,7 +130,7 @@ def build_request(
     ss_entry_uuid = ids.submission_set_entry_uuid(root, keys) if ss_uid is None else f"urn:uuid:{uuid.uuid4()}"
     ss_uid = ss_uid or ids.submission_set_unique_id(root, keys)
     signature = xds.SignatureEntry(
-        xml=signature_xml(sign, signed_ss_uid or ss_uid, {e.unique_id: e.cda for e in entries}),
+        xml=signature_mutate(signature_xml(sign, signed_ss_uid or ss_uid, {e.unique_id: e.cda for e in entries})),
         unique_id=ids.signature_unique_id(root, ss_uid),
         entry_uuid=ids.signature_entry_uuid(root, ss_uid),
         signing_time=dt.datetime.now(dt.timezone.utc),
@@ -337,6 +338,21 @@ def test_signature_of_another_submission_set_is_refused(sandbox, session, settin
     status, errors = registry_response(post(session, sandbox.url, built))
     assert status == "Failure"
     assert any(c == "XDSRepositoryMetadataError" and ctx.startswith("signature du lot") for c, ctx, _ in errors)
+
+
+def test_schema_invalid_xades_is_refused(sandbox, session, settings, credentials):
+    """QualifyingProperties without its required Target: outside what the signature signs, so the signature
+    still verifies and only the XAdES schema check (the GIE's XAdES 1.1.1 XSD) can refuse it."""
+    def without_target(xml: bytes) -> bytes:
+        signature = etree.fromstring(xml)
+        del signature.find(".//{http://uri.etsi.org/01903/v1.1.1#}QualifyingProperties").attrib["Target"]
+        return etree.tostring(signature)
+
+    built = build_request(settings, credentials, sandbox.url, signature_mutate=without_target)
+    status, errors = registry_response(post(session, sandbox.url, built))
+    assert status == "Failure" and errors
+    assert all(c == "XDSRepositoryMetadataError" and ctx.startswith("signature du lot: XAdES invalide")
+               and "Target" in ctx for c, ctx, _ in errors), errors
 
 
 def test_concurrent_resends_of_one_submission_set_store_it_once(sandbox, session, settings, credentials):

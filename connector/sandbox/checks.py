@@ -16,6 +16,7 @@ codes are not public, so IHE ITI TF-3 Table 4.2.4.1-2 codes are used):
 | VIHF resource-id ≠ SS patientId; entry patientId ≠ SS   | XDSPatientIdDoesNotMatch       |
 | ExtrinsicObject without attachment / attachment alone   | XDSMissingDocument / …Metadata |
 | hash or size ≠ attachment; CDA invalid; SS signature    | XDSRepositoryMetadataError     |
+|   (XAdES schema-invalid: the GIE's XAdES 1.1.1 XSD)     |                                |
 | (state) SS uniqueId reused                              | XDSDuplicateUniqueIdInRegistry |
 | (state) document uniqueId reused with another hash      | XDSNonIdenticalHash            |
 | (state) unknown patient / DMP fermé                     | XDSUnknownPatientId            |
@@ -148,7 +149,8 @@ def warm_up(settings: CheckSettings) -> None:
     _validator("connector.payload.xds_read", "metadata_errors") or _validator("connector.payload.xds", "metadata_errors")
     _validator("connector.trust.vihf", "verify_vihf")
     _validator("connector.trust.dsig", "verify_submission_set_signature")
-    for name, root in (("xds_request_errors", f"{{{soap.RS}}}RegistryResponse"), ("saml_assertion_errors", f"{{{SAML}}}Assertion")):
+    for name, root in (("xds_request_errors", f"{{{soap.RS}}}RegistryResponse"), ("saml_assertion_errors", f"{{{SAML}}}Assertion"),
+                       ("signature_errors", "{http://www.w3.org/2000/09/xmldsig#}Signature")):
         if schema_errors := _validator("connector.payload.validate", name):
             schema_errors(etree.ElementTree(etree.Element(root)))  # compiles the schema; an empty root's errors don't matter
     if not settings.fast and (schematron := _validator("connector.payload.validate", "warm_up")):
@@ -470,6 +472,9 @@ def content_errors(submission: Submission, settings: CheckSettings) -> list[Regi
                 "signature.missing",
             )
         ]
+    if xades_errors := _validator("connector.payload.validate", "xades_errors"):
+        errors += _errors("XDSRepositoryMetadataError", "signature.xades", "signature du lot: XAdES invalide",
+                          xades_errors(signatures[0].content), signatures[0].uid)
     verify = _validator("connector.trust.dsig", "verify_submission_set_signature")
     if verify:
         problem = None

@@ -6,8 +6,14 @@ Shape (as both public DMP clients build it):
       SignatureValue, KeyInfo/X509Data/X509Certificate
       Object/Manifest Id=IHEManifest: Reference urn:oid:<submission set uid> + one urn:oid:<document uid> each
       Object/SignatureProperties/SignatureProperty Id=purposeOfSignature: 1.2.840.10065.1.12.1.14
-      Object/xades:QualifyingProperties: SigningTime, SigningCertificate (CertDigest, IssuerSerial),
-                                         SignaturePolicyIdentifier/SignaturePolicyImplied
+      Object/xades:QualifyingProperties: SigningTime, SigningCertificate (a Cert — CertDigest, IssuerSerial —
+                                         for the signer and each of its CAs), SignaturePolicyIdentifier/
+                                         SignaturePolicyImplied, an empty SignedDataObjectProperties
+
+This is the shape of the GIE's own example, `schemas/gie-dmp-package/messages/TD2.1-SignatureXades.xml`
+(XAdES 1.1.1, whose schema puts xades:DigestMethod/DigestValue in CertDigest), element by element, with
+one deliberate difference: its SignatureProperties is in no namespace (xmlns=""), ours in XML-DSig's, as
+both public DMP clients (DRIMbox, the TLSi kit) write it and IHE DSG describes it.
 
 A document's reference digests its canonical form (c14n 1.0 with comments, declared as its Transform).
 The submission set has no byte form of its own, so its reference carries the fixed placeholder digest
@@ -112,16 +118,21 @@ def sign_submission_set(
 
     qualifying = E(E(signature, ds("Object")), X("QualifyingProperties"), nsmap={"xades": xades_namespace},
                    Target=f"#{signature_id}")
-    signed_signature_props = E(E(qualifying, X("SignedProperties"), Id=props_id), X("SignedSignatureProperties"))
+    signed_props = E(qualifying, X("SignedProperties"), Id=props_id)
+    signed_signature_props = E(signed_props, X("SignedSignatureProperties"))
     E(signed_signature_props, X("SigningTime")).text = _xml_time(signing_time)
-    cert = E(E(signed_signature_props, X("SigningCertificate")), X("Cert"))
-    cert_digest = E(cert, X("CertDigest"))
-    E(cert_digest, ds("DigestMethod"), Algorithm=digest_uri)
-    E(cert_digest, ds("DigestValue")).text = b64(certificate_digest(credential.certificate, HASHES[digest_uri]()))
-    issuer_serial = E(cert, X("IssuerSerial"))
-    E(issuer_serial, ds("X509IssuerName")).text = credential.issuer_dn
-    E(issuer_serial, ds("X509SerialNumber")).text = str(credential.serial_number)
+    signing_certificate = E(signed_signature_props, X("SigningCertificate"))
+    for certificate in _certification_path(credential):  # the signer then its CAs, as the GIE's TD2.1
+        cert = E(signing_certificate, X("Cert"))
+        cert_digest = E(cert, X("CertDigest"))
+        E(cert_digest, _digest_tag(xades_namespace, "DigestMethod"), Algorithm=digest_uri)
+        E(cert_digest, _digest_tag(xades_namespace, "DigestValue")).text = b64(
+            certificate_digest(certificate, HASHES[digest_uri]()))
+        issuer_serial = E(cert, X("IssuerSerial"))
+        E(issuer_serial, ds("X509IssuerName")).text = certificate.issuer.rfc4514_string()
+        E(issuer_serial, ds("X509SerialNumber")).text = str(certificate.serial_number)
     E(E(signed_signature_props, X("SignaturePolicyIdentifier")), X("SignaturePolicyImplied"))
+    E(signed_props, X("SignedDataObjectProperties"))  # empty, as in TD2.1
 
     # Digest and sign what a receiver will parse (lxml's in-memory namespace nodes may differ).
     signature = parse(etree.tostring(signature))
@@ -144,8 +155,8 @@ def verify_submission_set_signature(
     if root.tag != ds("Signature"):
         raise SignatureError(f"expected a ds:Signature document, got {root.tag}")
     signer = signer_certificate(root, ca_cert_pem)
-    # No XML-DSig schema check: IHE DSG's text-only purposeOfSignature SignatureProperty (as the DMP clients
-    # send it) is not allowed by that schema's SignaturePropertyType.
+    # No XML-DSig schema check here (payload.validate.signature_errors explains why, xades_errors checks
+    # the XAdES part).
     results = verify_signed_info(
         root, signer, expect_references=2, allow_sha1=allow_sha1, location="./", validate_schema=False
     )
@@ -229,6 +240,23 @@ def _sent_canonical(content: bytes, expected_b64: str, digest_uri: str) -> bool:
     return b64(compute_digest(memoryview(content)[len(XML_DECLARATION):], digest_uri)) == expected_b64
 
 
+def _digest_tag(xades_namespace: str, tag: str) -> str:
+    """CertDigest's children: XAdES 1.1.1 defines its own DigestMethod/DigestValue (its schema, as the GIE
+    ships it, and TD2.1); 1.3.2 uses XML-DSig's."""
+    return f"{{{XADES_111}}}{tag}" if xades_namespace == XADES_111 else ds(tag)
+
+
+def _certification_path(credential: Credential) -> list[x509.Certificate]:
+    """The signer's certificate then, from the PKCS#12's chain, its issuer, that one's issuer… up to the root."""
+    path = [credential.certificate]
+    while path[-1].issuer != path[-1].subject:
+        issuer = next((c for c in credential.chain if c.subject == path[-1].issuer and c not in path), None)
+        if issuer is None:
+            break
+        path.append(issuer)
+    return path
+
+
 def _by_id(root: etree._Element, id_: str) -> etree._Element:
     found = root.xpath("//*[@Id=$id]", id=id_)
     if len(found) != 1:
@@ -253,16 +281,21 @@ def _check_signed_properties(props: etree._Element, ns: str, signer: x509.Certif
         signing_time = dt.datetime.fromisoformat(ssp.findtext(X("SigningTime"), "").strip())
     except ValueError:
         raise SignatureError("XAdES: SigningTime is not an xs:dateTime") from None
-    cert = ssp.find(f"{X('SigningCertificate')}/{X('Cert')}")
-    if cert is None:
+    certs = ssp.findall(f"{X('SigningCertificate')}/{X('Cert')}")
+    if not certs:
         raise SignatureError("XAdES: no SigningCertificate/Cert")
-    algorithm = cert.find(f"{X('CertDigest')}/{ds('DigestMethod')}")
-    value = cert.findtext(f"{X('CertDigest')}/{ds('DigestValue')}", "").strip()
-    if algorithm is None or algorithm.get("Algorithm") not in HASHES:
-        raise SignatureError("XAdES: SigningCertificate CertDigest has no supported DigestMethod")
-    if b64(certificate_digest(signer, HASHES[algorithm.get("Algorithm")]())) != value:
-        raise SignatureError("XAdES: SigningCertificate CertDigest does not match the KeyInfo certificate")
-    serial = cert.findtext(f"{X('IssuerSerial')}/{ds('X509SerialNumber')}", "").strip()
+    signer_cert = None  # the Cert that names the KeyInfo certificate; the others name its CAs
+    for cert in certs:
+        algorithm = cert.find(f"{X('CertDigest')}/{_digest_tag(ns, 'DigestMethod')}")
+        value = cert.findtext(f"{X('CertDigest')}/{_digest_tag(ns, 'DigestValue')}", "").strip()
+        if algorithm is None or algorithm.get("Algorithm") not in HASHES:
+            raise SignatureError("XAdES: a SigningCertificate CertDigest has no supported DigestMethod "
+                                 f"({'xades' if ns == XADES_111 else 'ds'}:DigestMethod)")
+        if b64(certificate_digest(signer, HASHES[algorithm.get("Algorithm")]())) == value:
+            signer_cert = cert
+    if signer_cert is None:
+        raise SignatureError("XAdES: no SigningCertificate CertDigest matches the KeyInfo certificate")
+    serial = signer_cert.findtext(f"{X('IssuerSerial')}/{ds('X509SerialNumber')}", "").strip()
     if serial != str(signer.serial_number):
         raise SignatureError("XAdES: SigningCertificate IssuerSerial does not match the KeyInfo certificate")
     return signing_time
