@@ -439,5 +439,25 @@ def db_upgrade(settings) -> None:
     click.echo("ledger schema is up to date")
 
 
+@db.command("rebuild")
+@with_settings
+def db_rebuild(settings) -> None:
+    """Rebuild a lost ledger from the store's dmp_feed_status: every document recorded FED there is recorded
+    FED in the ledger (never sent again); the others are evaluated by the next run. Only into a ledger that
+    has sent nothing."""
+    from connector.actions import rebuild
+    from connector.actions.context import open_settings_ledger, open_store
+    from connector.runlock import AlreadyRunning, run_lock
+
+    ledger, store = open_settings_ledger(settings), open_store(settings)
+    try:
+        with run_lock(ledger, settings.state_dir, settings.ledger.instance):
+            n = rebuild.rebuild(ledger, store)
+    except AlreadyRunning as exc:
+        fail(str(exc), EXIT_LOCKED)
+    click.echo(f"ledger rebuilt from dmp_feed_status: {n} document(s) recorded FED; "
+               "the others are evaluated by the next run")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -214,7 +214,8 @@ def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> S
             write_back=r.boolean("store.write_back", True),
         ),
         ledger=LedgerSettings(
-            url=r.db_url("ledger.url", default=f"sqlite:///{state_dir / 'ledger.sqlite3'}"),
+            url=r.db_url("ledger.url", default=f"sqlite:///{state_dir / 'ledger.sqlite3'}",
+                         dialects=("sqlite", "postgresql")),
             instance=r.string("ledger.instance", socket.gethostname() or "dmp-connector"),
             lease_minutes=r.number("ledger.lease_minutes", 10.0),
         ),
@@ -444,10 +445,13 @@ class _Reader:
             raise self._fail(key, f"{p} does not exist")
         return p
 
-    def db_url(self, key, default=_MISSING):
+    def db_url(self, key, default=_MISSING, dialects=None):
         value = self.string(key, default)
         if not re.match(r"^[a-z][a-z0-9+]*://", value):
             raise self._fail(key, f"{value!r} is not a SQLAlchemy URL such as sqlite:///path or postgresql+psycopg://…")
+        if dialects and value.split("://", 1)[0].split("+", 1)[0] not in dialects:
+            raise self._fail(key, f"{value.split('://', 1)[0]}:// is not supported here: "
+                                  "sqlite:///path or postgresql+psycopg://… only")
         if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
             relative = value[len("sqlite:///"):]
             if relative and relative != ":memory:":

@@ -105,7 +105,14 @@ class Folder:
         text = re.sub(r"\[dmp\.retry\]\n(?:[^\[\n].*\n)*", "", demo.config_text(base_url))
         for name, values in merged.items():
             header, block = f"[{name}]\n", "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
-            text = text.replace(header, header + block, 1) if header in text else text + f"\n{header}{block}"
+            if header in text:  # the keys given replace the demo's own
+                start = text.index(header) + len(header)
+                end = text.find("\n[", start) + 1 or len(text)
+                kept = [line for line in text[start:end].splitlines(keepends=True)
+                        if line.split("=", 1)[0].strip() not in values]
+                text = text[:start] + block + "".join(kept) + text[end:]
+            else:
+                text += f"\n{header}{block}"
         self.cfg.write_text(text, encoding="utf-8")
         return self.cfg
 

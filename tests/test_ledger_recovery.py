@@ -112,3 +112,144 @@ def test_tables_without_a_schema_version_are_repaired_when_empty_and_refused_oth
     with pytest.raises(LedgerError, match="no schema version"):
         open_ledger(url)
     engine.dispose()
+
+
+# --- a lost or moved ledger ---------------------------------------------------------------------------------
+
+import delivery_harness as h  # noqa: E402
+from connector.cli import EXIT_CONFIG, EXIT_UNAVAILABLE  # noqa: E402
+
+
+def _one_line_error(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
+def test_a_new_ledger_over_a_store_already_fed_is_refused_then_rebuilt_from_dmp_feed_status(tmp_path, pki):
+    eligible = set(h.synthetic_store(tmp_path / "store", 6, seed=4, per_patient=(1, 3)))
+    folder = h.make_folder(tmp_path, pki_from=pki.directory)
+    with h.sandbox(folder) as sb:
+        folder.configure(sb.url)
+        h.run_until_done(folder.cfg)
+        h.assert_exactly_once(folder, eligible)
+        # the state directory moved (or was lost): a new, empty ledger
+        folder.configure(sb.url, ledger={"url": f"sqlite:///{tmp_path / 'moved' / 'ledger.sqlite3'}"})
+        refused = h.run_cli(folder.cfg)
+        assert refused.returncode == EXIT_UNAVAILABLE, refused.stderr[-3000:]
+        line = _one_line_error(refused)
+        assert "dmp_feed_status" in line and "db rebuild" in line
+        assert h.received(folder)["documents"] == len(eligible)  # nothing sent again
+        assert not h.ledger_rows(folder.ledger_url, "SELECT id FROM runs")  # nor recorded
+        rebuilt = h.run_cli(folder.cfg, "db", "rebuild")
+        assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+        assert f"{len(eligible)} document(s) recorded FED" in rebuilt.stdout
+        again = h.run_cli(folder.cfg, "db", "rebuild")  # only ever on a ledger that has fed nothing
+        assert again.returncode == EXIT_UNAVAILABLE and "already" in _one_line_error(again)
+        h.run_until_done(folder.cfg)
+    h.assert_exactly_once(folder, eligible)
+    states = h.ledger_states(folder.ledger_url)
+    assert {states[k] for k in eligible} == {("FED", None)}
+    unique_ids = {r.unique_id for r in h.ledger_rows(folder.ledger_url, "SELECT unique_id FROM documents")}
+    assert unique_ids == set(h.received_uids(folder))  # the DMP's ids, as dmp_feed_status recorded them
+
+
+def _status(cfg) -> "subprocess.CompletedProcess":
+    return h.run_cli(cfg, "status")
+
+
+def _folder_with_ledger(tmp_path, url: str, pki) -> h.Folder:
+    folder = h.make_folder(tmp_path, pki_from=pki.directory)
+    folder.configure(h.PLACEHOLDER_URL, ledger={"url": url})
+    return folder
+
+
+def test_an_empty_file_is_not_a_ledger(tmp_path, pki):
+    (tmp_path / "empty.sqlite3").touch()
+    folder = _folder_with_ledger(tmp_path, f"sqlite:///{tmp_path / 'empty.sqlite3'}", pki)
+    result = _status(folder.cfg)
+    assert result.returncode == EXIT_UNAVAILABLE
+    assert "empty" in _one_line_error(result)
+    assert (tmp_path / "empty.sqlite3").stat().st_size == 0  # left as it was
+
+
+def test_a_corrupted_ledger_is_one_clear_line(tmp_path, pki):
+    (tmp_path / "garbage.sqlite3").write_bytes(bytes(range(256)) * 40)
+    folder = _folder_with_ledger(tmp_path, f"sqlite:///{tmp_path / 'garbage.sqlite3'}", pki)
+    result = _status(folder.cfg)
+    assert result.returncode == EXIT_UNAVAILABLE
+    assert "not a database" in _one_line_error(result)
+
+
+def test_an_unsupported_ledger_url_is_a_configuration_error(tmp_path, pki):
+    folder = _folder_with_ledger(tmp_path, "mysql://user@127.0.0.1/ledger", pki)
+    result = _status(folder.cfg)
+    assert result.returncode == EXIT_CONFIG
+    assert "ledger.url" in _one_line_error(result)
+
+
+def test_a_store_url_without_its_driver_is_one_clear_line(tmp_path, pki):
+    folder = h.make_folder(tmp_path, pki_from=pki.directory)
+    folder.configure(h.PLACEHOLDER_URL, store={"url": "mysql://user@127.0.0.1/store"})
+    result = h.run_cli(folder.cfg, "run", "--dry-run")
+    assert result.returncode == EXIT_CONFIG
+    assert "store.url" in _one_line_error(result)
+
+
+def test_a_state_dir_that_cannot_be_created_is_one_clear_line(tmp_path, pki):
+    """A read-only state dir cannot be made by chmod when the tests run as root: a file where the ledger's
+    folder should be fails the same way (mkdir refused)."""
+    (tmp_path / "not-a-dir").write_text("x")
+    folder = _folder_with_ledger(tmp_path, f"sqlite:///{tmp_path / 'not-a-dir' / 'ledger.sqlite3'}", pki)
+    result = _status(folder.cfg)
+    assert result.returncode == EXIT_UNAVAILABLE
+    assert "not-a-dir" in _one_line_error(result)
+
+
+def test_a_locked_ledger_is_one_clear_line(tmp_path, monkeypatch, pki):
+    """Another process holds the ledger's write lock past the busy timeout (shortened here) while this one
+    must migrate it."""
+    from click.testing import CliRunner
+
+    from connector.cli import main
+    from connector.ledger import repo
+
+    url = f"sqlite:///{tmp_path / 'locked.sqlite3'}"
+    folder = _folder_with_ledger(tmp_path, url, pki)
+    holder = sa.create_engine(url)
+    with holder.connect() as conn:
+        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        conn.connection.dbapi_connection.isolation_level = None
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        monkeypatch.setattr(repo, "BUSY_TIMEOUT_MS", 200)
+        result = CliRunner().invoke(main, ["status", "--config", str(folder.cfg)])
+        conn.exec_driver_sql("ROLLBACK")
+    holder.dispose()
+    assert result.exit_code == EXIT_UNAVAILABLE, result.output
+    assert "locked" in result.output and "Traceback" not in result.output
+
+
+def test_a_full_disk_during_a_run_is_one_clear_line(tmp_path, pki):
+    """The run cannot grow its ledger (RLIMIT_FSIZE: the write fails with EFBIG, as on a full disk; Python
+    ignores SIGXFSZ): one line and exit 4, not a traceback; with room again, the next run feeds everything."""
+    import resource
+
+    eligible = set(h.synthetic_store(tmp_path / "store", 30, seed=5))
+    folder = h.make_folder(tmp_path, pki_from=pki.directory)
+    with h.sandbox(folder) as sb:
+        folder.configure(sb.url)
+        assert h.run_cli(folder.cfg, "db", "upgrade").returncode == 0
+        ledger_file = tmp_path / "state" / "ledger.sqlite3"
+        limit = ledger_file.stat().st_size + 4096
+
+        def small_files():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        full = subprocess.run(h.connector("run", "--config", str(folder.cfg)), env=h.connector_env(),
+                              capture_output=True, text=True, timeout=180, preexec_fn=small_files)
+        assert full.returncode == EXIT_UNAVAILABLE, (full.returncode, full.stderr[-3000:])
+        assert "disk" in _one_line_error(full) or "full" in _one_line_error(full)
+        h.run_until_done(folder.cfg)
+    h.assert_exactly_once(folder, eligible)

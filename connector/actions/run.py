@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from connector import prepare, rules, testhooks
 from connector.actions.audit import purge as purge_audit
 from connector.actions.context import open_settings_ledger, open_store
+from connector.actions.rebuild import refuse_a_lost_ledger
 from connector.config import ConfigError, Settings
 from connector.deliver import Deliverer, Result
+from connector.errors import LedgerError
 from connector.dmp.client import DmpClient
 from connector.logs import RunProgress, StopRequested
 from connector.ledger.repo import Ledger, SubmissionDoc, SubmissionRecord, utcnow
@@ -69,6 +71,7 @@ def run(settings: Settings, *, mode: str = "run", progress=None) -> Summary:
     store = open_store(settings)
     store.ensure_write_back_table()
     with run_lock(ledger, settings.state_dir, settings.ledger.instance):
+        refuse_a_lost_ledger(ledger, store)  # a ledger that has fed nothing over a store fed already
         return _run_locked(settings, ledger, store, mode, progress or RunProgress())
 
 
@@ -147,6 +150,10 @@ def _usable_credential(cert_settings, purpose: str):
 def _count(summary: Summary, record: SubmissionRecord, future) -> None:
     try:
         result: Result = future.result()
+    except LedgerError as exc:  # the ledger failing (disk full…): said in one line; the run ends with it too
+        log.error("submission %s: %s; it stays open and is settled by the next run", record.submission_set_uid, exc)
+        summary.add("error", len(record.documents))
+        return
     except Exception:
         log.exception("submission %s: unexpected error; it stays open and is settled by the next run",
                       record.submission_set_uid)

@@ -113,14 +113,22 @@ class SubmissionRecord:
     documents: tuple[SubmissionDoc, ...]
 
 
+BUSY_TIMEOUT_MS = 30000  # how long a SQLite ledger write waits for another process's write lock
+
+
 def open_ledger(url: str, *, auto_migrate: bool | None = None) -> "Ledger":
-    """Connect; SQLite ledgers are created and migrated automatically, PostgreSQL ones need `db upgrade`."""
+    """Connect; SQLite ledgers are created and migrated automatically, PostgreSQL ones need `db upgrade`.
+    Whatever makes the ledger unusable, now or later in the command, is a LedgerError of one line."""
     is_sqlite = url.startswith("sqlite")
     if is_sqlite and "///" in url and not url.endswith(":memory:"):
-        Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, future=True, pool_pre_ping=not is_sqlite)
+        _check_sqlite_file(Path(url.split("///", 1)[1]))
+    try:
+        engine = sa.create_engine(url, future=True, pool_pre_ping=not is_sqlite)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise LedgerError(f"ledger URL {sa.engine.make_url(url).drivername}:// cannot be used: {exc}") from None
     if is_sqlite:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+    sa.event.listen(engine, "handle_error", _ledger_error)
     try:
         current = migrate.current(engine)
         if current != migrate.head():
@@ -131,15 +139,41 @@ def open_ledger(url: str, *, auto_migrate: bool | None = None) -> "Ledger":
                     f"ledger schema is at {current or 'nothing'}, expected {migrate.head()}: run `dmp-connector db upgrade`"
                 )
     except sa.exc.SQLAlchemyError as exc:
-        raise LedgerError(f"ledger database unreachable: {str(getattr(exc, 'orig', exc)).splitlines()[0]}") from None
+        raise LedgerError(f"ledger database unreachable: {_first_line(exc)}") from None
     return Ledger(engine)
+
+
+def _check_sqlite_file(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        empty = path.is_file() and path.stat().st_size == 0
+    except OSError as exc:
+        raise LedgerError(f"ledger folder {path.parent} cannot be used: {exc.strerror}") from None
+    if empty:  # SQLite would take it for a new database and start over: the ledger was truncated or lost
+        raise LedgerError(f"ledger {path} is an empty file (0 bytes), not a ledger: restore it from a backup, or "
+                          "remove it and rebuild it (`dmp-connector db rebuild`)")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0][:300]
+
+
+def _ledger_error(context) -> None:
+    """The database failing under a command (disk full, I/O error, locked past the busy timeout, corrupted, read
+    only) ends it with one line naming the ledger, exit 4. Integrity errors (a race another path settles) and
+    lost connections (the pool reconnects) are left to the code that expects them."""
+    exc = context.sqlalchemy_exception
+    if context.is_disconnect or getattr(context, "is_pre_ping", False):
+        return
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InternalError)) or type(exc) is sa.exc.DatabaseError:
+        raise LedgerError(f"ledger database failed: {_first_line(exc)}") from exc
 
 
 def _sqlite_pragmas(dbapi_conn, _record):
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers (status) never block the run
     cur.execute("PRAGMA synchronous=FULL")  # durable before acknowledged
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
