@@ -101,7 +101,7 @@ def run(settings, dry_run: bool, fmt: str) -> None:
     click.echo(summary.text() if fmt == "text" else json.dumps(summary.as_dict(), ensure_ascii=False, indent=1))
 
 
-def _run_now(settings):
+def _run_now(settings, **options):
     """A run that stops cleanly on SIGINT (Ctrl-C) or SIGTERM (systemd stop): no new patient is taken, the
     submissions in flight finish and are recorded; a second signal stops at once (the ledger's write-ahead
     journal lets the next run settle whatever was in flight)."""
@@ -120,7 +120,7 @@ def _run_now(settings):
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return action.run(settings, progress=RunProgress(stop=stop))
+        return action.run(settings, progress=RunProgress(stop=stop), **options)
     except AlreadyRunning as exc:
         fail(str(exc), EXIT_LOCKED)
     except StopRequested:
@@ -150,14 +150,16 @@ def replay(settings, failed, reason, site, since, run_id, document_id, dry_run) 
     from connector.actions.context import open_settings_ledger
 
     ledger = open_settings_ledger(settings)
-    rows = action.matching(ledger, action.Filters(failed, reason, site, since, run_id, document_id))
+    filters = action.Filters(failed, reason, site, since, run_id, document_id)
+    rows = action.matching(ledger, filters)
     for r in rows:
         click.echo(f"{'would requeue' if dry_run else 'requeue'} {r['document_id']} v{r['version']}  ({r['state']} {r['reason'] or ''})")
     if dry_run or not rows:
         click.echo(f"{len(rows)} document(s) {'would be ' if dry_run else ''}requeued")
         return
-    action.requeue(ledger, rows)
-    summary = _run_now(settings)
+    # requeued under the run's lock (matched again there: a run may have settled some meanwhile), then run
+    summary = _run_now(settings, mode="replay",
+                       under_lock=lambda locked: action.requeue(locked, action.matching(locked, filters)))
     keys = [(r["document_id"], r["version"]) for r in rows]
     for key, (state, why) in action.states_of(ledger, keys).items():
         click.echo(f"{key[0]} v{key[1]}: {state}{' ' + why if why else ''}")

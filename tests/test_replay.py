@@ -110,3 +110,41 @@ def test_hold_before_any_run_keeps_the_document_out_and_hold_release_say_what_th
         assert f"{versioned_id} v1: released" in _cli(cfg, "release", versioned_id, "--version", "1")
         _cli(cfg, "run")
     h.assert_exactly_once(folder, set(keys))
+
+
+def _closed_patient_failed(tmp_path, sb, folder) -> tuple[set, set]:
+    """One run against a sandbox where the first of two patients closed their DMP: (their documents, FAILED
+    XDSUnknownPatientId; the other patient's, FED)."""
+    with sqlite3.connect(folder.store_db) as db:
+        (matricule, pid), _ = db.execute("SELECT ins_matricule, patient_id FROM dmp_patient ORDER BY patient_id").fetchall()
+        closed = {(r[0], 1) for r in db.execute("SELECT document_id FROM dmp_document WHERE patient_id = ?", (pid,))}
+        other = {(r[0], 1) for r in db.execute("SELECT document_id FROM dmp_document WHERE patient_id != ?", (pid,))}
+    sb.state.set_patient(ins.ins_cx(matricule, h.TEST_INS_OID), "closed")
+    _cli(folder.cfg, "run")
+    assert {k: h.ledger_states(folder.ledger_url)[k] for k in closed} == {k: ("FAILED", CLOSED) for k in closed}
+    sb.state.set_patient(ins.ins_cx(matricule, h.TEST_INS_OID), "active")
+    return closed, other
+
+
+def test_replay_while_a_run_holds_the_lock_changes_nothing_and_exits_locked(tmp_path):
+    from connector import config
+    from connector.cli import EXIT_LOCKED
+    from connector.ledger.repo import open_ledger
+    from connector.runlock import run_lock
+
+    keys = h.synthetic_store(tmp_path / "store", 4, seed=3, per_patient=(2, 2))
+    folder = h.make_folder(tmp_path)
+    with h.sandbox(folder) as sb:
+        folder.configure(sb.url)
+        closed, _ = _closed_patient_failed(tmp_path, sb, folder)
+        before = h.ledger_rows(folder.ledger_url, "SELECT * FROM documents ORDER BY document_id")
+        submissions = h.ledger_rows(folder.ledger_url, "SELECT * FROM submissions ORDER BY id")
+        settings = config.load(folder.cfg)
+        with run_lock(open_ledger(settings.ledger.url), settings.state_dir, settings.ledger.instance):  # a run
+            locked = CliRunner().invoke(main, ["replay", "--reason", CLOSED, "--config", str(folder.cfg)])
+        assert locked.exit_code == EXIT_LOCKED, locked.output
+        assert h.ledger_rows(folder.ledger_url, "SELECT * FROM documents ORDER BY document_id") == before
+        assert h.ledger_rows(folder.ledger_url, "SELECT * FROM submissions ORDER BY id") == submissions
+        out = _cli(folder.cfg, "replay", "--reason", CLOSED)  # the run over, the replay goes through
+        assert all(f"{d} v1: FED" in out for d, _ in closed), out
+    h.assert_exactly_once(folder, set(keys))

@@ -66,12 +66,16 @@ class Summary:
         return "\n".join(lines)
 
 
-def run(settings: Settings, *, mode: str = "run", progress=None) -> Summary:
+def run(settings: Settings, *, mode: str = "run", progress=None, under_lock=None) -> Summary:
+    """`under_lock(ledger)`, if given, runs once the lock is held, before the run (replay's requeue: changing
+    the queue while another run works on it would race that run)."""
     ledger = open_settings_ledger(settings)
     store = open_store(settings)
     store.ensure_write_back_table()
     with run_lock(ledger, settings.state_dir, settings.ledger.instance):
         refuse_a_lost_ledger(ledger, store)  # a ledger that has fed nothing over a store fed already
+        if under_lock is not None:
+            under_lock(ledger)
         return _run_locked(settings, ledger, store, mode, progress or RunProgress())
 
 
