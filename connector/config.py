@@ -6,6 +6,7 @@ Secrets never live in this file: certificates point to a PKCS#12 file and to a f
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -75,6 +76,8 @@ class DmpSettings:
     environment: str  # "test" or "production"
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
+    request_deadline: float = 300.0  # a whole exchange (connect, send, reply), whatever the server's pace
+    max_reply_bytes: int = 10 * 1024 * 1024
     max_in_flight: int = 4
     retry: RetrySettings = field(default_factory=RetrySettings)
 
@@ -217,7 +220,7 @@ def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> S
             url=r.db_url("ledger.url", default=f"sqlite:///{state_dir / 'ledger.sqlite3'}",
                          dialects=("sqlite", "postgresql")),
             instance=r.string("ledger.instance", socket.gethostname() or "dmp-connector"),
-            lease_minutes=r.number("ledger.lease_minutes", 10.0),
+            lease_minutes=r.number("ledger.lease_minutes", 10.0, positive=True),
         ),
         dmp=_dmp(r),
         certificates=_certificates(r),
@@ -299,14 +302,16 @@ def _dmp(r: _Reader) -> DmpSettings:
         in_run_wait_max=r.number("dmp.retry.in_run_wait_max", d.in_run_wait_max),
         deferred_min_minutes=r.number("dmp.retry.deferred_min_minutes", d.deferred_min_minutes),
         deferred_max_minutes=r.number("dmp.retry.deferred_max_minutes", d.deferred_max_minutes),
-        lifetime_days=r.number("dmp.retry.lifetime_days", d.lifetime_days),
+        lifetime_days=r.number("dmp.retry.lifetime_days", d.lifetime_days, positive=True),
     )
     return DmpSettings(
         base_url=base_url,
         ca_bundle=r.path("dmp.ca_bundle", default=None, must_exist=True),
         environment=environment,
-        connect_timeout=r.number("dmp.connect_timeout", 10.0),
-        read_timeout=r.number("dmp.read_timeout", 30.0),
+        connect_timeout=r.number("dmp.connect_timeout", 10.0, positive=True),
+        read_timeout=r.number("dmp.read_timeout", 30.0, positive=True),
+        request_deadline=r.number("dmp.request_deadline", DmpSettings.request_deadline, positive=True),
+        max_reply_bytes=r.integer("dmp.max_reply_bytes", DmpSettings.max_reply_bytes, minimum=1024),
         max_in_flight=r.integer("dmp.max_in_flight", 4, minimum=1),
         retry=retry,
     )
@@ -421,10 +426,13 @@ class _Reader:
             raise self._fail(key, f"must be at least {minimum}, got {value}")
         return value
 
-    def number(self, key, default):
+    def number(self, key, default, *, positive=False):
+        """A finite number, >= 0 (> 0 if `positive`: a timeout of 0 or a lifetime of nan fails every request)."""
         value = self.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise self._fail(key, f"must be a non-negative number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise self._fail(key, f"must be a finite non-negative number, got {value!r}")
+        if positive and value == 0:
+            raise self._fail(key, f"must be greater than 0, got {value!r}")
         return float(value)
 
     def str_list(self, key, default):

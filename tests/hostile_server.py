@@ -5,7 +5,8 @@ PKI) whose every misbehaviour is chosen by the test, per endpoint (`…/reposito
 - `close_without_reply`: read the request, hang up;
 - `delay`: wait before answering (past the client's read timeout);
 - `trickle`: send the body one byte at a time, `trickle` seconds apart (each byte well within the read timeout);
-- `body_size`: stream a body of that many bytes (announced in Content-Length), never held in memory.
+- `body_size`: stream a body of that many bytes, never held in memory (announced in Content-Length, unless
+  `announce_length` is false: then the body runs until the server closes the connection).
 
 `bytes_sent` counts the body bytes that left, `requests` what arrived: (path, headers, body, TLS version).
 """
@@ -33,6 +34,7 @@ class Behaviour:
     delay: float = 0.0
     trickle: float | None = None
     body_size: int | None = None
+    announce_length: bool = True
     requests: list = field(default_factory=list)
     bytes_sent: int = 0
 
@@ -78,7 +80,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Type", b.content_type)
         for name, value in b.headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(b.body_size if b.body_size is not None else len(b.body)))
+        if b.announce_length:
+            self.send_header("Content-Length", str(b.body_size if b.body_size is not None else len(b.body)))
+        else:
+            self.close_connection = True
         self.end_headers()
         try:
             if b.body_size is not None:

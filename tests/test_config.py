@@ -82,3 +82,28 @@ def test_password_is_read_from_its_file(tmp_path):
     c = config.CertificateSettings(p12=tmp_path / "x.p12", password_file=tmp_path / "p")
     assert c.password() == b"s3cret"
     assert "s3cret" not in repr(c)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("dmp.read_timeout", 0), ("dmp.read_timeout", float("nan")), ("dmp.read_timeout", float("inf")),
+    ("dmp.connect_timeout", 0.0), ("dmp.request_deadline", 0), ("dmp.request_deadline", float("inf")),
+    ("dmp.retry.lifetime_days", float("nan")), ("dmp.retry.lifetime_days", 0), ("ledger.lease_minutes", 0),
+    ("dmp.retry.deferred_min_minutes", float("nan")), ("dmp.retry.in_run_wait_max", float("inf")),
+    ("dmp.max_reply_bytes", 0),
+])
+def test_durations_are_finite_and_timeouts_positive(tmp_path, key, value):
+    """A timeout of 0, nan or inf, a lifetime of nan: every send failed inside its thread, documents stranded."""
+    data = settings_dict(tmp_path)
+    *path, name = key.split(".")
+    node = data
+    for part in path:
+        node = node.setdefault(part, {})
+    node[name] = value
+    with pytest.raises(config.ConfigError, match=key.replace(".", r"\.") + ": must be"):
+        config.from_dict(data, base=tmp_path)
+
+
+def test_zero_delays_stay_allowed(tmp_path):
+    data = settings_dict(tmp_path)
+    data["dmp"]["retry"] = {"deferred_min_minutes": 0, "deferred_max_minutes": 0, "in_run_wait_initial": 0}
+    assert config.from_dict(data, base=tmp_path).dmp.retry.deferred_min_minutes == 0

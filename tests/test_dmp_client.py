@@ -40,13 +40,15 @@ def credential(p12, password_file) -> certs.Credential:
     return certs.load_credential(CertificateSettings(p12=p12, password_file=password_file))
 
 
-def make_client(files: pki.PkiFiles, port: int, *, cred=None, ca_bundle=None, read_timeout=5.0) -> DmpClient:
+def make_client(files: pki.PkiFiles, port: int, *, cred=None, ca_bundle=None, read_timeout=5.0,
+                **limits) -> DmpClient:
     settings = DmpSettings(
         base_url=f"https://127.0.0.1:{port}/si-dmp-server/v2/services",
         ca_bundle=ca_bundle or files.ca_cert,
         environment="test",
         connect_timeout=2.0,
         read_timeout=read_timeout,
+        **limits,
     )
     return DmpClient(settings, cred or credential(files.auth_cli_p12, files.auth_cli_password_file))
 
@@ -156,6 +158,79 @@ def test_connection_refused_is_transient_not_sent(test_pki, vihf):
         result = send(client, vihf)
     assert (result.kind, result.sent) == ("transient", False)
     assert "refused" in result.message.lower()
+
+
+# --- hostile servers: redirects, trickles, huge and malformed replies --------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_refused_never_followed(status, server, test_pki, vihf):
+    with running_server(server_context(test_pki)) as elsewhere:
+        server.behaviour.status = status
+        server.behaviour.headers = {"Location": f"{elsewhere.url}/repository"}
+        with make_client(test_pki, server.server_port) as client:
+            result = send(client, vihf)
+            found = client.find_submission_set(SS_UID, INS_CX, vihf)
+    assert (result.kind, result.status) == ("permanent", status)
+    assert f"redirect to {elsewhere.url}/repository refused" in result.message and "dmp.base_url" in result.message
+    assert found is None
+    assert len(server.behaviour.requests) == 2
+    assert elsewhere.behaviour.requests == []  # neither the CDA nor the VIHF went to the other host
+
+
+def test_a_trickling_reply_ends_at_the_request_deadline(server, test_pki, vihf):
+    """One byte every 50 ms, each well within the read timeout: without a deadline, ~30 s for this reply."""
+    server.behaviour.body, server.behaviour.trickle = success(), 0.05
+    with make_client(test_pki, server.server_port, read_timeout=5.0, request_deadline=0.5) as client:
+        result = send(client, vihf)
+    assert (result.kind, result.sent) == ("unknown", True)
+    assert "dmp.request_deadline" in result.message
+    assert server.behaviour.bytes_sent < len(success())
+
+
+def test_a_reply_slower_than_the_deadline_but_not_the_read_timeout_ends_at_the_deadline(server, test_pki, vihf):
+    server.behaviour.body, server.behaviour.delay = success(), 10.0
+    with make_client(test_pki, server.server_port, read_timeout=30.0, request_deadline=0.5) as client:
+        result = send(client, vihf)
+        assert client.find_submission_set(SS_UID, INS_CX, vihf) is None
+    assert (result.kind, result.sent) == ("unknown", True)
+    assert "dmp.request_deadline" in result.message
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_a_huge_reply_is_refused_past_the_cap(announced, server, test_pki, vihf):
+    b = server.behaviour
+    b.body_size, b.announce_length = 200 * 1024 * 1024, announced
+    with make_client(test_pki, server.server_port, max_reply_bytes=1024 * 1024) as client:
+        result = send(client, vihf)
+    assert (result.kind, result.sent) == ("unknown", True)
+    assert "dmp.max_reply_bytes" in result.message
+    assert b.bytes_sent < b.body_size  # the client hung up instead of reading it all
+
+
+def test_the_connection_is_reused_after_a_bounded_exchange(server, test_pki, vihf):
+    server.behaviour.body = success()
+    server.protocol_version = "HTTP/1.1"
+    with make_client(test_pki, server.server_port) as client:
+        assert [send(client, vihf).kind for _ in range(3)] == ["accepted"] * 3
+    assert len(server.behaviour.requests) == 3
+
+
+@pytest.mark.parametrize("content_type, body, kind", [
+    # claims MTOM, is not: a reply we cannot read, after the DMP accepted the request
+    ('multipart/related; type="application/xop+xml"; boundary="b1"; start="<r@x>"', b"--b1\r\ngarbage", "unknown"),
+    ('multipart/related; type="application/xop+xml"', success(), "unknown"),  # no boundary
+    ("application/json", b'{"status": "ok"}', "unknown"),
+    ("text/html", b"<html><body>Welcome</body></html>", "unknown"),
+    (None, success(), "accepted"),  # no Content-Type, a readable SOAP reply: its content decides
+    ("text/plain", success(), "accepted"),
+    ("application/soap+xml", b"\x00\xff" * 100, "unknown"),
+])
+def test_malformed_or_mistyped_replies(content_type, body, kind, server, test_pki, vihf):
+    server.behaviour.content_type, server.behaviour.body = content_type, body
+    with make_client(test_pki, server.server_port) as client:
+        result = send(client, vihf)
+    assert result.kind == kind, result.message
 
 
 # --- TLS failures: all "transient, not sent", with a message that says what went wrong ---------

@@ -12,6 +12,8 @@ Decisions the standards leave open (documented here, tested in tests/test_outcom
   2xx (the DMP accepted the request and may have registered it) and 504 (a gateway gave up while the DMP
   may still have processed it), permanent for any other 3xx/4xx (wrong URL, rejected by a proxy).
 - A SOAP content (fault or RegistryResponse) decides over the HTTP status it came with.
+- A redirect is never followed (exchange.py) and is permanent: the configured URL is wrong, or a hop is hostile.
+- No complete reply by the request deadline, or a reply over the size cap: unknown (the request was sent).
 - XDSRegistryError / XDSRepositoryError ("internal error, no more detailed code") count as transient:
   ITI-41 is atomic, so a retry is safe, and the retry lifetime turns a persistent one into FAILED.
 - Failure without any RegistryError is permanent; an unknown status value is unknown.
@@ -28,7 +30,7 @@ import requests
 import urllib3.exceptions
 from lxml import etree
 
-from connector.dmp import mtom, soap
+from connector.dmp import exchange, mtom, soap
 
 ACCEPTED, WARNINGS, TRANSIENT, PERMANENT, UNKNOWN = (
     "accepted", "accepted_with_warnings", "transient", "permanent", "unknown",
@@ -88,6 +90,9 @@ def classify_response(
 ) -> Outcome:
     """Classify an HTTP exchange: a reply (status, Content-Type, body), or the exception that ended it
     (`sent` tells whether the request had been fully sent when it happened)."""
+    if isinstance(exc, exchange.RedirectRefused):  # wrong URL or a hostile hop: resending will not help
+        return Outcome(PERMANENT, exc.status, message=f"{exc} refused: DMP calls never follow a redirect"
+                                                      " (check dmp.base_url)")
     if exc is not None:
         reason = describe_exception(exc)
         if not sent:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from requests.adapters import HTTPAdapter
 
 from connector.config import DmpSettings
+from connector.dmp.exchange import BoundedAdapter
 from connector.trust.certs import Credential
 
 _contexts: dict[tuple[str | None, bytes], ssl.SSLContext] = {}
@@ -75,8 +76,8 @@ def clear_cache() -> None:
         _contexts.clear()
 
 
-class MutualTlsAdapter(HTTPAdapter):
-    """A requests adapter whose pools all use one prepared SSLContext.
+class MutualTlsAdapter(BoundedAdapter):
+    """A requests adapter whose pools all use one prepared SSLContext (and whose exchanges are bounded: exchange.py).
 
     requests would otherwise point every connection at certifi's bundle (cert_verify) and urllib3 would
     load it into our context, silently trusting every public CA: verification is the context's job."""
@@ -106,10 +107,13 @@ class MutualTlsAdapter(HTTPAdapter):
 
 
 def mtls_session(dmp: DmpSettings, credential: Credential, password: bytes | None = None) -> requests.Session:
-    """A requests.Session doing mutual TLS with connection pooling (pool sized to max_in_flight)."""
+    """A requests.Session doing mutual TLS with connection pooling (pool sized to max_in_flight), each exchange
+    bounded by dmp.request_deadline and dmp.max_reply_bytes, never redirected."""
     session = requests.Session()
+    session.headers["Accept-Encoding"] = "identity"  # replies are read undecoded (exchange.py): no compression
     adapter = MutualTlsAdapter(
-        client_context(dmp.ca_bundle, credential, password), pool_connections=2, pool_maxsize=dmp.max_in_flight
+        client_context(dmp.ca_bundle, credential, password), pool_connections=2, pool_maxsize=dmp.max_in_flight,
+        deadline=dmp.request_deadline, max_reply_bytes=dmp.max_reply_bytes,
     )
     session.mount("https://", adapter)
     session.mount("http://", _RefuseHttp())
