@@ -82,7 +82,7 @@ def run(settings, dry_run: bool, fmt: str) -> None:
     if dry_run:
         from connector.actions import dry_run as action
 
-        rows = (action.as_dict(d) for d in action.decisions(settings))  # printed as they come, never all in memory
+        rows = (action.as_dict(d, settings) for d in action.decisions(settings))  # printed as they come, never all in memory
         if fmt == "json":
             for chunk in action.json_chunks(rows):
                 click.echo(chunk, nl=False)
@@ -90,7 +90,8 @@ def run(settings, dry_run: bool, fmt: str) -> None:
         else:
             count = eligible = 0
             for r in rows:
-                what = "eligible" if r["decision"] == "eligible" else f"skipped  {r['reason']}"
+                what = (f"eligible  {r['finess_geo']} activity {r['content_type_code']}" if r["decision"] == "eligible"
+                        else f"skipped  {r['reason']}")
                 detail = f"  ({r['detail']})" if r["detail"] else ""
                 click.echo(f"{r['document_id']} v{r['version']}  {what}{detail}")
                 count, eligible = count + 1, eligible + (r["decision"] == "eligible")

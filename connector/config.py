@@ -130,12 +130,12 @@ class ValidationSettings:
 class SubmissionSettings:
     max_documents: int = 20
     max_bytes: int = 50 * 1024 * 1024
-    content_type_code: str = "04"  # JDV_J59 [UNKNOWN in the notes]: "Hospitalisation de jour"
-    content_type_scheme: str = "1.2.250.1.213.2.2"
-    content_type_display: str = "Hospitalisation de jour"
-    class_code: str = "10"  # JDV_J57 "Compte rendu" [UNKNOWN mapping ASS_X04]
-    class_code_scheme: str = "1.2.250.1.213.1.1.4.1"
-    class_code_display: str = "Compte rendu"
+    # The activity of a document whose store row has none (dmp_document.activity): an encounter class I/O/R/N or
+    # a JDV_J59 code (payload/activity.py); it becomes the submission set's contentTypeCode. "97": indifférencié.
+    default_activity: str = "97"
+    # classCode follows ASS_X16 from the type code; a type the map does not list is refused (TYPE_NOT_ALLOWED)
+    # unless this JDV_J57 code is set.
+    class_code_fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -330,17 +330,37 @@ def _certificates(r: _Reader) -> Certificates | None:
     return Certificates(auth_cli=one("auth_cli"), sign=one("sign"))
 
 
+# Settings of earlier versions whose value now comes from the DMP's tables: say so rather than "unknown key".
+_RETIRED_SUBMISSION_KEYS = {
+    **dict.fromkeys(("class_code", "class_code_scheme", "class_code_display"),
+                    "classCode now follows the ASS_X16 map from the type code (see submission.class_code_fallback)"),
+    **dict.fromkeys(("content_type_code", "content_type_scheme", "content_type_display"),
+                    "contentTypeCode now comes from the document's activity (dmp_document.activity, "
+                    "else submission.default_activity)"),
+}
+
+
 def _submission(r: _Reader) -> SubmissionSettings:
+    from connector.payload import activity, codes  # the DMP's tables, read from schemas/ on first use
+
+    section = r.get("submission", {})
+    for key in _RETIRED_SUBMISSION_KEYS:
+        if isinstance(section, dict) and key in section:
+            raise ConfigError(f"submission.{key}: no longer a setting: {_RETIRED_SUBMISSION_KEYS[key]}")
     d = SubmissionSettings()
+    default_activity = r.string("submission.default_activity", d.default_activity)
+    try:
+        activity.content_type(default_activity)
+    except activity.ActivityError as exc:
+        raise ConfigError(f"submission.default_activity: {exc}") from None
+    fallback = r.string("submission.class_code_fallback", None)
+    if fallback is not None and codes.class_code(fallback) is None:
+        raise ConfigError(f"submission.class_code_fallback: {fallback!r} is not a JDV_J57 classCode")
     return SubmissionSettings(
         max_documents=r.integer("submission.max_documents", d.max_documents, minimum=1),
         max_bytes=r.integer("submission.max_bytes", d.max_bytes, minimum=1),
-        content_type_code=r.string("submission.content_type_code", d.content_type_code),
-        content_type_scheme=r.string("submission.content_type_scheme", d.content_type_scheme),
-        content_type_display=r.string("submission.content_type_display", d.content_type_display),
-        class_code=r.string("submission.class_code", d.class_code),
-        class_code_scheme=r.string("submission.class_code_scheme", d.class_code_scheme),
-        class_code_display=r.string("submission.class_code_display", d.class_code_display),
+        default_activity=default_activity,
+        class_code_fallback=fallback,
     )
 
 

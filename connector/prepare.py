@@ -74,7 +74,8 @@ def _schematron_due(settings: Settings, site: Site, document: Document) -> bool:
 
 @dataclass(frozen=True)
 class Batch:
-    """One future submission set: a patient's documents of one site, within the configured caps."""
+    """One future submission set: a patient's documents of one site and one activity (contentTypeCode),
+    within the configured caps."""
 
     site: Site
     patient: Patient
@@ -86,8 +87,8 @@ class Batch:
 
 
 def plan_patient(settings: Settings, eligible: list) -> tuple[list[tuple[object, PayloadError]], list[Batch]]:
-    """Build and validate the CDA of each eligible decision of one patient, then group them per site into
-    batches capped by `submission.max_documents` and `submission.max_bytes`. Returns (failures, batches)."""
+    """Build and validate the CDA of each eligible decision of one patient, then group them per site and
+    activity (the submission set's contentTypeCode) into batches capped by `submission.max_documents` and `submission.max_bytes`. Returns (failures, batches)."""
     return start_patient(settings, eligible)()
 
 
@@ -106,17 +107,19 @@ def start_patient(settings: Settings, eligible: list, schematron_process=None):
 
 
 def _plan(settings: Settings, failures: list, built: list) -> tuple[list[tuple[object, PayloadError]], list[Batch]]:
-    by_site = {}
+    groups = {}  # (site, contentTypeCode) -> (site, patient, documents)
     for d, site, uid, xml, finish in built:
         try:
             finish()
+            content_type = xds.content_type_code(d.document, settings.submission)
         except Exception as exc:
             failures.append((d, _as_payload_error(d, exc)))
             continue
-        by_site.setdefault(site.finess_geo, (site, d.patient, []))[2].append((d.document, uid, xml))
+        key = (site.finess_geo, content_type.code, content_type.scheme)
+        groups.setdefault(key, (site, d.patient, []))[2].append((d.document, uid, xml))
     cap_count, cap_bytes = settings.submission.max_documents, settings.submission.max_bytes
     batches = []
-    for site, patient, docs in by_site.values():
+    for site, patient, docs in groups.values():
         current, size = [], 0
         for item in docs:
             if current and (len(current) >= cap_count or size + len(item[2]) > cap_bytes):
@@ -150,6 +153,10 @@ def submission(
 ) -> Prepared:
     """Sign, assemble and validate the ITI-41 request of one patient's documents."""
     oid_root = settings.structure.oid_root
+    activities = {xds.content_type_code(d, settings.submission) for d, _, _ in documents}
+    if len(activities) > 1:  # only a resend whose store rows changed since: the set keeps its first document's
+        log.warning("submission %s: its documents now have %d activities; contentTypeCode is its first document's",
+                    submission_set_uid, len(activities))
     if submission_time.tzinfo is None:  # the ledger keeps naive UTC
         submission_time = submission_time.replace(tzinfo=dt.timezone.utc)
     entries = [

@@ -14,7 +14,8 @@ from enum import StrEnum
 
 from connector import ins
 from connector.config import Settings
-from connector.payload.codes import is_type_code
+from connector.payload import activity
+from connector.payload.codes import CLASS_MAP, dmp_class_code, is_type_code
 from connector.store import Document, Patient
 
 
@@ -29,6 +30,7 @@ class Reason(StrEnum):
     DOCUMENT_NOT_VALIDATED = "DOCUMENT_NOT_VALIDATED"
     SITE_UNKNOWN = "SITE_UNKNOWN"
     TYPE_NOT_ALLOWED = "TYPE_NOT_ALLOWED"
+    ACTIVITY_INVALID = "ACTIVITY_INVALID"  # dmp_document.activity is neither an encounter class nor a JDV_J59 code
     IDENTITY_INCOMPLETE = "IDENTITY_INCOMPLETE"  # a birth trait the CDA requires with an INS is missing
     METADATA_MISSING = "METADATA_MISSING"  # a document field the CDA/XDS metadata requires is missing
     VALUE_TOO_LONG = "VALUE_TOO_LONG"  # a name or title too long for the XDS metadata (ebRIM values: 256 chars)
@@ -98,9 +100,15 @@ def check_record(
         return Skip(Reason.SITE_UNKNOWN, "finess_geo is empty")
     if settings.structure.site(document.finess_geo) is None:
         return Skip(Reason.SITE_UNKNOWN, f"finess_geo {document.finess_geo} is not in structure.sites")
-    type_problem = _type_problem(document.type_code, settings.rules.allowed_type_codes)
+    type_problem = _type_problem(document.type_code, settings.rules.allowed_type_codes) or _class_problem(
+        document.type_code, settings.submission.class_code_fallback)
     if type_problem:
         return Skip(Reason.TYPE_NOT_ALLOWED, type_problem)
+    if document.activity:
+        try:
+            activity.content_type(document.activity)
+        except activity.ActivityError as exc:
+            return Skip(Reason.ACTIVITY_INVALID, f"dmp_document.activity {exc}")
     missing = _missing_birth_traits(patient)
     if missing:
         return Skip(Reason.IDENTITY_INCOMPLETE, missing)
@@ -177,6 +185,15 @@ def _type_problem(type_code: str | None, allowed: tuple[str, ...]) -> str | None
         return f"type_code {type_code} is not in JDV_J07 (XDS typeCode CI-SIS)"
     if allowed and type_code not in allowed:
         return f"type_code {type_code} is not in rules.allowed_type_codes"
+    return None
+
+
+def _class_problem(type_code: str, fallback: str | None) -> str | None:
+    """The DMP's classCode comes from ASS_X16 (the map of the DMP's own type codes, JDV_J66): a type it does
+    not list is one the DMP does not take, unless the operator chose a fallback class."""
+    if fallback is None and dmp_class_code(type_code) is None:
+        return (f"type_code {type_code} is not in {CLASS_MAP} (the DMP's typeCode -> classCode map); "
+                "see submission.class_code_fallback")
     return None
 
 

@@ -65,6 +65,7 @@ class _D:
     content: str = "file"  # file | inline | missing | empty | not_pdf
     author: tuple[str | None, str, str, str] = ("10001234567", "MARTIN", "Claire", "G15_10/SM26")
     flags: dict = field(default_factory=dict)
+    activity: str | None = None  # dmp_document.activity: encounter class or JDV_J59 code; None: the default
 
 
 PATIENTS = (
@@ -101,9 +102,10 @@ _CARDIOLOGIST = ("10004567890", "O'CONNOR", "Seán", "G15_10/SM04")
 _PEDIATRICIAN = ("10007654321", "DUBOIS-LÉGER", "Anaïs", "G15_10/SM40")
 
 DOCUMENTS = (
-    _D("DOC-001", "IPP-001", "11490-0", "Lettre de liaison à la sortie", None, "discharge letter"),
-    _D("DOC-002", "IPP-001", "11488-4", "Compte rendu de consultation de cardiologie", None, "consultation",
-       author=_CARDIOLOGIST),
+    _D("DOC-001", "IPP-001", "11490-0", "Lettre de liaison à la sortie", None,
+       "discharge letter, inpatient stay (activity I: its own submission set)", activity="I"),
+    _D("DOC-002", "IPP-001", "11488-4", "Compte rendu de consultation de cardiologie", None,
+       "consultation (activity 07, a JDV_J59 code)", author=_CARDIOLOGIST, activity="07"),
     _D("DOC-003", "IPP-001", "18748-4", "Compte rendu d'IRM du genou", None,
        "imaging report, version 2 (the store keeps the latest version), other site",
        version=2, finess_geo=SITE_CLINIC, author=_RADIOLOGIST),
@@ -150,6 +152,8 @@ DOCUMENTS = (
        "mime type application/pdf but the file is plain text", content="not_pdf"),
     _D("DOC-027", "IPP-013", "11488-4", "Compte rendu de consultation " + "très détaillé " * 20, "VALUE_TOO_LONG",
        "title over 255 characters"),
+    _D("DOC-028", "IPP-013", "11488-4", "Compte rendu de consultation", "ACTIVITY_INVALID",
+       "activity SA01 (a facility type, not in JDV_J59)", activity="SA01"),
 )
 
 
@@ -231,6 +235,7 @@ def _document_row(d: _D, inline: bytes | None) -> dict:
         invisible_to_patient=d.flags.get("invisible_to_patient", False),
         invisible_to_legal_representatives=d.flags.get("invisible_to_legal_representatives", False),
         updated_at=created + dt.timedelta(minutes=1),
+        activity=d.activity,
     )
 
 

@@ -62,7 +62,10 @@ dmp_document = sa.Table(
     sa.Column("invisible_to_patient", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("invisible_to_legal_representatives", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("updated_at", sa.DateTime),
+    # Optional (a store without it reads NULL): the encounter class I/O/R/N or a JDV_J59 code (payload/activity.py).
+    sa.Column("activity", sa.String(64)),
 )
+OPTIONAL_COLUMNS = frozenset({"activity"})  # dmp_document columns a store may lack
 
 dmp_feed_status = sa.Table(
     "dmp_feed_status",
@@ -121,6 +124,7 @@ class Document:
     invisible_to_patient: bool
     invisible_to_legal_representatives: bool
     updated_at: dt.datetime | None
+    activity: str | None = None  # the encounter class or JDV_J59 code behind the document (optional column)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -157,6 +161,7 @@ class Store:
         self.content_root = content_root
         self.write_back_enabled = write_back
         self.engine = sa.create_engine(url, future=True)
+        self._absent: frozenset[str] | None = None  # optional dmp_document columns the store lacks (read once)
 
     def check_schema(self) -> None:
         """Raise StoreError naming the missing table or column."""
@@ -169,7 +174,9 @@ class Store:
             if table.name not in names:
                 raise StoreError(f"store: table or view {table.name} is missing")
             present = {c["name"] for c in inspector.get_columns(table.name)}
-            missing = [c.name for c in table.columns if c.name not in present]
+            if table is dmp_document:
+                self._absent = OPTIONAL_COLUMNS - present
+            missing = [c.name for c in table.columns if c.name not in present and c.name not in OPTIONAL_COLUMNS]
             if missing:
                 raise StoreError(f"store: {table.name} lacks column(s) {', '.join(missing)}")
 
@@ -209,14 +216,26 @@ class Store:
         """Documents joined to their patients; dates and booleans come back raw and are checked by us, so a
         malformed value makes one RowProblem instead of breaking the whole read."""
         d, p = dmp_document, dmp_patient
+        absent = self._absent_columns()
 
         def raw(column, label=None):
+            if column.table is d and column.name in absent:
+                return sa.null().label(column.name)
             value = sa.type_coerce(column, sa.String) if isinstance(column.type, (sa.Date, sa.DateTime, sa.Boolean)) else column
             return value.label(label or column.name)
 
         return sa.select(
             *[raw(d.c[n]) for n in _DOCUMENT_COLS], *[raw(p.c[n], f"p_{n}") for n in _PATIENT_COLS]
         ).select_from(d.outerjoin(p, p.c.patient_id == d.c.patient_id))
+
+    def _absent_columns(self) -> frozenset[str]:
+        if self._absent is None:
+            try:
+                present = {c["name"] for c in sa.inspect(self.engine).get_columns(dmp_document.name)}
+            except sa.exc.SQLAlchemyError as exc:
+                raise StoreError(f"store database unreachable: {_short(exc)}") from None
+            self._absent = OPTIONAL_COLUMNS - present
+        return self._absent
 
     def get(self, document_id: str, version: int) -> Candidate | RowProblem | None:
         """One document with its patient (to resend a journaled submission)."""
@@ -295,6 +314,7 @@ def _candidate(row) -> Candidate | RowProblem:
             invisible_to_patient=_bool(row, "invisible_to_patient"),
             invisible_to_legal_representatives=_bool(row, "invisible_to_legal_representatives"),
             updated_at=_datetime(row, "updated_at"),
+            activity=_text(row, "activity"),
         )
         patient = None
         if row["p_patient_id"] is not None:

@@ -29,6 +29,7 @@ def test_example_config_loads_with_every_key(tmp_path):
     assert s.store.url == f"sqlite:///{tmp_path / 'store.sqlite3'}"
     assert s.certificates.sign.p12 == tmp_path / "pki" / "sign.p12"
     assert s.signature.digest == "sha1" and s.vihf.version == "3.0"
+    assert s.submission.default_activity == "97" and s.submission.class_code_fallback is None
 
 
 def test_ledger_defaults_to_sqlite_in_state_dir(tmp_path):
@@ -56,6 +57,11 @@ def test_ledger_defaults_to_sqlite_in_state_dir(tmp_path):
         (lambda d: d["dmp"].update(bse_url="typo"), "dmp.bse_url: unknown key"),
         (lambda d: d.update(signature={"digest": "md5"}), "signature.digest"),
         (lambda d: d.update(vihf={"responsible_rpps": "123"}), "vihf.responsible_rpps"),
+        (lambda d: d.update(submission={"default_activity": "X"}), "submission.default_activity: 'X' is neither"),
+        (lambda d: d.update(submission={"default_activity": "11"}), "submission.default_activity: '11' is a JDV_J59"),
+        (lambda d: d.update(submission={"class_code_fallback": "99"}), "submission.class_code_fallback: '99' is not"),
+        (lambda d: d.update(submission={"class_code": "10"}), "submission.class_code: no longer a setting: classCode"),
+        (lambda d: d.update(submission={"content_type_code": "04"}), "submission.content_type_code: no longer a setting"),
     ],
 )
 def test_errors_name_the_key(tmp_path, mutate, key):

@@ -46,6 +46,10 @@ def test_dry_run_json_matches_expected_decisions(tmp_path):
     assert got == samples.expected_decisions()
     for r in rows:
         assert r["decision"] == ("eligible" if r["reason"] is None else "skipped")
+    # the activity (contentTypeCode) of each eligible document: with its site, the submission set it joins
+    activities = {r["document_id"]: r["content_type_code"] for r in rows if r["patient_id"] == "IPP-001"}
+    assert activities == {"DOC-001": "03", "DOC-002": "07", "DOC-003": "97", "DOC-004": "97"}
+    assert {r["content_type_code"] for r in rows if r["reason"]} == {None}
     # Nothing recorded by a dry run.
     status = CliRunner().invoke(main, ["status", "--format", "json", "--config", str(_config(tmp_path, store_dir))])
     assert json.loads(status.output)["documents_by_state"]["SKIPPED"] == 0
@@ -59,6 +63,8 @@ def test_dry_run_text_names_each_reason(tmp_path):
     eligible = sum(v is None for v in samples.expected_decisions().values())
     assert f"{eligible} eligible" in result.output
     assert "INS_NOT_QUALIFIED" in result.output and "PATIENT_OPPOSED" in result.output
+    assert "DOC-001 v1  eligible  0B0999998 activity 03\n" in result.output
+    assert "DOC-028 v1  skipped  ACTIVITY_INVALID  (dmp_document.activity 'SA01' is neither" in result.output
 
 
 def test_bad_config_and_missing_store_tables(tmp_path):

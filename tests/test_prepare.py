@@ -36,3 +36,23 @@ def test_unknown_mode_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="validation.schematron"):
         make_settings(tmp_path, validation={"schematron": "sometimes"})
+
+
+def test_a_patients_documents_are_grouped_per_site_and_activity(tmp_path):
+    from conftest import make_patient
+    from connector.samples import minimal_pdf
+    from connector.scan import Decision
+
+    settings = make_settings(tmp_path, validation={"schematron": "off"}, submission={"default_activity": "O"})
+    patient = make_patient()
+    rows = [("D1", "I", "0B0999998"), ("D2", "O", "0B0999998"), ("D3", None, "0B0999998"),  # D3: default O
+            ("D4", "I", "0B0999998"), ("D5", "I", "0B0999997"), ("D6", "03", "0B0999998")]  # D6: I is 03 too
+    eligible = []
+    for document_id, activity, finess in rows:
+        doc = make_document(document_id=document_id, activity=activity, finess_geo=finess)
+        eligible.append(Decision(document_id, 1, patient.patient_id, None, document=doc, patient=patient,
+                                 content=minimal_pdf(["Document fictif"])))
+    failures, batches = prepare.plan_patient(settings, eligible)
+    assert failures == []
+    grouped = sorted((b.site.finess_geo, [d.document_id for d, _, _ in b.documents]) for b in batches)
+    assert grouped == [("0B0999997", ["D5"]), ("0B0999998", ["D1", "D4", "D6"]), ("0B0999998", ["D2", "D3"])]

@@ -44,6 +44,12 @@ RECORD_CASES = [
     ({}, {"finess_geo": None}, {}, Reason.SITE_UNKNOWN, "finess_geo"),
     ({}, {"type_code": "11526-1"}, {}, Reason.TYPE_NOT_ALLOWED, "JDV_J07"),
     ({}, {"type_code": None}, {}, Reason.TYPE_NOT_ALLOWED, "type_code"),
+    # in JDV_J07 but not in the DMP's typeCode -> classCode map: the DMP has no classCode for it
+    ({}, {"type_code": "51851-4"}, {}, Reason.TYPE_NOT_ALLOWED, "ASS_X16"),
+    ({}, {"activity": "X"}, {}, Reason.ACTIVITY_INVALID, "dmp_document.activity 'X' is neither"),
+    ({}, {"activity": "SA01"}, {}, Reason.ACTIVITY_INVALID, "JDV_J59"),  # SA01 is in R02, not in J59
+    ({}, {"activity": "11"}, {}, Reason.ACTIVITY_INVALID, "11^1.2.250.1.213.2.2"),  # two J59 code systems
+    ({}, {"activity": "04^1.2.250.1.71.4.2.4"}, {}, Reason.ACTIVITY_INVALID, "JDV_J59"),  # the wrong code system
     ({"birth_place_code": None}, {}, {}, Reason.IDENTITY_INCOMPLETE, "birth_place_code"),
     ({"birth_date": None}, {}, {}, Reason.IDENTITY_INCOMPLETE, "birth_date"),
     ({"birth_given_names": None}, {}, {}, Reason.IDENTITY_INCOMPLETE, "birth_given_names"),
@@ -167,3 +173,13 @@ def test_every_reason_has_a_test():
     # A new Reason must get a case: RECORD_CASES, or one of the named tests for the three others.
     named = {Reason.PATIENT_UNKNOWN, Reason.CONTENT_MISSING, Reason.CONTENT_INVALID}
     assert {case[3] for case in RECORD_CASES} | named == set(Reason)
+
+
+@pytest.mark.parametrize("activity", ["I", "O", "R", "N", "04", "SA07", "EXP_PATIENT", "11^1.2.250.1.213.1.6.1.128", None])
+def test_an_encounter_class_or_a_j59_code_is_a_valid_activity(settings, activity):
+    assert decide(settings, make_document(activity=activity)) is None
+
+
+def test_a_type_outside_ass_x16_is_fed_with_the_configured_fallback_class(tmp_path):
+    fallback = make_settings(tmp_path, submission={"class_code_fallback": "95"})
+    assert decide(fallback, make_document(type_code="51851-4")) is None

@@ -153,3 +153,19 @@ def test_write_back_table_created_by_another_instance_meanwhile(tmp_path, monkey
     monkeypatch.setattr(type(table), "create", lose_the_race)
     store.ensure_write_back_table()
     assert sa.inspect(store.engine).has_table("dmp_feed_status")
+
+
+def test_the_activity_column_is_optional(tmp_path):
+    """A store whose dmp_document predates `activity` still reads: its documents take the default activity."""
+    db = samples.create_sample_store(tmp_path)
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT activity FROM dmp_document WHERE document_id = 'DOC-001'")).scalar() == "I"
+        conn.execute(sa.text("ALTER TABLE dmp_document DROP COLUMN activity"))
+    engine.dispose()
+    for check_first in (True, False):  # candidates() and get() find out for themselves too
+        store = Store(f"sqlite:///{db}", tmp_path)
+        if check_first:
+            store.check_schema()
+        assert store.get("DOC-001", 1).document.activity is None
+        assert {c.document.activity for c in store.candidates() if isinstance(c, Candidate)} == {None}

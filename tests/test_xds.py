@@ -10,6 +10,7 @@ import pytest
 from lxml import etree
 
 from connector.payload import hl7, ids, validate, xds
+from connector.payload.errors import PayloadError
 from connector.payload.xds_read import metadata_errors, parse_request
 from conftest import make_document, make_patient, make_settings
 
@@ -22,8 +23,8 @@ def schema_errors(element) -> list[str]:
     return validate.xds_request_errors(element)
 
 
-def build(tmp_path, n=1, *, patient=None, documents=None, signed=True, **doc_overrides):
-    settings = make_settings(tmp_path)
+def build(tmp_path, n=1, *, patient=None, documents=None, signed=True, settings=None, **doc_overrides):
+    settings = settings or make_settings(tmp_path)
     structure = settings.structure
     site = structure.sites[0]
     patient = patient or make_patient()
@@ -159,7 +160,8 @@ def test_submission_set_metadata(tmp_path):
     assert author_slots(package, xds.SS_AUTHOR)["authorPerson"] == [
         "810001234567^MARTIN^Claire^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS"
     ]
-    assert codes(package, xds.SS_CONTENT_TYPE) == [("04", "1.2.250.1.213.2.2", "Hospitalisation de jour")]
+    # no activity in the store: submission.default_activity, 97 (JDV_J59, TRE_R209)
+    assert codes(package, xds.SS_CONTENT_TYPE) == [("97", "1.2.250.1.213.2.2", "Type d'activité indifférencié")]
     assert external_id(package, xds.SS_PATIENT_ID) == "279035121518989^^^&1.2.250.1.213.1.4.10&ISO^NH"
     assert external_id(package, xds.SS_SOURCE_ID) == "1.2.250.1.999.42"
     assert external_id(package, xds.SS_UNIQUE_ID) == ids.submission_set_unique_id(
@@ -389,7 +391,7 @@ def test_parse_request_round_trips_the_build(tmp_path):
     assert view.source_id == "1.2.250.1.999.42"
     assert view.submission_time == "20261121020507"
     assert view.finess_geo == "0B0999998"
-    assert view.content_type_code == "04"
+    assert view.content_type_code == "97"
     assert [(e.entry_uuid, e.unique_id, e.hash, e.size) for e in view.entries] == [
         (e.entry_uuid, e.unique_id, hashlib.sha1(e.cda).hexdigest(), len(e.cda)) for e in entries
     ]
@@ -439,6 +441,52 @@ def test_missing_required_document_data_is_refused(tmp_path, field):
 
 def test_a_type_code_outside_j07_keeps_the_title_as_display(tmp_path):
     doc = make_document(type_code="99999-9", title="Note locale")
-    element, attachments, (entry,), _ = build(tmp_path, documents=[doc])
+    settings = make_settings(tmp_path, submission={"class_code_fallback": "10"})
+    element, attachments, (entry,), _ = build(tmp_path, documents=[doc], settings=settings)
     found = codes(extrinsic(element, entry.entry_uuid), xds.DE_TYPE_CODE)
     assert found == [("99999-9", "2.16.840.1.113883.6.1", "Note locale")]
+
+
+@pytest.mark.parametrize("type_code, class_code, display", [
+    ("18748-4", "31", "Imagerie médicale"),
+    ("34133-9", "11", "Synthèse"),
+    ("11490-0", "10", "Compte rendu"),
+    ("11369-6", "52", "Certificat, déclaration"),
+    ("PRESC-KINE", "42", "Prescription"),
+])
+def test_class_code_follows_ass_x16(tmp_path, type_code, class_code, display):
+    element, _, (entry,), _ = build(tmp_path, documents=[make_document(type_code=type_code)])
+    assert codes(extrinsic(element, entry.entry_uuid), xds.DE_CLASS_CODE) == [
+        (class_code, "1.2.250.1.213.1.1.4.1", display)]
+
+
+def test_a_type_outside_ass_x16_takes_the_fallback_class_or_is_refused(tmp_path):
+    doc = make_document(type_code="51851-4")  # JDV_J07 "Document administratif", not in ASS_X16
+    with pytest.raises(PayloadError, match="DOC0001: type_code 51851-4 is not in ASS_X16"):
+        build(tmp_path, documents=[doc])
+    settings = make_settings(tmp_path, submission={"class_code_fallback": "95"})
+    element, _, (entry,), _ = build(tmp_path, documents=[doc], settings=settings)
+    assert codes(extrinsic(element, entry.entry_uuid), xds.DE_CLASS_CODE) == [
+        ("95", "1.2.250.1.213.1.1.4.1", "Document de gestion")]
+
+
+@pytest.mark.parametrize("activity, expected", [
+    ("I", ("03", "1.2.250.1.213.2.2", "Hospitalisation complète (non compris hospitalisation de semaine)")),
+    ("O", ("07", "1.2.250.1.213.2.2", "Consultations soins externes")),
+    ("R", ("19", "1.2.250.1.213.2.2", "Traitement et cure ambulatoire")),
+    ("N", ("97", "1.2.250.1.213.2.2", "Type d'activité indifférencié")),
+    ("04", ("04", "1.2.250.1.213.2.2", "Hospitalisation de jour")),
+    ("SA07", ("SA07", "1.2.250.1.71.4.2.4", "Cabinet individuel")),
+    ("11^1.2.250.1.213.1.6.1.128", ("11", "1.2.250.1.213.1.6.1.128", "Centre postcure")),
+])
+def test_content_type_code_is_the_documents_activity(tmp_path, activity, expected):
+    element, *_ = build(tmp_path, 2, activity=activity)
+    (package,) = element.iter(f"{R}RegistryPackage")
+    assert codes(package, xds.SS_CONTENT_TYPE) == [expected]
+
+
+def test_the_default_activity_is_a_setting(tmp_path):
+    settings = make_settings(tmp_path, submission={"default_activity": "I"})
+    element, *_ = build(tmp_path, settings=settings)
+    (package,) = element.iter(f"{R}RegistryPackage")
+    assert [c[0] for c in codes(package, xds.SS_CONTENT_TYPE)] == ["03"]

@@ -8,6 +8,7 @@ from typing import Iterator
 
 from connector.actions.context import open_settings_ledger, open_store
 from connector.config import Settings
+from connector.payload import activity, xds
 from connector.scan import Decision, scan
 
 
@@ -18,17 +19,27 @@ def decisions(settings: Settings) -> Iterator[Decision]:
         yield from group
 
 
-def as_dict(d: Decision) -> dict:
+def as_dict(d: Decision, settings: Settings) -> dict:
+    """One row; an eligible document's `content_type_code` (its activity, JDV_J59) with its site says which
+    submission set of its patient it joins."""
     return {
         "document_id": d.document_id,
         "version": d.version,
         "patient_id": d.patient_id,
         "finess_geo": d.document.finess_geo if d.document else None,
         "type_code": d.document.type_code if d.document else None,
+        "content_type_code": _content_type(d, settings),
         "decision": "eligible" if d.eligible else "skipped",
         "reason": d.reason,
         "detail": d.detail,
     }
+
+
+def _content_type(d: Decision, settings: Settings) -> str | None:
+    if not d.eligible:
+        return None
+    code = xds.content_type_code(d.document, settings.submission)  # the rules checked the activity
+    return code.code if code.scheme == activity.R209 else f"{code.code}^{code.scheme}"
 
 
 def json_chunks(rows: Iterator[dict], rows_per_chunk: int = 200) -> Iterator[str]:

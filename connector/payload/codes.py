@@ -1,19 +1,24 @@
-"""CI-SIS value sets (IHE SVS files of the ANS kit), loaded once per process.
+"""CI-SIS value sets (IHE SVS files of the ANS kit) and the DMP's own terminology tables, loaded once per process.
 
 J07 XdsTypeCode (document types), J02 healthcare facility types, J04 practice settings,
 J01 author specialties. Lookups return the official code system and display name, so builders
 never hard-code a display that could drift from the published value set.
+
+The DMP's tables (schemas/ans-terminologies/, listed with their versions in terminologies.toml): the concept map
+ASS_X16 typeCode -> classCode, JDV_J57 classCode and JDV_J59 contentTypeCode.
 """
 
 from __future__ import annotations
 
+import csv
 import re
+import tomllib
 from dataclasses import dataclass
 from functools import cache
 
 from lxml import etree
 
-from connector.resources import ans_kit
+from connector.resources import ans_kit, schemas_dir
 
 _SVS = "{urn:ihe:iti:svs:2008}"
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
@@ -67,3 +72,60 @@ def practice_setting(code: str | None) -> Code | None:
 def author_specialty(code: str | None) -> Code | None:
     """Author profession/specialty (JDV_J01, e.g. G15_10/SM26)."""
     return value_set(AUTHOR_SPECIALTIES).get(code) if code else None
+
+
+# --- the DMP's terminology tables (schemas/ans-terminologies/) -----------------------------------------
+
+DMP_TERMINOLOGIES = "ans-terminologies"
+CLASS_MAP, CLASS_CODES, CONTENT_TYPES = "ASS_X16", "JDV_J57", "JDV_J59"
+
+
+@dataclass(frozen=True)
+class Terminology:
+    name: str
+    title: str
+    version: str
+    oid: str
+    rows: tuple[dict[str, str], ...]
+
+
+@cache
+def dmp_terminology(name: str) -> Terminology:
+    """One table of terminologies.toml with its rows (each a dict of the TSV's header names)."""
+    folder = schemas_dir() / DMP_TERMINOLOGIES
+    with open(folder / "terminologies.toml", "rb") as fh:
+        entry = tomllib.load(fh)[name]
+    with open(folder / entry["file"], encoding="utf-8", newline="") as fh:
+        rows = tuple(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return Terminology(name, entry["title"], entry["version"], entry["oid"], rows)
+
+
+@cache
+def _class_codes() -> dict[str, Code]:
+    return {r["code"]: Code(r["code"], r["code_system"], r["display"]) for r in dmp_terminology(CLASS_CODES).rows}
+
+
+@cache
+def _class_map() -> dict[str, str]:
+    return {r["type_code"]: r["class_code"] for r in dmp_terminology(CLASS_MAP).rows}
+
+
+def class_code(code: str | None) -> Code | None:
+    """The XDS classCode `code` of JDV_J57, or None if J57 does not list it."""
+    return _class_codes().get(code) if code else None
+
+
+def dmp_class_code(type_code: str | None) -> Code | None:
+    """The classCode ASS_X16 gives the typeCode (with its J57 code system and display), or None if unmapped."""
+    mapped = _class_map().get(type_code) if type_code else None
+    return class_code(mapped) if mapped else None
+
+
+def content_types(code: str | None) -> list[Code]:
+    """Every JDV_J59 contentTypeCode spelled `code` (J59 joins four code systems: `11` is in two of them)."""
+    return [Code(r["code"], r["code_system"], r["display"])
+            for r in dmp_terminology(CONTENT_TYPES).rows if code and r["code"] == code]
+
+
+def is_content_type(code: str | None, code_system: str | None) -> bool:
+    return any(c.code_system == code_system for c in content_types(code))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from connector.config import Site, Structure, SubmissionSettings
-from connector.payload import codes, header, hl7, ids
+from connector.payload import activity, codes, header, hl7, ids
 from connector.payload.errors import METADATA_INVALID, PayloadError
 from connector.store import Document, Patient
 
@@ -109,6 +109,25 @@ def format_code(document: Document) -> Code:
     return FORMAT_PDF if (document.mime_type or "").lower() == "application/pdf" else FORMAT_PASSTHROUGH
 
 
+def content_type_code(document: Document, submission: SubmissionSettings) -> Code:
+    """The submission set's contentTypeCode (JDV_J59): the activity behind its documents (one per set, see
+    prepare), from `dmp_document.activity` or `submission.default_activity`."""
+    try:
+        found = activity.content_type(document.activity or submission.default_activity)
+    except activity.ActivityError as exc:  # the rules skip such a document: reaching here is a defect
+        raise PayloadError(METADATA_INVALID, f"document {document.document_id}: dmp_document.activity {exc}") from None
+    return Code(found.code, found.code_system, found.display)
+
+
+def class_code(document: Document, submission: SubmissionSettings) -> Code:
+    """classCode (JDV_J57) of the document's type as ASS_X16 maps it, else `submission.class_code_fallback`."""
+    found = codes.dmp_class_code(document.type_code) or codes.class_code(submission.class_code_fallback)
+    if found is None:  # the rules skip such a document: reaching here is a defect
+        raise PayloadError(METADATA_INVALID,
+                           f"document {document.document_id}: type_code {document.type_code} is not in ASS_X16")
+    return Code(found.code, found.code_system, found.display)
+
+
 def confidentiality_codes(document: Document) -> list[Code]:
     """`N` plus the DMP masking codes set by the store's flags (EXI 07)."""
     codes = [CONFIDENTIALITY_NORMAL]
@@ -165,8 +184,7 @@ def build_provide_and_register(
     ss = submission_set_entry_uuid
     b.slot(package, "submissionTime", hl7.dtm(submission_time))
     b.author(package, ss, SS_AUTHOR, author)
-    b.code(package, ss, SS_CONTENT_TYPE, "contentTypeCode", Code(
-        submission.content_type_code, submission.content_type_scheme, submission.content_type_display))
+    b.code(package, ss, SS_CONTENT_TYPE, "contentTypeCode", content_type_code(first, submission))
     b.element(package, "Classification", id=ids.child_uuid(ss, "SubmissionSet"),
               classifiedObject=ss, classificationNode=SUBMISSION_SET)
     b.external_id(package, ss, SS_PATIENT_ID, ins_cx(patient), "XDSSubmissionSet.patientId")
@@ -198,7 +216,7 @@ def build_provide_and_register(
                 source_patient_id=ipp_cx(structure, patient),
                 author=doc_author,
                 legal_authenticator=_legal_authenticator(doc),
-                class_code=Code(submission.class_code, submission.class_code_scheme, submission.class_code_display),
+                class_code=class_code(doc, submission),
                 type_code=type_code,
                 format_code=format_code(doc),
                 confidentiality=confidentiality_codes(doc),

@@ -11,6 +11,8 @@ codes are not public, so IHE ITI TF-3 Table 4.2.4.1-2 codes are used):
 | VIHF: missing, schema, signature, chain, attributes,    | XDSRepositoryError             |
 |   Authentification_Mode, Ressource_URN, NameID (RPPS)   |   (codeContext starts "VIHF")  |
 | XDS.b request schema, metadata_errors, missing SS       | XDSRegistryMetadataError       |
+| classCode ≠ ASS_X16 of the typeCode or outside JDV_J57, | XDSRegistryMetadataError       |
+|   contentTypeCode outside JDV_J59                       |                                |
 | VIHF Identifiant_Structure ≠ "1"+FINESS géo of the SS   | XDSRegistryMetadataError       |
 |   or entry authorInstitution                            |                                |
 | VIHF resource-id ≠ SS patientId; entry patientId ≠ SS   | XDSPatientIdDoesNotMatch       |
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from connector.dmp import soap
+from connector.payload import codes as dmp_codes
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ SS_UNIQUE_ID = "urn:uuid:96fdda7c-d067-4183-912e-bf5ee74998a8"
 SS_PATIENT_ID = "urn:uuid:6b5aea1a-874d-4603-a4bc-96a0a7b38446"
 SS_SOURCE_ID = "urn:uuid:554ac39e-e3fe-47fe-b233-965d2a147832"
 SS_AUTHOR = "urn:uuid:a7058bb9-b4e4-4307-ba5b-e3f0ab85e12d"
+SS_CONTENT_TYPE = "urn:uuid:aa543740-bdda-424e-8c96-df4873be8500"
 DE_UNIQUE_ID = "urn:uuid:2e82c1f6-a085-4c72-9da3-8640a32e42ab"
 DE_PATIENT_ID = "urn:uuid:58a6f841-87b3-4a3e-92fd-a8ffeff98427"
 DE_AUTHOR = "urn:uuid:93606bcf-9494-43ec-9b4e-a7748d1a838d"
@@ -198,6 +202,7 @@ def check_provide_and_register(
             "XDSRegistryMetadataError", "xds.metadata", "métadonnées", metadata_errors(request, documents)
         )
     errors += consistency_errors(submission, vihf, request, documents)
+    errors += code_errors(submission, request)
     errors += content_errors(submission, settings)
     return submission, errors
 
@@ -448,6 +453,43 @@ def consistency_errors(
                 "XDSMissingDocumentMetadata", "xdsb:Document sans ExtrinsicObject", doc_id, "document.metadata_missing"
             )
         )
+    return errors
+
+
+def _coded(classification: etree._Element) -> tuple[str, str]:
+    """(code, codingScheme) of a Classification."""
+    return classification.get("nodeRepresentation") or "", (_slot(classification, "codingScheme") or [""])[0]
+
+
+def code_errors(submission: Submission, request: etree._Element) -> list[RegistryError]:
+    """The DMP's coded metadata against its own tables (schemas/ans-terminologies/): each document's classCode is
+    the one ASS_X16 gives its typeCode (a typeCode the map does not list is not contradicted) and is in JDV_J57;
+    the submission set's contentTypeCode is in JDV_J59, code and code system."""
+    errors = []
+    objects = {o.get("id"): o for o in request.iter(f"{RIM}ExtrinsicObject")}
+    for entry in submission.entries:
+        if entry.is_signature:
+            continue
+        for classification in _classifications(objects[entry.entry_uuid], DE_CLASS_CODE):
+            code, scheme = _coded(classification)
+            known, mapped = dmp_codes.class_code(code), dmp_codes.dmp_class_code(entry.type_code)
+            if known is None or known.code_system != scheme:
+                errors.append(RegistryError("XDSRegistryMetadataError", f"classCode {code} ({scheme}) hors JDV_J57",
+                                            entry.uid, "codes.class_code"))
+            elif mapped is not None and mapped.code != code:
+                errors.append(RegistryError(
+                    "XDSRegistryMetadataError",
+                    f"classCode {code} contredit ASS_X16 pour le typeCode {entry.type_code} (attendu {mapped.code})",
+                    entry.uid, "codes.class_code"))
+    content_types = _classifications(_package(request, submission), SS_CONTENT_TYPE)
+    if not content_types:
+        errors.append(RegistryError("XDSRegistryMetadataError", "lot de soumission sans contentTypeCode",
+                                    submission.uid, "codes.content_type"))
+    for classification in content_types:
+        code, scheme = _coded(classification)
+        if not dmp_codes.is_content_type(code, scheme):
+            errors.append(RegistryError("XDSRegistryMetadataError", f"contentTypeCode {code} ({scheme}) hors JDV_J59",
+                                        submission.uid, "codes.content_type"))
     return errors
 
 
