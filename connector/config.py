@@ -11,9 +11,11 @@ import os
 import re
 import socket
 import tomllib
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ENV_VAR = "DMP_CONNECTOR_CONFIG"
 OID_RE = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
@@ -236,12 +238,26 @@ def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> S
         ),
         signature=_signature(r),
         vihf=_vihf(r),
-        schedule=r.string("schedule.cron", "0 2 * * *"),
-        timezone=r.string("schedule.timezone", "Europe/Paris"),
+        schedule=r.string("schedule.cron", "0 2 * * *", pattern=CRON_RE, what="a 5-field cron expression"),
+        timezone=_timezone(r),
         audit_retention_days=r.integer("audit.retention_days", 183, minimum=1),
     )
     r.reject_unknown()
     return settings
+
+
+# Five fields of digits, names (mon, jan…), * / , - ?: the scheduler itself (APScheduler, not imported at every
+# start) reads the values, in `check` and when the daemon starts.
+CRON_RE = re.compile(r"^\s*[\w*/,?-]+(\s+[\w*/,?-]+){4}\s*$")
+
+
+def _timezone(r: "_Reader") -> str:
+    name = r.string("schedule.timezone", "Europe/Paris")
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"schedule.timezone: unknown time zone {name!r} (e.g. Europe/Paris)") from None
+    return name
 
 
 def _default_state_dir() -> Path:
@@ -294,6 +310,12 @@ def _dmp(r: _Reader) -> DmpSettings:
     base_url = r.string("dmp.base_url")
     if not base_url.startswith("https://"):
         raise ConfigError("dmp.base_url: must be an https:// URL")
+    try:
+        if not urlsplit(base_url).hostname:
+            raise ConfigError(f"dmp.base_url: no host in {base_url!r}")
+        urlsplit(base_url).port  # noqa: B018 (raises on a port that is not a number in range)
+    except ValueError as exc:
+        raise ConfigError(f"dmp.base_url: {base_url!r} is not a valid URL ({exc})") from None
     environment = r.string("dmp.environment", choices=("test", "production"))
     d = RetrySettings()
     retry = RetrySettings(

@@ -53,3 +53,32 @@ def test_check_reports_an_unreachable_dmp_and_missing_store(tmp_path):
     assert result.exit_code == EXIT_ATTENTION
     assert "[FAIL] store" in result.output and "dmp_patient" in result.output
     assert "[FAIL] dmp" in result.output and "unreachable" in result.output
+
+
+def test_check_fails_a_schedule_the_daemon_could_not_follow(tmp_path):
+    """A cron expression with five fields that APScheduler still refuses (minute 61) passes the load-time check;
+    `check` asks the scheduler itself."""
+    config = demo.prepare_folder(tmp_path, "https://127.0.0.1:1/si-dmp-server/v2/services")
+    config.write_text(config.read_text(encoding="utf-8") + '\n[schedule]\ncron = "61 2 * * *"\n', encoding="utf-8")
+    result = _check(config)
+    assert result.exit_code == EXIT_ATTENTION
+    assert "[FAIL] schedule" in result.output and "schedule.cron" in result.output
+
+
+def test_check_refuses_production_pointed_at_a_test_server(tmp_path):
+    """environment = "production" against the sandbox (a local address, a server certificate and ORG
+    certificates from a TEST CA) fails `check`, each reason on its line; the same with "test" passes."""
+    create_test_pki(tmp_path / "pki")
+    demo.prepare_folder(tmp_path, "https://127.0.0.1:1/si-dmp-server/v2/services")
+    with server.serve(pki_dir=tmp_path / "pki", state_path=tmp_path / "sandbox.sqlite3", fast=True) as sandbox:
+        config = demo.prepare_folder(tmp_path, sandbox.url)
+        config.write_text(config.read_text(encoding="utf-8").replace('environment = "test"', 'environment = "production"'),
+                          encoding="utf-8")
+        result = _check(config)
+        assert result.exit_code == EXIT_ATTENTION, result.output
+        env_lines = [line for line in result.output.splitlines() if line.startswith("[FAIL] environ")]
+        assert any("127.0.0.1" in line for line in env_lines), result.output
+        assert any("server certificate" in line and "TEST" in line for line in env_lines), result.output
+        assert any("auth_cli" in line and "TEST" in line for line in env_lines), result.output
+        config = demo.prepare_folder(tmp_path, sandbox.url)  # back to "test"
+        assert "[FAIL] environ" not in _check(config).output

@@ -6,6 +6,8 @@ Configuration (already loaded by the CLI), store and ledger databases with their
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
 import ssl
 from dataclasses import dataclass
@@ -33,10 +35,54 @@ def run_checks(settings: Settings) -> list[Check]:
     checks.append(_opens("store", open_store, settings, StoreError,
                          "reachable, dmp_patient and dmp_document have every column of the contract"))
     checks.append(_opens("ledger", open_settings_ledger, settings, LedgerError, "reachable, schema up to date"))
+    checks.append(_schedule(settings))
     credentials = _certificates(settings, checks)
+    peer = None
     if "auth_cli" in credentials:
-        checks.append(_handshake(settings, credentials["auth_cli"]))
+        handshake, peer = _handshake(settings, credentials["auth_cli"])
+        checks.append(handshake)
+    if settings.dmp.environment == "production":
+        checks.extend(_production_on_a_test_server(settings, credentials, peer))
     return checks
+
+
+def _schedule(settings: Settings) -> Check:
+    """What the daemon would refuse at start (the configuration only checks the cron expression's shape)."""
+    from connector import scheduler
+    from connector.config import ConfigError
+
+    try:
+        scheduler.trigger(settings)
+    except ConfigError as exc:
+        return Check("error", "schedule", str(exc))
+    return Check("ok", "schedule", f"{settings.schedule} ({settings.timezone})")
+
+
+TEST_MARK = re.compile(r"\b(TEST|SANDBOX|BAC ?A ?SABLE)\b", re.IGNORECASE)
+
+
+def _production_on_a_test_server(settings: Settings, credentials: dict, peer: dict | None) -> list[Check]:
+    """environment = "production" lets real NIR/NIA through: refuse it against what looks like a test DMP (a
+    local or private address, a server or ORG certificate from a test CA: the sandbox's and the ANS test
+    IGC-Santé's names say TEST), where it would send real patients' documents to a test system."""
+    found = []
+    host = urlsplit(settings.dmp.base_url).hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+        local = address.is_loopback or address.is_private or address.is_link_local
+    except ValueError:
+        local = host == "localhost" or host.endswith((".localhost", ".local", ".test", ".example", ".invalid"))
+    if local:
+        found.append(f"dmp.base_url points at {host}, a local or private address (the sandbox, a test server?)")
+    if peer:
+        names = [", ".join("=".join(x) for rdn in peer.get(part, ()) for x in rdn) for part in ("subject", "issuer")]
+        if any(TEST_MARK.search(n) for n in names):
+            found.append(f"the DMP's server certificate is a test one (subject {names[0]}; issuer {names[1]})")
+    for purpose, credential in credentials.items():
+        issuer = credential.certificate.issuer.rfc4514_string()
+        if TEST_MARK.search(issuer):
+            found.append(f"the {purpose} certificate is issued by a test CA ({issuer})")
+    return [Check("error", "environment", f"dmp.environment is production but {why}") for why in found]
 
 
 def _opens(name: str, open_it, settings: Settings, error: type[Exception], ok: str) -> Check:
@@ -72,7 +118,8 @@ def _certificates(settings: Settings, checks: list[Check]) -> dict:
     return loaded
 
 
-def _handshake(settings: Settings, credential) -> Check:
+def _handshake(settings: Settings, credential) -> tuple[Check, dict | None]:
+    """The mutual-TLS handshake's check, and the server certificate (as ssl reports it) when it succeeded."""
     from connector.dmp import tls
 
     url = urlsplit(settings.dmp.base_url)
@@ -89,11 +136,11 @@ def _handshake(settings: Settings, credential) -> Check:
                     raise ssl.SSLError("the DMP closed the connection: it refused our AUTH_CLI certificate")
     except ssl.SSLCertVerificationError as exc:
         return Check("error", "dmp", f"{host}:{port}: server certificate not trusted ({exc.verify_message}); "
-                                     f"check dmp.ca_bundle")
+                                     f"check dmp.ca_bundle"), None
     except (ssl.SSLError, ConnectionResetError) as exc:
         return Check("error", "dmp", f"{host}:{port}: mutual TLS refused ({getattr(exc, 'reason', None) or exc}); "
-                                     f"check the AUTH_CLI certificate and dmp.ca_bundle")
+                                     f"check the AUTH_CLI certificate and dmp.ca_bundle"), None
     except OSError as exc:
-        return Check("error", "dmp", f"{host}:{port}: unreachable ({exc.strerror or exc})")
+        return Check("error", "dmp", f"{host}:{port}: unreachable ({exc.strerror or exc})"), None
     subject = ", ".join("=".join(x) for rdn in peer.get("subject", ()) for x in rdn)
-    return Check("ok", "dmp", f"{host}:{port}: mutual TLS handshake ok ({version}, server {subject})")
+    return Check("ok", "dmp", f"{host}:{port}: mutual TLS handshake ok ({version}, server {subject})"), peer
