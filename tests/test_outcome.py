@@ -17,6 +17,8 @@ MTOM_CT = (
     'start="<root.message@cxf.apache.org>"; start-info="application/soap+xml"'
 )
 
+# Every reply here is hand-written in the shape of an IHE XDS.b / SOAP 1.2 reply (responses/README.md): no
+# capture of the real DMP is public. The test names say so.
 CASES = [
     # file, HTTP status, Content-Type, kind, status, error codes
     ("success.xml", 200, SOAP_CT, "accepted", "Success", []),
@@ -50,11 +52,22 @@ CASES = [
     ("empty.bin", 200, SOAP_CT, "unknown", 200, []),
     ("empty.bin", 403, None, "permanent", 403, []),
     ("success.xml", 200, MTOM_CT, "unknown", 200, []),  # claims MTOM but is not: unreadable
+    # internal errors: ITI-41 is atomic, a retry is safe; the retry lifetime ends a persistent one
+    ("registry_error.xml", 200, SOAP_CT, "transient", "Failure", ["XDSRegistryError"]),
+    ("repository_error.xml", 500, SOAP_CT, "transient", "Failure", ["XDSRepositoryError"]),
+    ("html_404.html", 408, "text/html", "transient", 408, []),
+    ("unknown_status.xml", 200, SOAP_CT, "unknown", "Pending", []),  # neither registered nor refused: ask ITI-18
+    ("envelope_without_body.xml", 200, SOAP_CT, "unknown", 200, []),
+    ("envelope_without_body.xml", 500, SOAP_CT, "transient", 500, []),
+    # an Error-severity error under a Success status is an error, not a warning
+    ("success_with_error.xml", 200, SOAP_CT, "permanent", "Success", ["XDSRegistryMetadataError", "XDSExtraMetadataNotSaved"]),
+    # a WS-Security fault is the sender's (bad VIHF): resending the same token for days will not help
+    ("fault_receiver_security.xml", 500, SOAP_CT, "permanent", "Fault:Receiver", []),
 ]
 
 
 @pytest.mark.parametrize("name, http, content_type, kind, status, codes", CASES)
-def test_classify_recorded_reply(name, http, content_type, kind, status, codes):
+def test_classify_hand_written_reply(name, http, content_type, kind, status, codes):
     body = (RESPONSES / name).read_bytes()
     outcome = classify_response(http, content_type, body, sent=True)
     assert outcome.kind == kind, outcome.message
@@ -64,6 +77,21 @@ def test_classify_recorded_reply(name, http, content_type, kind, status, codes):
     assert outcome.accepted == kind.startswith("accepted")
     assert outcome.duplicate_submission == (name == "duplicate_submission_set.xml")
     assert outcome.message
+
+
+def test_success_with_an_error_severity_error_keeps_its_transient_codes_transient():
+    rr = soap.registry_response("Success", [("XDSRegistryBusy", "busy", None, "Error")])
+    outcome = classify_response(200, SOAP_CT, soap.to_bytes(soap.envelope(rr, action="x", to="y")), sent=True)
+    assert outcome.kind == "transient" and "Error-severity" in outcome.message
+
+
+@pytest.mark.parametrize("subcode", ["wsse:InvalidSecurity", "wsse:InvalidSecurityToken", "wsse:FailedAuthentication",
+                                     "wsse:FailedCheck", "wsse:SecurityTokenUnavailable", "wsa:InvalidAddressingHeader",
+                                     "wsa:MessageAddressingHeaderRequired", "wsa:ActionNotSupported"])
+def test_a_security_or_addressing_fault_is_permanent_whatever_its_code(subcode):
+    body = soap.fault("Receiver", "refused", subcode)
+    outcome = classify_response(500, SOAP_CT, body, sent=True)
+    assert outcome.kind == "permanent" and subcode in outcome.message
 
 
 def test_error_details_are_kept_as_the_registry_wrote_them():

@@ -17,6 +17,9 @@ Decisions the standards leave open (documented here, tested in tests/test_outcom
 - XDSRegistryError / XDSRepositoryError ("internal error, no more detailed code") count as transient:
   ITI-41 is atomic, so a retry is safe, and the retry lifetime turns a persistent one into FAILED.
 - Failure without any RegistryError is permanent; an unknown status value is unknown.
+- Success or PartialSuccess with an Error-severity RegistryError is a Failure (not registered, by its codes).
+- A SOAP fault is transient when its code is Receiver, unless its subcode refuses the message itself
+  (WS-Security: a bad VIHF; WS-Addressing): that is permanent, never retried for the whole lifetime.
 Messages carry error codes and the registry's own codeContext, never patient data.
 """
 
@@ -46,6 +49,15 @@ TRANSIENT_CODES = frozenset({
     "XDSUnavailableCommunity", "XDSTimeout",
 })  # fmt: skip
 DUPLICATE_UNIQUE_ID = "XDSDuplicateUniqueIdInRegistry"
+# SOAP fault subcodes that refuse the message itself, whatever the fault's code (servers send some as Receiver):
+# WS-Security (OASIS WSS 1.1 §12: the VIHF token, its signature) and WS-Addressing (W3C WS-Addressing 1.0 SOAP
+# Binding §6.4: our headers). The same message would be refused again for the whole retry lifetime.
+REFUSED_SUBCODES = frozenset({
+    "UnsupportedSecurityToken", "UnsupportedAlgorithm", "InvalidSecurity", "InvalidSecurityToken",
+    "FailedAuthentication", "FailedCheck", "SecurityTokenUnavailable", "MessageExpired",
+    "InvalidAddressingHeader", "InvalidAddress", "InvalidEPR", "InvalidCardinality", "MissingAddressInEPR",
+    "DuplicateMessageID", "ActionMismatch", "MessageAddressingHeaderRequired", "ActionNotSupported",
+})  # fmt: skip
 # How OpenSSL reports a server refusing our client certificate (TLS 1.3: often a bare EOF).
 _TLS_REFUSED_HINTS = re.compile(
     r"EOF occurred in violation of protocol|ALERT_(BAD_CERTIFICATE|UNKNOWN_CA|CERTIFICATE_(EXPIRED|REQUIRED|UNKNOWN))"
@@ -197,8 +209,10 @@ def _classify_fault(fault: etree._Element) -> Outcome:
     code = code.rsplit(":", 1)[-1]
     subcode = fault.findtext("soap:Code/soap:Subcode/soap:Value", None, soap.NS)
     reason = " ".join(fault.findtext("soap:Reason/soap:Text", "", soap.NS).split())
-    kind = TRANSIENT if code == "Receiver" else PERMANENT
-    detail = f" ({subcode.strip()})" if subcode else ""
+    subcode = subcode.strip() if subcode else None
+    refused = subcode is not None and subcode.rsplit(":", 1)[-1] in REFUSED_SUBCODES
+    kind = TRANSIENT if code == "Receiver" and not refused else PERMANENT
+    detail = f" ({subcode})" if subcode else ""
     return Outcome(kind, f"Fault:{code}", message=f"SOAP fault {code}{detail}: {reason}")
 
 
@@ -222,9 +236,10 @@ def classify_registry_response(response: etree._Element) -> Outcome:
     codes = ", ".join(dict.fromkeys(e.code for e in errors)) or "no RegistryError"
     if status == "Success" and not errors:
         return Outcome(ACCEPTED, status, errors, "Success")
-    if status in ("Success", "PartialSuccess"):
+    if status in ("Success", "PartialSuccess") and not failing:
         return Outcome(WARNINGS, status, errors, f"{status} with {codes}")
-    if status != "Failure":
+    if status not in ("Success", "PartialSuccess", "Failure"):
         return Outcome(UNKNOWN, status or None, errors, f"unexpected RegistryResponse status {status!r}")
     transient = failing and all(e.code in TRANSIENT_CODES for e in failing)
-    return Outcome(TRANSIENT if transient else PERMANENT, status, errors, f"Failure: {codes}")
+    what = "Failure" if status == "Failure" else f"{status} with Error-severity errors, counted as a Failure"
+    return Outcome(TRANSIENT if transient else PERMANENT, status, errors, f"{what}: {codes}")
