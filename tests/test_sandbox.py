@@ -3,6 +3,7 @@ connector's own modules (XDS metadata, VIHF, MTOM)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import socket
@@ -115,6 +116,7 @@ def build_request(
     signed_ss_uid=None,
     signature_mutate=lambda xml: xml,
     action=soap.ITI41_ACTION,
+    mutate=lambda request, attachments: None,
 ):
     auth, sign = credentials
     patient = patient or make_patient()
@@ -146,6 +148,7 @@ def build_request(
         submission_time=dt.datetime.now(dt.timezone.utc),
         signature=signature,
     )
+    mutate(request, attachments)
     patient_cx = xds.ins_cx(patient)
     vihf = build_vihf(
         vihf_signer or sign,
@@ -548,3 +551,135 @@ def test_invalid_cda_is_refused_unless_fast(start, session, settings, credential
     assert {(c, loc) for c, ctx, loc in errors if ctx.startswith("CDA")} >= {("XDSRepositoryMetadataError", built.doc_uids[0])}
     fast = start(fast=True)
     assert registry_response(post(session, fast.url, built))[0] == "Success"
+
+
+# --- refusals of the request's own consistency ------------------------------------------------------
+
+R = f"{{{soap.RIM}}}"
+
+
+def _entry(request, *, signature=False):
+    for eo in request.iter(f"{R}ExtrinsicObject"):
+        classes = {c.get("nodeRepresentation") for c in eo.iter(f"{R}Classification")}
+        if (xds.SIGNATURE_CLASS.code in classes) == signature:
+            return eo
+    raise AssertionError("no such entry")
+
+
+def _remove_entry(request, attachments, eo):
+    """An ExtrinsicObject, its xdsb:Document, its attachment and its associations, gone."""
+    eid = eo.get("id")
+    eo.getparent().remove(eo)
+    for a in list(request.iter(f"{R}Association")):
+        if eid in (a.get("sourceObject"), a.get("targetObject")):
+            a.getparent().remove(a)
+    for doc in list(request.iter(f"{{{soap.XDSB}}}Document")):
+        if doc.get("id") == eid:
+            doc.getparent().remove(doc)
+    del attachments[eid]
+
+
+def test_entry_patient_id_other_than_the_submission_sets_is_refused(sandbox, session, settings, credentials):
+    other = xds.ins_cx(make_patient(ins_matricule="180032B020401"))
+
+    def other_patient(request, attachments):
+        for ei in _entry(request).iter(f"{R}ExternalIdentifier"):
+            if ei.get("identificationScheme") == xds.DE_PATIENT_ID:
+                ei.set("value", other)
+
+    built = build_request(settings, credentials, sandbox.url, mutate=other_patient)
+    status, errors = registry_response(post(session, sandbox.url, built))
+    assert status == "Failure"
+    assert ("XDSPatientIdDoesNotMatch", built.doc_uids[0]) in {(c, loc) for c, _, loc in errors}
+    assert sandbox.state.submission(built.ss_uid) is None
+
+
+def test_entry_without_its_document_is_refused(sandbox, session, settings, credentials):
+    def drop_document(request, attachments):
+        eid = _entry(request).get("id")
+        for doc in list(request.iter(f"{{{soap.XDSB}}}Document")):
+            if doc.get("id") == eid:
+                doc.getparent().remove(doc)
+        del attachments[eid]
+
+    built = build_request(settings, credentials, sandbox.url, mutate=drop_document)
+    status, errors = registry_response(post(session, sandbox.url, built))
+    assert status == "Failure" and ("XDSMissingDocument", built.doc_uids[0]) in {(c, loc) for c, _, loc in errors}
+
+
+def test_document_without_its_entry_is_refused(sandbox, session, settings, credentials):
+    def drop_metadata(request, attachments):
+        eo = _entry(request)
+        eo.getparent().remove(eo)
+
+    built = build_request(settings, credentials, sandbox.url, mutate=drop_metadata)
+    status, errors = registry_response(post(session, sandbox.url, built))
+    entry_uuid = ids.entry_uuid(settings.structure.oid_root, "DOC0001", 1)
+    assert status == "Failure" and ("XDSMissingDocumentMetadata", entry_uuid) in {(c, loc) for c, _, loc in errors}
+
+
+def test_include_of_a_missing_mime_part_is_a_sender_fault(sandbox, session, settings, credentials):
+    built = build_request(settings, credentials, sandbox.url)
+    body = built.body.replace(b"Content-ID: <1.", b"Content-ID: <gone.", 1)  # the CDA's part, renamed away
+    assert body != built.body
+    resp = session.post(sandbox.url + "/repository", data=body, headers={"Content-Type": built.content_type}, timeout=30)
+    assert resp.status_code == 400
+    fault = soap.body_child(soap.parse_xml(resp.content))
+    assert fault.findtext(f"{{{soap.SOAP12}}}Code/{{{soap.SOAP12}}}Value") == "soap:Sender"
+    assert "no MIME part" in fault.findtext(f".//{{{soap.SOAP12}}}Text")
+    assert sandbox.state.submission(built.ss_uid) is None
+
+
+@pytest.mark.parametrize("signatures", [0, 2])
+def test_a_submission_set_needs_exactly_one_signature(sandbox, session, settings, credentials, signatures):
+    def signature_count(request, attachments):
+        eo = _entry(request, signature=True)
+        if signatures == 0:
+            _remove_entry(request, attachments, eo)
+            return
+        twin = copy.deepcopy(eo)
+        twin.set("id", eo.get("id") + "-2")
+        for ei in twin.iter(f"{R}ExternalIdentifier"):
+            if ei.get("identificationScheme") == xds.DE_UNIQUE_ID:
+                ei.set("value", ei.get("value") + ".2")
+        eo.addnext(twin)
+        association = etree.SubElement(eo.getparent(), f"{R}Association", id="urn:uuid:" + str(uuid.uuid4()),
+                                       associationType=xds.HAS_MEMBER, targetObject=twin.get("id"),
+                                       sourceObject=next(request.iter(f"{R}RegistryPackage")).get("id"))
+        slot = etree.SubElement(etree.SubElement(association, f"{R}Slot", name="SubmissionSetStatus"), f"{R}ValueList")
+        etree.SubElement(slot, f"{R}Value").text = "Original"
+        etree.SubElement(request, f"{{{soap.XDSB}}}Document", id=twin.get("id"))
+        attachments[twin.get("id")] = attachments[eo.get("id")]
+
+    built = build_request(settings, credentials, sandbox.url, mutate=signature_count)
+    status, errors = registry_response(post(session, sandbox.url, built))
+    assert status == "Failure"
+    assert any(c == "XDSRepositoryMetadataError" and ctx.startswith(f"signature du lot: {signatures} document")
+               for c, ctx, _ in errors), errors
+
+
+@pytest.mark.parametrize("signature", [False, True])
+def test_an_entry_without_legal_authenticator_is_refused(sandbox, session, settings, credentials, signature):
+    def drop_legal_authenticator(request, attachments):
+        eo = _entry(request, signature=signature)
+        (slot,) = [s for s in eo.findall(f"{R}Slot") if s.get("name") == "legalAuthenticator"]
+        eo.remove(slot)
+
+    built = build_request(settings, credentials, sandbox.url, mutate=drop_legal_authenticator)
+    status, errors = registry_response(post(session, sandbox.url, built))
+    assert status == "Failure"
+    assert any(c == "XDSRegistryMetadataError" and "legalAuthenticator missing" in ctx for c, ctx, _ in errors), errors
+
+
+def test_entries_without_hash_and_size_are_accepted_as_the_dmp_would(sandbox, session, settings, credentials):
+    """Optional for a document source (IHE ITI TF-3 4.3.1; the GIE's TD2.1 sends none): the repository computes
+    them. Our own output always carries them (payload.xds_read)."""
+    def drop_hash_and_size(request, attachments):
+        for eo in request.iter(f"{R}ExtrinsicObject"):
+            for slot in [s for s in eo.findall(f"{R}Slot") if s.get("name") in ("hash", "size")]:
+                eo.remove(slot)
+
+    built = build_request(settings, credentials, sandbox.url, mutate=drop_hash_and_size)
+    assert registry_response(post(session, sandbox.url, built)) == ("Success", [])
+    stored = {d["uid"]: d for d in sandbox.state.submission(built.ss_uid)["documents"]}
+    assert len(stored[built.doc_uids[0]]["hash"]) == 40 and stored[built.doc_uids[0]]["size"] > 0

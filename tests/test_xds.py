@@ -348,12 +348,49 @@ def test_missing_codes_are_reported(tmp_path, scheme, label):
     assert metadata_errors(element, attachments) == [f"DocumentEntry {entry.entry_uuid}: {label} missing"]
 
 
-@pytest.mark.parametrize("name", ["creationTime", "serviceStartTime", "sourcePatientId", "languageCode"])
+@pytest.mark.parametrize("name", ["creationTime", "serviceStartTime", "sourcePatientId", "languageCode",
+                                  "legalAuthenticator", "hash", "size"])
 def test_missing_slots_are_reported(tmp_path, name):
     element, attachments, (entry,), _ = build(tmp_path)
     eo = extrinsic(element, entry.entry_uuid)
     eo.remove(eo.find(f"{R}Slot[@name='{name}']"))
     assert metadata_errors(element, attachments) == [f"DocumentEntry {entry.entry_uuid}: {name} missing"]
+    # as the DMP receives it: hash and size are optional for a document source, legalAuthenticator is not
+    as_received = metadata_errors(element, attachments, as_received=True)
+    assert as_received == ([] if name in ("hash", "size") else [f"DocumentEntry {entry.entry_uuid}: {name} missing"])
+
+
+def test_a_received_structure_id_other_than_a_finess_is_accepted(tmp_path):
+    element, attachments, _, _ = build(tmp_path)
+    for value in element.iter(f"{R}Value"):
+        if value.text.endswith("^IDNST^^^10B0999998"):
+            value.text = "CABINET DR LIBRE^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^499900063480001"  # TD2.1's
+    assert len(metadata_errors(element, attachments)) == 3  # ours is always 1 + FINESS géographique
+    assert metadata_errors(element, attachments, as_received=True) == []
+    for value in element.iter(f"{R}Value"):
+        if value.text.endswith("^IDNST^^^499900063480001"):
+            value.text = "CABINET DR LIBRE"  # no id at all
+    assert metadata_errors(element, attachments, as_received=True) == [
+        f"{where}: authorInstitution carries no national structure id (IDNST)"
+        for where in ["SubmissionSet"] + [f"DocumentEntry {eo.get('id')}" for eo in element.iter(f"{R}ExtrinsicObject")]
+    ]
+
+
+def test_a_received_document_id_matches_its_entry_ignoring_case_when_one_fits(tmp_path):
+    element, attachments, (entry,), _ = build(tmp_path)
+    doc = element.find(f"{{urn:ihe:iti:xds-b:2007}}Document[@id='{entry.entry_uuid}']")
+    doc.set("id", entry.entry_uuid.upper())
+    attachments = {doc.get("id") if k == entry.entry_uuid else k: v for k, v in attachments.items()}
+    assert metadata_errors(element, attachments, as_received=True) == []
+    assert metadata_errors(element, attachments) == [
+        f"DocumentEntry {entry.entry_uuid}: no attached document",
+        f"xdsb:Document {entry.entry_uuid.upper()}: no DocumentEntry with this id",
+    ]
+    twin = copy.deepcopy(extrinsic(element, entry.entry_uuid))  # two entries that fit ignoring case: none is chosen
+    twin.set("id", entry.entry_uuid.replace("urn:uuid:", "URN:uuid:"))
+    extrinsic(element, entry.entry_uuid).addnext(twin)
+    assert f"xdsb:Document {entry.entry_uuid.upper()}: no DocumentEntry with this id" in metadata_errors(
+        element, attachments, as_received=True)
 
 
 def test_missing_membership_and_broken_signature_are_reported(tmp_path):

@@ -80,6 +80,14 @@ def xon_finess(value: str) -> str | None:
     return parts[9][1:]
 
 
+def xon_structure_id(value: str) -> str | None:
+    """The national structure id of an XON (XON.10 of type IDNST: `1`+FINESS, `3`+SIRET, `4`+RPPS+rank…), else None."""
+    parts = value.split("^")
+    if len(parts) < 10 or parts[6] != "IDNST" or not parts[9]:
+        return None
+    return parts[9]
+
+
 def ce(code: str, display: str, scheme: str) -> str:
     """`code^display^codingScheme` (authorSpecialty, authorRole)."""
     return f"{escape(code)}^{escape(display)}^{escape(scheme)}"

@@ -1,7 +1,21 @@
 """Reading an ITI-41 request back: structural checks of the DMP metadata and a parsed view.
 
 Used on both sides of the wire: the connector checks what it is about to send, the sandbox DMP
-checks and stores what it received. Messages name object ids and metadata names, never patient data.
+checks and stores what it received (`as_received=True`). The two differ where the GIE's own TD2.1
+example shows the DMP accepts more than we allow ourselves (tests/test_golden.py lists each point):
+
+| point                                   | our output (self-check)         | a received request (the DMP)          |
+|-----------------------------------------|---------------------------------|---------------------------------------|
+| authorInstitution id (XON.10, IDNST)    | `1` + FINESS géographique: we   | any national structure id (TD2.1: a   |
+|                                         | are a hospital site             | private practice, `4` + RPPS + rank)  |
+| DocumentEntry hash and size             | required: the DMP then checks   | optional for a document source (IHE   |
+|                                         | our bytes end to end            | ITI TF-3 4.3.1: the repository        |
+|                                         |                                 | computes them); checked when present  |
+| xdsb:Document id vs ExtrinsicObject id  | identical                       | identical, else the one id equal      |
+|                                         |                                 | ignoring case (TD2.1: `documentME2`   |
+|                                         |                                 | attaches `DocumentME2`)               |
+
+Messages name object ids and metadata names, never patient data.
 """
 
 from __future__ import annotations
@@ -24,7 +38,9 @@ OID_RE = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 DTM_RE = re.compile(r"^[0-9]{4}([0-9]{2}){0,5}$")
 SHA1_RE = re.compile(r"^[0-9a-fA-F]{40}$")
 
-_REQUIRED_DE_SLOTS = ("creationTime", "languageCode", "serviceStartTime", "hash", "size", "sourcePatientId")
+# legalAuthenticator: on every DocumentEntry of the GIE's examples, the signature's included.
+_REQUIRED_DE_SLOTS = ("creationTime", "languageCode", "legalAuthenticator", "serviceStartTime", "sourcePatientId")
+_OWN_DE_SLOTS = ("hash", "size")  # optional for a document source, always sent by us
 _REQUIRED_DE_CODES = {
     DE_CLASS_CODE: "classCode",
     DE_CONFIDENTIALITY: "confidentialityCode",
@@ -78,10 +94,16 @@ def parse_request(element: etree._Element) -> SubmissionView:
 
 
 def metadata_errors(
-    element: etree._Element, attachments: dict[str, bytes], *, require_signature: bool = False
+    element: etree._Element, attachments: dict[str, bytes], *, require_signature: bool = False,
+    as_received: bool = False,
 ) -> list[str]:
-    """Missing or inconsistent DMP metadata (notes §3) in a request and its attachments; [] if none."""
+    """Missing or inconsistent DMP metadata (notes §3) in a request and its attachments; [] if none.
+    `as_received`: the checks the DMP makes on a request it receives, not the stricter ones of our own
+    output (see the module's table)."""
     errors: list[str] = []
+    if as_received:
+        attachments = attachments_by_entry(element, attachments)
+    required_slots = _REQUIRED_DE_SLOTS if as_received else _REQUIRED_DE_SLOTS + _OWN_DE_SLOTS
     if element.tag != f"{{{XDSB}}}ProvideAndRegisterDocumentSetRequest":
         return [f"root element is {element.tag}, not xdsb:ProvideAndRegisterDocumentSetRequest"]
     package = _submission_set(element)
@@ -98,7 +120,7 @@ def metadata_errors(
     time = package.slot("submissionTime")
     if not time or not DTM_RE.match(time):
         errors.append("SubmissionSet: submissionTime missing or not YYYYMMDD[hhmmss]")
-    errors += _author_errors(package, SS_AUTHOR, "SubmissionSet")
+    errors += _author_errors(package, SS_AUTHOR, "SubmissionSet", as_received)
     errors += _code_errors(package, SS_CONTENT_TYPE, "SubmissionSet", "contentTypeCode")
     for scheme, label in ((SS_PATIENT_ID, "patientId"), (SS_SOURCE_ID, "sourceId"), (SS_UNIQUE_ID, "uniqueId")):
         if not package.external_id(scheme):
@@ -122,14 +144,14 @@ def metadata_errors(
             errors.append(f"{where}: objectType is not DocumentEntry")
         if not eo.element.get("mimeType"):
             errors.append(f"{where}: mimeType missing")
-        for name in _REQUIRED_DE_SLOTS:
+        for name in required_slots:
             if not eo.slot(name):
                 errors.append(f"{where}: {name} missing")
         for name in ("creationTime", "serviceStartTime", "serviceStopTime"):
             value = eo.slot(name)
             if value and not DTM_RE.match(value):
                 errors.append(f"{where}: {name} is not YYYYMMDD[hhmmss]")
-        errors += _author_errors(eo, DE_AUTHOR, where)
+        errors += _author_errors(eo, DE_AUTHOR, where, as_received)
         for scheme, label in _REQUIRED_DE_CODES.items():
             errors += _code_errors(eo, scheme, where, label)
         patient_id = eo.external_id(DE_PATIENT_ID)
@@ -156,14 +178,22 @@ def metadata_errors(
     if duplicates:
         errors.append(f"uniqueId used twice: {', '.join(duplicates)}")
     known = {eo.element.get("id") for eo in extrinsic}
+    matched = _entry_ids(element) if as_received else {}
     for doc in element.findall(f"{{{XDSB}}}Document"):
-        if doc.get("id") not in known:
+        if matched.get(doc.get("id"), doc.get("id")) not in known:
             errors.append(f"xdsb:Document {doc.get('id')}: no DocumentEntry with this id")
     if view.signature is not None and (SIGNS, view.signature.entry_uuid, ss) not in associations:
         errors.append(f"DocumentEntry {view.signature.entry_uuid}: signature without a 'signs' association")
     if require_signature and view.signature is None:
         errors.append("no submission-set signature document")
     return errors
+
+
+def attachments_by_entry(element: etree._Element, attachments: dict[str, bytes]) -> dict[str, bytes]:
+    """`attachments` ({xdsb:Document id: bytes}) keyed by the id of the DocumentEntry each attaches: its
+    own id, or the one DocumentEntry id equal to it ignoring case (as the GIE's TD2.1 example has it)."""
+    matched = _entry_ids(element)
+    return {matched.get(doc_id, doc_id): content for doc_id, content in attachments.items()}
 
 
 # --- internals ----------------------------------------------------------------------------------
@@ -229,6 +259,22 @@ def _parse(element: etree._Element, package: _Object | None, extrinsic: list[_Ob
     )
 
 
+def _entry_ids(element: etree._Element) -> dict[str, str]:
+    """{xdsb:Document id: the DocumentEntry id it attaches} for the ids that differ from their entry's in
+    case only, and only when exactly one entry id matches that way."""
+    entries = {eo.get("id") for eo in element.iter(_EXTRINSIC)}
+    by_folded: dict[str, list[str]] = {}
+    for entry_id in entries:
+        by_folded.setdefault((entry_id or "").casefold(), []).append(entry_id)
+    matched = {}
+    for doc in element.iterfind(f"{{{XDSB}}}Document"):
+        doc_id = doc.get("id")
+        candidates = by_folded.get((doc_id or "").casefold(), [])
+        if doc_id not in entries and len(candidates) == 1:
+            matched[doc_id] = candidates[0]
+    return matched
+
+
 def _submission_set(element: etree._Element) -> _Object | None:
     for cl in element.iter(_CLASSIFICATION):
         if cl.get("classificationNode") == SUBMISSION_SET:
@@ -268,7 +314,7 @@ def _entry_view(eo: _Object) -> EntryView:
     )
 
 
-def _author_errors(owner: _Object, scheme: str, where: str) -> list[str]:
+def _author_errors(owner: _Object, scheme: str, where: str, as_received: bool) -> list[str]:
     authors = owner.classifications.get(scheme)
     if not authors:
         return [f"{where}: author missing"]
@@ -279,7 +325,9 @@ def _author_errors(owner: _Object, scheme: str, where: str) -> list[str]:
         institution = author.slot("authorInstitution")
         if not institution:
             errors.append(f"{where}: authorInstitution missing")
-        elif not hl7.xon_finess(institution):
+        elif as_received and not hl7.xon_structure_id(institution):
+            errors.append(f"{where}: authorInstitution carries no national structure id (IDNST)")
+        elif not as_received and not hl7.xon_finess(institution):
             errors.append(f"{where}: authorInstitution carries no FINESS (IDNST)")
     return errors
 

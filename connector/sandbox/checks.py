@@ -10,14 +10,17 @@ codes are not public, so IHE ITI TF-3 Table 4.2.4.1-2 codes are used):
 | WS-Addressing Action / MessageID / To, body element     | XDSRepositoryError             |
 | VIHF: missing, schema, signature, chain, attributes,    | XDSRepositoryError             |
 |   Authentification_Mode, Ressource_URN, NameID (RPPS)   |   (codeContext starts "VIHF")  |
-| XDS.b request schema, metadata_errors, missing SS       | XDSRegistryMetadataError       |
+| XDS.b request schema, metadata_errors (as the DMP: see  | XDSRegistryMetadataError       |
+|   payload.xds_read), missing SS, no legalAuthenticator  |                                |
 | classCode ≠ ASS_X16 of the typeCode or outside JDV_J57, | XDSRegistryMetadataError       |
 |   contentTypeCode outside JDV_J59                       |                                |
 | VIHF Identifiant_Structure ≠ "1"+FINESS géo of the SS   | XDSRegistryMetadataError       |
 |   or entry authorInstitution                            |                                |
 | VIHF resource-id ≠ SS patientId; entry patientId ≠ SS   | XDSPatientIdDoesNotMatch       |
 | ExtrinsicObject without attachment / attachment alone   | XDSMissingDocument / …Metadata |
-| hash or size ≠ attachment; CDA invalid; SS signature    | XDSRepositoryMetadataError     |
+|   (ids matched ignoring case, as the GIE's TD2.1 has)   |                                |
+| hash or size, when sent, ≠ attachment (else computed);  | XDSRepositoryMetadataError     |
+|   CDA invalid; SS signature missing, twice or invalid   |                                |
 |   (XAdES schema-invalid: the GIE's XAdES 1.1.1 XSD)     |                                |
 | (state) SS uniqueId reused                              | XDSDuplicateUniqueIdInRegistry |
 | (state) document uniqueId reused with another hash      | XDSNonIdenticalHash            |
@@ -40,6 +43,7 @@ from lxml import etree
 
 from connector.dmp import soap
 from connector.payload import codes as dmp_codes
+from connector.payload.xds_read import attachments_by_entry
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +154,7 @@ def _validator(module: str, name: str):
 def warm_up(settings: CheckSettings) -> None:
     """Import the validators and compile their schemas now, while the sandbox starts: the first request
     would otherwise pay for it (≈0.5 s, the schematron ≈30 s) inside the client's read timeout."""
-    _validator("connector.payload.xds_read", "metadata_errors") or _validator("connector.payload.xds", "metadata_errors")
+    _validator("connector.payload.xds_read", "metadata_errors")
     _validator("connector.trust.vihf", "verify_vihf")
     _validator("connector.trust.dsig", "verify_submission_set_signature")
     for name, root in (("xds_request_errors", f"{{{soap.RS}}}RegistryResponse"), ("saml_assertion_errors", f"{{{SAML}}}Assertion"),
@@ -189,17 +193,17 @@ def check_provide_and_register(
         errors += _errors("XDSRegistryMetadataError", "xds.schema", "schéma XDS.b", messages)
         if messages:
             return None, errors  # unreadable metadata: the following checks would only add noise
+    documents = attachments_by_entry(request, documents)
     try:
         submission = read_submission(request, documents)
     except ValueError as exc:
         return None, errors + [RegistryError("XDSRegistryMetadataError", str(exc), check="xds.read")]
 
-    metadata_errors = _validator("connector.payload.xds_read", "metadata_errors") or _validator(
-        "connector.payload.xds", "metadata_errors"
-    )
+    metadata_errors = _validator("connector.payload.xds_read", "metadata_errors")
     if metadata_errors:
         errors += _errors(
-            "XDSRegistryMetadataError", "xds.metadata", "métadonnées", metadata_errors(request, documents)
+            "XDSRegistryMetadataError", "xds.metadata", "métadonnées",
+            metadata_errors(request, documents, as_received=True),
         )
     errors += consistency_errors(submission, vihf, request, documents)
     errors += code_errors(submission, request)
@@ -332,7 +336,6 @@ def read_submission(request: etree._Element, documents: dict[str, bytes]) -> Sub
         classes = [c.get("nodeRepresentation") for c in _classifications(obj, DE_CLASS_CODE)]
         types = [c.get("nodeRepresentation") for c in _classifications(obj, DE_TYPE_CODE)]
         institutions = _institution_ids(obj, DE_AUTHOR)
-        size = (_slot(obj, "size") or [""])[0]
         is_signature = SIGNATURE_CLASS in classes
         set_id, version = (None, None) if is_signature else _cda_identity(content)
         entries.append(
@@ -340,8 +343,8 @@ def read_submission(request: etree._Element, documents: dict[str, bytes]) -> Sub
                 uid=_external_id(obj, DE_UNIQUE_ID) or "",
                 entry_uuid=eid,
                 patient=_external_id(obj, DE_PATIENT_ID) or "",
-                hash=((_slot(obj, "hash") or [""])[0]).lower(),
-                size=int(size) if size.isdigit() else -1,
+                hash=hashlib.sha1(content).hexdigest(),  # as a repository computes it; a wrong one sent is refused
+                size=len(content),
                 type_code=types[0] if types else None,
                 finess=institutions[0] if institutions else None,
                 is_signature=is_signature,
@@ -439,11 +442,12 @@ def consistency_errors(
                 RegistryError("XDSMissingDocument", "ExtrinsicObject sans xdsb:Document", entry.uid, "document.missing")
             )
             continue
-        if hashlib.sha1(entry.content).hexdigest() != entry.hash:
+        declared_hash, declared_size = (_slot(objects[entry.entry_uuid], name) or [""] for name in ("hash", "size"))
+        if declared_hash[0] and declared_hash[0].lower() != entry.hash:
             errors.append(
                 RegistryError("XDSRepositoryMetadataError", "hash différent du contenu reçu", entry.uid, "document.hash")
             )
-        if len(entry.content) != entry.size:
+        if declared_size[0] and declared_size[0] != str(entry.size):
             errors.append(
                 RegistryError("XDSRepositoryMetadataError", "size différente du contenu reçu", entry.uid, "document.size")
             )
