@@ -22,7 +22,9 @@ SUBMISSION_TIME = dt.datetime(2026, 11, 21, 2, 5, 7, tzinfo=dt.timezone.utc)
 
 NAME_CHARS = string.ascii_uppercase + "ÉÈÇÀéèçà'-^&|~\\" + "abcdefghijklmnopqrstuvwxyz"
 name_word = st.text(alphabet=NAME_CHARS, min_size=1, max_size=12)
-J07_DOCUMENT_TYPES = sorted(c for c in codes.value_set(codes.TYPE_CODES) if codes.is_type_code(c))
+# document types of J07 that ASS_X16 maps to a classCode (the others are refused or need a fallback setting)
+J07_DOCUMENT_TYPES = sorted(c for c in codes.value_set(codes.TYPE_CODES)
+                            if codes.is_type_code(c) and codes.dmp_class_code(c) is not None)
 local_times = st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2035, 12, 31))
 RPPS = st.from_regex(r"1[0-9]{10}", fullmatch=True)
 
@@ -175,6 +177,8 @@ def assert_entry_says_what_the_cda_says(entry, xml: bytes, structure, patient) -
     # codes
     code = one(doc, "v3:code")
     assert classified(entry, xds.DE_TYPE_CODE) == [(code.get("code"), code.get("codeSystem"), code.get("displayName"))]
+    class_code = codes.dmp_class_code(code.get("code"))  # the CDA has no classCode: ASS_X16 of its type
+    assert classified(entry, xds.DE_CLASS_CODE) == [(class_code.code, class_code.code_system, class_code.display)]
     confidentiality = one(doc, "v3:confidentialityCode")
     assert classified(entry, xds.DE_CONFIDENTIALITY)[0] == (
         confidentiality.get("code"), confidentiality.get("codeSystem"), confidentiality.get("displayName"))
