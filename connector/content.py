@@ -6,20 +6,26 @@ from __future__ import annotations
 
 import os
 
-from connector.rules import PROBE_HEAD, PROBE_TAIL
+from connector.rules import PROBE_HEAD, PROBE_TAIL, PROBE_XREF, pdf_xref_offset, probe_of
 from connector.store import Document, Store
 
-
-def content_probe(store: Store, document: Document) -> tuple[int, bytes, bytes]:
-    """(size, first PROBE_HEAD bytes, last PROBE_TAIL bytes); raises OSError like `Store.content`."""
+def content_probe(store: Store, document: Document, limit: int | None = None) -> tuple[int, bytes, bytes, bytes]:
+    """(size, first PROBE_HEAD bytes, last PROBE_TAIL bytes, PROBE_XREF bytes at the PDF's startxref offset);
+    raises ContentRefused or OSError like `Store.content` (a file over `limit` bytes is refused, not read)."""
     if not document.content_path:
-        content = store.content(document)  # in the store's database: no cheaper read through the contract
-        return len(content), content[:PROBE_HEAD], content[-PROBE_TAIL:]
-    with open(store.content_file(document), "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        content = store.content(document, limit)  # in the store's database: no cheaper read through the contract
+        return probe_of(content)
+    fd, size = store.open_content(document, limit)
+    with os.fdopen(fd, "rb") as f:
         head = f.read(PROBE_HEAD)
         if size <= PROBE_HEAD + PROBE_TAIL:
-            whole = head + f.read()
-            return len(whole), head, whole[-PROBE_TAIL:]
+            whole = head + f.read(PROBE_TAIL + 1)
+            return probe_of(whole)
         f.seek(size - PROBE_TAIL)
-        return size, head, f.read(PROBE_TAIL)
+        tail = f.read(PROBE_TAIL)
+        offset = pdf_xref_offset(tail, size)
+        at_xref = b""
+        if offset is not None:
+            f.seek(offset)
+            at_xref = f.read(PROBE_XREF)
+        return size, head, tail, at_xref

@@ -49,7 +49,7 @@ def start_document_cda(settings: Settings, document: Document, patient: Patient,
     `schematron_process` if given, has answered. Raises at once what is found before."""
     unique_id = ids.document_unique_id(settings.structure.oid_root, document.document_id, document.version)
     if document.mime_type == CDA_MIME:
-        xml = cda.check_passthrough_cda(content, document, patient, site)
+        xml = cda.check_passthrough_cda(content, document, patient, site, unique_id)
     else:
         xml = cda.build_cda(document, patient, site, settings.structure, content, unique_id=unique_id)
     finish = validate.start_cda_validation(xml, document.document_id, process=schematron_process,

@@ -16,6 +16,8 @@ from connector import ins
 from connector.config import Settings
 from connector.payload import activity
 from connector.payload.codes import CLASS_MAP, dmp_class_code, is_type_code
+from connector.payload.xds import value_too_long
+from connector.printable import printable
 from connector.store import Document, Patient
 
 
@@ -87,19 +89,19 @@ def check_record(
     if mismatch:
         return Skip(Reason.ENVIRONMENT_MISMATCH, mismatch)
     if patient.identity_status != QUALIFIED:
-        status = patient.identity_status or "empty"
+        status = printable(patient.identity_status or "empty", 40)
         return Skip(Reason.INS_NOT_QUALIFIED, f"identity_status is {status}; only QUAL may be fed")
     if patient.opposed_to_feeding:
         return Skip(Reason.PATIENT_OPPOSED, "opposed_to_feeding is set")
     if patient.deceased_at is not None:
         return Skip(Reason.PATIENT_DECEASED, "deceased_at is set")
     if document.status != VALIDATED:
-        status = document.status or "empty"
+        status = printable(document.status or "empty", 40)
         return Skip(Reason.DOCUMENT_NOT_VALIDATED, f"status is {status}, not VALIDATED")
     if not document.finess_geo:
         return Skip(Reason.SITE_UNKNOWN, "finess_geo is empty")
     if settings.structure.site(document.finess_geo) is None:
-        return Skip(Reason.SITE_UNKNOWN, f"finess_geo {document.finess_geo} is not in structure.sites")
+        return Skip(Reason.SITE_UNKNOWN, f"finess_geo {printable(document.finess_geo, 40)} is not in structure.sites")
     type_problem = _type_problem(document.type_code, settings.rules.allowed_type_codes) or _class_problem(
         document.type_code, settings.submission.class_code_fallback)
     if type_problem:
@@ -115,7 +117,7 @@ def check_record(
     missing = _missing_metadata(document)
     if missing:
         return Skip(Reason.METADATA_MISSING, missing)
-    too_long = _too_long(document, patient)
+    too_long = _too_long(document, patient) or value_too_long(settings.structure, document, patient)
     if too_long:
         return Skip(Reason.VALUE_TOO_LONG, too_long)
     if earlier_version_fed:
@@ -136,35 +138,63 @@ def check_content(
     """
     if error is not None or content is None:
         return check_content_probe(document, None, settings, error=error)
-    return check_content_probe(document, (len(content), content[:PROBE_HEAD], content[-PROBE_TAIL:]), settings)
+    return check_content_probe(document, probe_of(content), settings)
 
 
 def check_content_probe(
-    document: Document, probe: tuple[int, bytes, bytes] | None, settings: Settings, *, error: str | None = None
+    document: Document, probe: tuple | None, settings: Settings, *, error: str | None = None
 ) -> Skip | None:
-    """`check_content` from the content's (size, first PROBE_HEAD bytes, last PROBE_TAIL bytes): all it looks at."""
+    """`check_content` from the content's probe (`probe_of`: size, first PROBE_HEAD bytes, last PROBE_TAIL
+    bytes, PROBE_XREF bytes where a PDF's startxref points): all it looks at."""
     if error is not None or probe is None:
         return Skip(Reason.CONTENT_MISSING, f"content unreadable: {error or 'no content'}")
-    size, head, tail = probe
+    size, head, tail, at_xref = probe
     if not size:
         return Skip(Reason.CONTENT_INVALID, "content is empty (0 bytes)")
     limit = settings.rules.max_document_bytes
     if size > limit:
         return Skip(Reason.CONTENT_INVALID, f"content is {size} bytes, over rules.max_document_bytes {limit}")
-    mime = (document.mime_type or "").split(";")[0].strip().lower()
+    mime = (document.mime_type or "").strip().lower()
+    if ";" in mime:  # the XDS mimeType and the CDA's mediaType take the bare type only
+        return Skip(Reason.CONTENT_INVALID, f"mime_type {printable(mime, 60)} has parameters: give the bare type")
     if mime == "application/pdf":
         if not head.startswith(b"%PDF-"):
             return Skip(Reason.CONTENT_INVALID, "mime_type is application/pdf but content lacks the %PDF- header")
         if b"%%EOF" not in tail:
             return Skip(Reason.CONTENT_INVALID, "PDF content has no %%EOF at its end (truncated?)")
+        if pdf_xref_offset(tail, size) is None or not _XREF_TARGET.match(at_xref):
+            return Skip(Reason.CONTENT_INVALID, "PDF content has no cross-reference table where its startxref points "
+                                                "(not a PDF, or damaged)")
         return None
     if mime == "text/xml":
         if not _looks_like_xml(head):
             return Skip(Reason.CONTENT_INVALID, "mime_type is text/xml but content does not start with a tag")
         return None
-    shown = mime or "empty"
+    shown = printable(mime, 60) or "empty"
     supported = ", ".join(SUPPORTED_MIME_TYPES)
     return Skip(Reason.CONTENT_INVALID, f"mime_type {shown} is not supported ({supported})")
+
+
+PROBE_XREF = 32  # bytes read where a PDF's startxref points
+_STARTXREF = re.compile(rb"startxref\s+(\d{1,15})\s+%%EOF")
+_XREF_TARGET = re.compile(rb"\s*(xref|\d+\s+\d+\s+obj)\b")  # a classic table or a cross-reference stream
+
+
+def pdf_xref_offset(tail: bytes, size: int) -> int | None:
+    """Where the last `startxref` of a PDF's tail points, if inside the file after its header."""
+    found = _STARTXREF.findall(tail)
+    if not found:
+        return None
+    offset = int(found[-1])
+    return offset if 5 <= offset < size else None
+
+
+def probe_of(content: bytes) -> tuple[int, bytes, bytes, bytes]:
+    """The probe `check_content_probe` looks at, from content in memory."""
+    tail = content[-PROBE_TAIL:]
+    offset = pdf_xref_offset(tail, len(content))
+    at_xref = content[offset:offset + PROBE_XREF] if offset is not None else b""
+    return len(content), content[:PROBE_HEAD], tail, at_xref
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -182,9 +212,9 @@ def _type_problem(type_code: str | None, allowed: tuple[str, ...]) -> str | None
     if not type_code:
         return "type_code is empty"
     if not is_type_code(type_code):
-        return f"type_code {type_code} is not in JDV_J07 (XDS typeCode CI-SIS)"
+        return f"type_code {printable(type_code, 40)} is not in JDV_J07 (XDS typeCode CI-SIS)"
     if allowed and type_code not in allowed:
-        return f"type_code {type_code} is not in rules.allowed_type_codes"
+        return f"type_code {printable(type_code, 40)} is not in rules.allowed_type_codes"
     return None
 
 
@@ -213,6 +243,10 @@ def _missing_metadata(document: Document) -> str | None:
         return "dmp_document.author_rpps is empty"
     if not _RPPS.match(document.author_rpps):
         return "dmp_document.author_rpps is not 11 digits"
+    if document.legal_authenticator_rpps and not _RPPS.match(document.legal_authenticator_rpps):
+        return "dmp_document.legal_authenticator_rpps is not 11 digits"
+    if not document.author_family_name:  # the CDA author's assignedPerson needs a family name
+        return "dmp_document.author_family_name is empty"
     # title may be empty: the builders fall back to the type code's display name
     for column in ("created_at", "service_start"):
         if not getattr(document, column):

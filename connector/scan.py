@@ -15,13 +15,12 @@ from connector.config import Settings
 from connector.content import content_probe
 from connector.ledger.repo import DocState, Ledger, utcnow
 from connector.ledger.schema import DEFERRED, FAILED, FED, SUBMITTING
-from connector.store import Candidate, Document, Patient, RowProblem, Store
+from connector.store import ROW_INVALID, Candidate, ContentRefused, Document, Patient, RowProblem, Store
 
 # Reasons that come from the ledger rather than from the rules.
 HELD = "HELD"
 IN_PROGRESS = "IN_PROGRESS"  # part of a submission not settled yet (settled at the start of a run)
 NOT_DUE = "DEFERRED_NOT_DUE"
-ROW_INVALID = "ROW_INVALID"
 SUPERSEDED = "SUPERSEDED"  # a later version of the same document is in the store: only the latest is fed
 
 
@@ -118,8 +117,11 @@ def _decide(item, states: dict[tuple[str, int], DocState], fed_versions: dict[st
     if skip is not None:
         return Decision(**base, reason=skip.reason, detail=skip.detail)
     data, error = None, None  # the content, or only its probe (size and bytes at both ends: all the rules look at)
+    limit = settings.rules.max_document_bytes
     try:
-        data = store.content(doc) if load_content else content_probe(store, doc)
+        data = store.content(doc, limit) if load_content else content_probe(store, doc, limit)
+    except ContentRefused as exc:
+        return Decision(**base, reason=exc.reason, detail=exc.detail)
     except OSError as exc:
         error = exc.strerror or type(exc).__name__  # never the path: it may hold a name
     check = rules.check_content if load_content else rules.check_content_probe

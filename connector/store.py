@@ -9,6 +9,10 @@ document and the column, so the rest of the batch goes on.
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +20,7 @@ from typing import Iterator
 import sqlalchemy as sa
 
 from connector.errors import StoreError
+from connector.printable import has_unsafe, printable
 
 metadata = sa.MetaData()
 
@@ -149,8 +154,27 @@ class RowProblem:
     message: str
 
 
+ROW_INVALID, CONTENT_INVALID = "ROW_INVALID", "CONTENT_INVALID"
+
+
+class ContentRefused(Exception):
+    """A document's content that is not read at all: a path outside `content_root`, not a regular file, over the
+    size limit (CONTENT_INVALID), or a `content` column of the wrong type (ROW_INVALID). `detail` names the
+    column or the rule, never the path (it may hold a name) nor the content."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+# The ledger's key columns (connector/ledger/schema.py): a longer value could not be recorded, and a store
+# without primary key may repeat a key. Checked per row, before anything is written.
+KEY_LIMITS = {"document_id": 64, "patient_id": 64, "finess_geo": 9, "type_code": 32}
+
+
 _PATIENT_COLS = [c.name for c in dmp_patient.columns]
 _DOCUMENT_COLS = [c.name for c in dmp_document.columns if c.name != "content"]
+_CONTENT_SET = "content_set"  # whether `content` is set, read with the row (the bytes are read later)
 
 
 class Store:
@@ -193,24 +217,65 @@ class Store:
     def candidates(self, batch_size: int = 500) -> Iterator[Candidate | RowProblem]:
         """Every store document with its patient, in (patient_id, document_id, version) order, without their
         content (loaded later by `content`). Read in keyset-paginated batches, each in its own short read, so
-        the scan never holds a long transaction on the hospital's database (nor blocks our write-back)."""
+        the scan never holds a long transaction on the hospital's database (nor blocks our write-back).
+
+        A store without primary key (a DPI's view) may hold rows with an empty key or one key on several rows:
+        those come first, as RowProblems (once per repeated key), and the paginated read skips them (a NULL in
+        the keyset would end it early)."""
         d = dmp_document
         key = sa.tuple_(d.c.patient_id, d.c.document_id, d.c.version)
+        yield from self._rows_without_key()
+        repeated = self._repeated_keys()
+        reported = set()
         last = None
         while True:
-            query = self._select().order_by(d.c.patient_id, d.c.document_id, d.c.version).limit(batch_size)
+            query = (self._select().where(d.c.patient_id.is_not(None), d.c.document_id.is_not(None),
+                                          d.c.version.is_not(None))
+                     .order_by(d.c.patient_id, d.c.document_id, d.c.version).limit(batch_size))
             if last is not None:
                 query = query.where(key > sa.tuple_(*last))
-            try:
-                with self.engine.connect() as conn:
-                    rows = conn.execute(query).mappings().all()
-            except sa.exc.SQLAlchemyError as exc:
-                raise StoreError(f"store query failed: {_short(exc)}") from None
+            rows = self._read(query)
             for row in rows:
+                raw_key = (row["document_id"], row["version"])
+                if raw_key in repeated:
+                    if raw_key not in reported:
+                        reported.add(raw_key)
+                        item = _candidate(row)
+                        document_id, version = ((item.document.document_id, item.document.version)
+                                                if isinstance(item, Candidate) else (item.document_id, item.version))
+                        yield RowProblem(document_id, version, _key_or_none(row, "patient_id"),
+                                         f"(document_id, version) is on {repeated[raw_key]} rows of dmp_document: "
+                                         "the key must be unique")
+                    continue
                 yield _candidate(row)
             if len(rows) < batch_size:
                 return
             last = (rows[-1]["patient_id"], rows[-1]["document_id"], rows[-1]["version"])
+
+    def _rows_without_key(self) -> Iterator[RowProblem]:
+        d = dmp_document
+        rows = self._read(self._select().where(sa.or_(d.c.patient_id.is_(None), d.c.document_id.is_(None),
+                                                      d.c.version.is_(None))))
+        for row in rows:
+            empty = [c for c in ("document_id", "version", "patient_id") if row[c] is None]
+            yield RowProblem(_shown_id(row["document_id"]), None, _key_or_none(row, "patient_id"),
+                             f"column dmp_document.{empty[0]}: empty (a key column)")
+
+    def _repeated_keys(self) -> dict[tuple, int]:
+        """(document_id, version) found on more than one row, with their count (none when the key is a key)."""
+        d = dmp_document
+        query = (sa.select(d.c.document_id, d.c.version, sa.func.count().label("n"))
+                 .where(d.c.document_id.is_not(None), d.c.version.is_not(None))
+                 .group_by(d.c.document_id, d.c.version).having(sa.func.count() > 1))
+        return {(r.document_id, r.version): r.n for r in self._read(query, mappings=False)}
+
+    def _read(self, query, mappings: bool = True) -> list:
+        try:
+            with self.engine.connect() as conn:
+                result = conn.execute(query)
+                return result.mappings().all() if mappings else result.all()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"store query failed: {_short(exc)}") from None
 
     def _select(self):
         """Documents joined to their patients; dates and booleans come back raw and are checked by us, so a
@@ -224,8 +289,9 @@ class Store:
             value = sa.type_coerce(column, sa.String) if isinstance(column.type, (sa.Date, sa.DateTime, sa.Boolean)) else column
             return value.label(label or column.name)
 
+        content_set = sa.case((d.c.content.is_(None), 0), else_=1).label(_CONTENT_SET)
         return sa.select(
-            *[raw(d.c[n]) for n in _DOCUMENT_COLS], *[raw(p.c[n], f"p_{n}") for n in _PATIENT_COLS]
+            *[raw(d.c[n]) for n in _DOCUMENT_COLS], *[raw(p.c[n], f"p_{n}") for n in _PATIENT_COLS], content_set
         ).select_from(d.outerjoin(p, p.c.patient_id == d.c.patient_id))
 
     def _absent_columns(self) -> frozenset[str]:
@@ -249,24 +315,70 @@ class Store:
         return None if row is None else _candidate(row)
 
     def content_file(self, document: Document) -> Path:
-        """The file of a document stored by path (relative paths are under `content_root`)."""
+        """The file of a document stored by path (relative paths are under `content_root`), as given."""
         path = Path(document.content_path)
         return path if path.is_absolute() else self.content_root / path
 
-    def content(self, document: Document) -> bytes:
-        """The document's bytes, from `content` or `content_path`; raises OSError if unreadable."""
+    def open_content(self, document: Document, limit: int | None = None) -> tuple[int, int]:
+        """(descriptor, size) of a document stored by path, opened read-only; the caller closes it.
+
+        The path is resolved (symlinks included) and must lie under `content_root`; the resolved file is opened
+        without following a symlink put there meanwhile and without blocking (a FIFO), and must be a regular
+        file of at most `limit` bytes. Raises ContentRefused for any of these, OSError if it cannot be opened."""
+        root = os.path.realpath(self.content_root)
+        real = os.path.realpath(self.content_file(document))
+        if not _inside(real, root):
+            raise ContentRefused(CONTENT_INVALID, "content_path is outside store.content_root")
+        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(real, flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ContentRefused(CONTENT_INVALID, "content_path became a symbolic link while read") from None
+            raise
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ContentRefused(CONTENT_INVALID, "content_path is not a regular file")
+            opened = _fd_path(fd)  # where the descriptor really points (a directory swapped meanwhile)
+            if opened is not None and not _inside(opened, root):
+                raise ContentRefused(CONTENT_INVALID, "content_path is outside store.content_root")
+            if limit is not None and info.st_size > limit:
+                raise ContentRefused(CONTENT_INVALID,
+                                     f"content is {info.st_size} bytes, over rules.max_document_bytes {limit}")
+            os.set_blocking(fd, True)
+            return fd, info.st_size
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def content(self, document: Document, limit: int | None = None) -> bytes:
+        """The document's bytes, from `content` or `content_path`, never more than `limit` bytes read; raises
+        ContentRefused (see `open_content`), OSError if unreadable."""
         if document.content_path:
-            return self.content_file(document).read_bytes()
+            fd, _ = self.open_content(document, limit)
+            with os.fdopen(fd, "rb") as f:
+                data = f.read() if limit is None else f.read(limit + 1)
+            if limit is not None and len(data) > limit:  # grew since fstat
+                raise ContentRefused(CONTENT_INVALID, f"content is over rules.max_document_bytes {limit}")
+            return data
+        d = dmp_document
+        key = (d.c.document_id == document.document_id) & (d.c.version == document.version)
         with self.engine.connect() as conn:
-            value = conn.execute(
-                sa.select(dmp_document.c.content).where(
-                    dmp_document.c.document_id == document.document_id,
-                    dmp_document.c.version == document.version,
-                )
-            ).scalar()
+            if limit is not None:  # measured in the database, never loaded when too large
+                size = conn.execute(sa.select(sa.func.length(d.c.content)).where(key)).scalar()
+                if size is not None and size > limit:
+                    raise ContentRefused(CONTENT_INVALID,
+                                         f"content is {size} bytes, over rules.max_document_bytes {limit}")
+            value = conn.execute(sa.select(sa.type_coerce(d.c.content, sa.LargeBinary)).where(key)).scalar()
         if value is None:
             raise FileNotFoundError("no content and no content_path")
-        return bytes(value)
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise ContentRefused(ROW_INVALID, f"column dmp_document.content: {type(value).__name__}, not bytes")
+        value = bytes(value)
+        if limit is not None and len(value) > limit:
+            raise ContentRefused(CONTENT_INVALID, f"content is {len(value)} bytes, over rules.max_document_bytes {limit}")
+        return value
 
     def write_back(self, rows: list[dict]) -> None:
         """Upsert `dmp_feed_status` rows (document_id, version, status, dmp_unique_id, fed_at, last_error)."""
@@ -280,21 +392,39 @@ class Store:
                     conn.execute(sa.insert(t).values(**row))
 
 
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _fd_path(fd: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc (macOS): the realpath check before opening stands alone
+        return None
+
+
 def _short(exc: Exception) -> str:
     return str(getattr(exc, "orig", exc)).splitlines()[0][:300]
 
 
 def _candidate(row) -> Candidate | RowProblem:
-    document_id = str(row["document_id"])
+    patient_id = _key_or_none(row, "patient_id")
     try:
-        version = int(row["version"])
-    except (TypeError, ValueError):
-        return RowProblem(document_id, None, row["patient_id"], "column version: not an integer")
+        document_id = _key(row, "document_id")
+    except _BadColumn as exc:
+        return RowProblem(_shown_id(row["document_id"]), None, patient_id, str(exc))
     try:
+        version = _version(row)
+    except _BadColumn as exc:
+        return RowProblem(document_id, None, patient_id, str(exc))
+    try:
+        _key(row, "patient_id")
+        if row.get(_CONTENT_SET) and _text(row, "content_path"):
+            raise _BadColumn("columns dmp_document.content and content_path are both set: keep only one")
         document = Document(
             document_id=document_id,
             version=version,
-            patient_id=_text(row, "patient_id"),
+            patient_id=patient_id,
             finess_geo=_text(row, "finess_geo"),
             type_code=_text(row, "type_code"),
             title=_text(row, "title"),
@@ -307,7 +437,7 @@ def _candidate(row) -> Candidate | RowProblem:
             author_specialty_code=_text(row, "author_specialty_code"),
             legal_authenticator_rpps=_text(row, "legal_authenticator_rpps"),
             status=_text(row, "status"),
-            mime_type=_text(row, "mime_type"),
+            mime_type=(_text(row, "mime_type") or "").lower() or None,  # case-insensitive (RFC 2045)
             content_path=_text(row, "content_path"),
             content=None,
             mask_professionals=_bool(row, "mask_professionals"),
@@ -333,9 +463,62 @@ def _candidate(row) -> Candidate | RowProblem:
                 opposed_to_feeding=_bool(row, "p_opposed_to_feeding"),
                 deceased_at=_date(row, "p_deceased_at"),
             )
+        for key in ("finess_geo", "type_code"):  # recorded in the ledger's columns of that size
+            _key(row, key, required=False)
     except _BadColumn as exc:
-        return RowProblem(document_id, version, row["patient_id"], str(exc))
+        return RowProblem(document_id, version, patient_id, str(exc))
     return Candidate(document, patient)
+
+
+_VERSION_MAX = 2**31 - 1  # the ledger's INTEGER column
+
+
+def _version(row) -> int:
+    value = row["version"]
+    if isinstance(value, bool) or value is None:
+        raise _BadColumn("column dmp_document.version: not an integer")
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("ascii", "replace")
+    try:
+        number = int(value) if isinstance(value, (int, str)) else None
+        if number is None and float(value) == int(value):  # 2.0 from a NUMERIC column; 1.5 is refused
+            number = int(value)
+    except (TypeError, ValueError, OverflowError, ArithmeticError):
+        number = None
+    if number is None:
+        raise _BadColumn("column dmp_document.version: not an integer")
+    if not 0 <= number <= _VERSION_MAX:
+        raise _BadColumn(f"column dmp_document.version: out of range (0 to {_VERSION_MAX})")
+    return number
+
+
+def _key(row, key: str, required: bool = True) -> str | None:
+    """A key column (recorded in the ledger): present if `required`, no control character, not longer than
+    the ledger's column."""
+    value = _text(row, key)
+    if value is None:
+        if required:
+            raise _BadColumn(f"column {_column(key)}: empty")
+        return None
+    if has_unsafe(value):
+        raise _BadColumn(f"column {_column(key)}: contains a control character")
+    if len(value) > KEY_LIMITS[key]:
+        raise _BadColumn(f"column {_column(key)}: longer than {KEY_LIMITS[key]} characters")
+    return value
+
+
+def _key_or_none(row, key: str) -> str | None:
+    try:
+        return _key(row, key)
+    except _BadColumn:
+        return None
+
+
+def _shown_id(value) -> str:
+    """A document id that cannot be recorded, as shown in reports (escaped and cut)."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "replace")
+    return "(none)" if value is None else printable(value, 64)
 
 
 class _BadColumn(ValueError):
@@ -356,7 +539,13 @@ def _text(row, key) -> str | None:
         except UnicodeDecodeError:
             raise _BadColumn(f"column {_column(key)}: not valid UTF-8") from None
     value = str(value).strip()
+    if _FORBIDDEN.search(value):  # no XML nor terminal can carry them; a NUL cannot even be opened as a path
+        raise _BadColumn(f"column {_column(key)}: contains a control character")
     return value or None
+
+
+# C0 controls but tab, newline and carriage return, DEL, C1 controls, non-characters and lone surrogates.
+_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff\ud800-\udfff]")
 
 
 _TRUE, _FALSE = {"1", "true", "t", "yes", "y"}, {"0", "false", "f", "no", "n", ""}

@@ -52,7 +52,7 @@ PATIENT_CASES = [
 DOCUMENT_CASES = [
     ("patient-unknown", dict(patient_id="NO-SUCH-PATIENT"), PDF, {"PATIENT_UNKNOWN"}),
     ("file-missing", dict(content_path="documents/nothing-here.pdf"), None, {"CONTENT_MISSING"}),
-    ("file-is-directory", dict(content_path="documents"), None, {"CONTENT_MISSING"}),
+    ("file-is-directory", dict(content_path="documents"), None, {"CONTENT_INVALID"}),  # not a regular file
     ("no-content-no-path", dict(content_path=None), None, {"CONTENT_MISSING"}),
     ("file-empty", {}, b"", {"CONTENT_INVALID"}),
     ("file-not-pdf", {}, b"Compte rendu\nexport texte\n", {"CONTENT_INVALID"}),

@@ -234,13 +234,15 @@ def test_any_valid_patient_and_document_gives_a_valid_cda(structure, site, case)
 
 # --- passthrough ------------------------------------------------------------------------------------
 
-EXAMPLE_PATIENT = dict(ins_oid="1.2.250.1.213.1.4.10", ins_matricule="279035121518989")
+EXAMPLE_PATIENT = dict(ins_oid="1.2.250.1.213.1.4.10", ins_matricule="279035121518989", birth_family_name="PAT-TROIS",
+                       birth_given_names="DOMINIQUE MARIE-LOUISE", birth_date=dt.date(1979, 3, 28), sex="F")
 EXAMPLE_SITE = Site(finess_geo="750512345", name="Cabinet", healthcare_facility_type="SA07", practice_setting="AMBULATOIRE")
+EXAMPLE_ID = "1.3.6.1.4.1.19376.1.2.20.12345.1.1"  # the example's id root: the uniqueId its metadata would use
 
 
-def passthrough(content: bytes, patient=None, site=EXAMPLE_SITE) -> bytes:
+def passthrough(content: bytes, patient=None, site=EXAMPLE_SITE, unique_id=EXAMPLE_ID) -> bytes:
     return cda.check_passthrough_cda(content, make_document(mime_type="text/xml"),
-                                     patient or make_patient(**EXAMPLE_PATIENT), site)
+                                     patient or make_patient(**EXAMPLE_PATIENT), site, unique_id)
 
 
 def test_passthrough_accepts_matching_cda_unchanged():
@@ -261,6 +263,25 @@ def test_passthrough_rejects_another_patient_or_site(patient_changes, site):
         passthrough(EXAMPLE.read_bytes(), make_patient(**{**EXAMPLE_PATIENT, **patient_changes}), site)
     assert caught.value.reason == "CDA_INVALID" and "DOC0001" in str(caught.value)
     assert "279035121518989" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "patient_changes, unique_id, what",
+    [
+        ({"birth_family_name": "PAT-QUATRE"}, EXAMPLE_ID, "birth name"),
+        ({"birth_given_names": "DOMINIQUE"}, EXAMPLE_ID, "birth given names"),
+        ({"birth_date": dt.date(1979, 3, 29)}, EXAMPLE_ID, "birth date"),
+        ({"sex": "M"}, EXAMPLE_ID, "sex"),
+        ({}, "1.2.250.1.999.42.1.1.1", "id"),  # another document's CDA, or an id the metadata does not use
+    ],
+)
+def test_passthrough_rejects_other_identity_traits_or_another_cda_id(patient_changes, unique_id, what):
+    """The INS alone matched: a CDA of another identity with the same INS, or whose id is not the uniqueId
+    the XDS metadata gives it, was sent."""
+    with pytest.raises(PayloadError) as caught:
+        passthrough(EXAMPLE.read_bytes(), make_patient(**{**EXAMPLE_PATIENT, **patient_changes}), unique_id=unique_id)
+    assert caught.value.reason == "CDA_INVALID" and f"CDA's {what} " in str(caught.value)
+    assert "PAT-" not in str(caught.value) and "1979" not in str(caught.value)
 
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>

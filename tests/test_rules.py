@@ -5,8 +5,9 @@ from conftest import make_document, make_patient, make_settings
 
 from connector import ins, rules
 from connector.rules import Reason, Skip, check_content, check_record
+from connector.samples import minimal_pdf
 
-PDF = b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n"
+PDF = minimal_pdf(["Document fictif"])
 
 
 def decide(settings, document=None, patient="default", **kw):
@@ -138,7 +139,23 @@ def test_valid_pdf_and_xml_are_accepted(settings):
     assert content_reason(settings, PDF) is None
     xml = b"\xef\xbb\xbf  <?xml version='1.0'?><ClinicalDocument/>"
     assert content_reason(settings, xml, mime_type="text/xml") is None
-    assert content_reason(settings, PDF, mime_type="Application/PDF; name=x.pdf") is None
+
+
+def test_a_mime_type_with_parameters_is_refused_at_once(settings):
+    """The XDS mimeType takes the bare type: `application/pdf; charset=binary` used to pass the rules (and
+    `--dry-run`), then fail the whole submission set METADATA_INVALID."""
+    skip = check_content(make_document(mime_type="application/pdf; charset=binary"), PDF, settings)
+    assert skip.reason == Reason.CONTENT_INVALID and "parameters" in skip.detail
+
+
+@pytest.mark.parametrize("content", [
+    b"%PDF-1.7\n<html><body>not a pdf</body></html>\n%%EOF\n",  # a web page behind a PDF header
+    b"%PDF-1.4\nPK\x03\x04" + bytes(range(256)) * 4 + b"\nstartxref\n9\n%%EOF\n",  # a zip framed by %PDF-
+    minimal_pdf(["x"]).replace(b"startxref\n", b"startxref\n1"),  # startxref pointing at no xref
+])
+def test_a_body_that_is_not_a_pdf_is_refused(settings, content):
+    skip = check_content(make_document(), content, settings)
+    assert skip is not None and skip.reason == Reason.CONTENT_INVALID and "cross-reference" in skip.detail
 
 
 def test_unreadable_content_is_missing(settings):

@@ -78,7 +78,8 @@ def test_dry_run_probe_decides_like_reading_the_whole_content(tmp_path):
     assert {"CONTENT_INVALID", "CONTENT_MISSING"} <= {d[3] for d in probed}
 
 
-_edges = st.sampled_from([b"%PDF-1.4\n", b"%%EOF", b"\xef\xbb\xbf  <", b"<x/>", b"\n"])
+_edges = st.sampled_from([b"%PDF-1.4\n", b"%%EOF", b"\xef\xbb\xbf  <", b"<x/>", b"\n", b"startxref\n9\n", b"xref\n",
+                          b"1 0 obj"])
 
 
 @hsettings(max_examples=200, deadline=None)

@@ -31,7 +31,7 @@ from connector.payload.errors import PayloadError
 from connector.payload.schematron_process import SchematronProcess
 from connector.runlock import run_lock
 from connector.scan import Decision, scan
-from connector.store import Candidate, Patient, Store
+from connector.store import Candidate, ContentRefused, Patient, Store
 from connector.trust.certs import CertificateError, check_credential, load_credential
 
 log = logging.getLogger("connector.run")
@@ -259,10 +259,11 @@ def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, reco
                 return
             try:
                 uid, xml = prepare.document_cda(settings, item.document, item.patient, site,
-                                                store.content(item.document), checker)
+                                                store.content(item.document, settings.rules.max_document_bytes),
+                                                checker)
                 batch.append((item.document, uid, xml))
                 patient = item.patient
-            except PayloadError as exc:
+            except (PayloadError, ContentRefused) as exc:
                 problem = str(exc)
             except OSError as exc:
                 problem = f"content unreadable: {exc.strerror}"

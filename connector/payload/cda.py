@@ -234,12 +234,14 @@ class _Builder:
 
 # --- store documents that already are CDA -------------------------------------------------------
 
-def check_passthrough_cda(content: bytes, document: Document, patient: Patient, site: Site) -> bytes:
-    """Return `content` unchanged if it is a CDA of this patient produced at this site.
+def check_passthrough_cda(content: bytes, document: Document, patient: Patient, site: Site, unique_id: str) -> bytes:
+    """Return `content` unchanged if it is this document's CDA, of this patient, produced at this site.
 
     Parsed without entity expansion, DTD or network (a DOCTYPE, hence any XML bomb or XXE, is refused);
-    the INS must equal the store patient's and a healthCareFacility id must be `1` + the site's FINESS.
-    Raises PayloadError(CDA_INVALID) naming the document and the mismatch."""
+    its id must be `unique_id` (the XDS uniqueId the metadata gives it), the INS and the identity traits
+    (birth name, birth given names, birth date, sex) must equal the store patient's, and a healthCareFacility
+    id must be `1` + the site's FINESS. Raises PayloadError(CDA_INVALID) naming the document and the mismatch
+    (never the values)."""
     doc_id = document.document_id
     try:
         root = parse_untrusted(content).getroot()
@@ -252,6 +254,13 @@ def check_passthrough_cda(content: bytes, document: Document, patient: Patient, 
     ins = [(i.get("root"), i.get("extension")) for i in patient_ids if i.get("root") in INS_OIDS]
     if ins != [(patient.ins_oid, patient.ins_matricule)]:
         raise PayloadError(CDA_INVALID, f"document {doc_id}: the CDA's INS does not match the store patient's")
+    ids_ = root.findall(_V3 + "id")
+    if len(ids_) != 1 or ids_[0].get("root") != unique_id or ids_[0].get("extension") is not None:
+        raise PayloadError(CDA_INVALID, f"document {doc_id}: the CDA's id must be root={unique_id} without extension "
+                                        "(the uniqueId its XDS metadata gives it)")
+    trait = _identity_mismatch(root, patient)
+    if trait:
+        raise PayloadError(CDA_INVALID, f"document {doc_id}: the CDA's {trait} does not match the store patient's")
     facilities = root.xpath(
         "v3:componentOf/v3:encompassingEncounter/v3:location/v3:healthCareFacility/v3:id", namespaces=ns
     )
@@ -261,3 +270,30 @@ def check_passthrough_cda(content: bytes, document: Document, patient: Patient, 
             CDA_INVALID, f"document {doc_id}: no healthCareFacility id equal to the site's FINESS {site.finess_geo}"
         )
     return content
+
+
+def _identity_mismatch(root, patient: Patient) -> str | None:
+    """The first INS identity trait of the CDA's patient that differs from the store's (whitespace aside)."""
+    ns = {"v3": HL7}
+    person = root.find("v3:recordTarget/v3:patientRole/v3:patient", namespaces=ns)
+    if person is None:
+        return "patient"
+
+    def texts(xpath: str) -> list[str]:
+        return [" ".join("".join(e.itertext()).split()) for e in person.xpath(xpath, namespaces=ns)]
+
+    given = " ".join(patient.given_names)
+    if texts("v3:name/v3:family[@qualifier='BR']") != [" ".join((patient.birth_family_name or "").split())]:
+        return "birth name"
+    if given not in texts("v3:name/v3:given[not(@qualifier)]"):
+        return "birth given names"
+    first = texts("v3:name/v3:given[@qualifier='BR']")
+    if first and first != patient.given_names[:1]:
+        return "first birth given name"
+    birth = person.find("v3:birthTime", namespaces=ns)
+    if patient.birth_date is None or birth is None or (birth.get("value") or "")[:8] != patient.birth_date.strftime("%Y%m%d"):
+        return "birth date"
+    sex = person.find("v3:administrativeGenderCode", namespaces=ns)
+    if sex is None or sex.get("code") != GENDERS.get(patient.sex, (None,))[0]:
+        return "sex"
+    return None

@@ -421,6 +421,32 @@ def _specialty(doc: Document) -> str | None:
     return hl7.ce(code.code, code.display, code.code_system or SPECIALTY_SCHEME) if code else None
 
 
+# ebRIM 3.0 (rim.xsd): a Slot Value is a LongName, a LocalizedString value a FreeFormText.
+SLOT_VALUE_MAX, NAME_MAX = 256, 1024
+
+
+def value_too_long(structure: Structure, document: Document, patient: Patient) -> str | None:
+    """The first of this document's own XDS metadata values over its ebRIM length (the column(s) it comes
+    from), else None: checked per document, before grouping, since one such value fails the whole request."""
+    type_code = _lookup(codes.type_code, document.type_code or "", LOINC, document.title)
+    values = [
+        ("dmp_document.author_family_name + author_given_name", SLOT_VALUE_MAX,
+         hl7.xcn_professional(document.author_rpps or "", document.author_family_name, document.author_given_name)),
+        ("dmp_document.author_specialty_code", SLOT_VALUE_MAX, _specialty(document) or ""),
+        ("dmp_document.legal_authenticator_rpps", SLOT_VALUE_MAX, _legal_authenticator(document) or ""),
+        ("dmp_document.patient_id", SLOT_VALUE_MAX, ipp_cx(structure, patient)),
+        ("dmp_patient.birth_family_name + birth_given_names", SLOT_VALUE_MAX,
+         max(_source_patient_info(patient), key=len, default="")),
+        ("dmp_document.title", NAME_MAX, document.title or type_code.display),
+        ("dmp_document.type_code", SLOT_VALUE_MAX, type_code.code),
+        ("dmp_document.mime_type", SLOT_VALUE_MAX, document.mime_type or ""),
+    ]
+    for column, limit, value in values:
+        if len(value) > limit:
+            return f"{column}: {len(value)} characters in the XDS metadata, over {limit}"
+    return None
+
+
 def _check_inputs(site: Site, patient: Patient, entries: list[Entry]) -> None:
     if not patient.ins_matricule or not patient.ins_oid:
         raise PayloadError(METADATA_INVALID, f"document {entries[0].document.document_id}: its patient has no INS")
