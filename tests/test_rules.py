@@ -62,6 +62,13 @@ RECORD_CASES = [
     ({}, {"author_family_name": "D'" + "É" * 200}, {}, Reason.VALUE_TOO_LONG, "author_family_name"),
     ({"birth_given_names": "Zoé " * 60}, {}, {}, Reason.VALUE_TOO_LONG, "birth_given_names"),
     ({}, {"title": "T" * 256}, {}, Reason.VALUE_TOO_LONG, "title"),
+    # issue 15: these failed the patient's whole submission set METADATA_INVALID, or were sent wrong
+    ({}, {"author_specialty_code": "S" * 300}, {}, Reason.VALUE_TOO_LONG, "author_specialty_code"),
+    ({}, {"author_family_name": "^" * 60, "author_given_name": "&" * 60}, {}, Reason.VALUE_TOO_LONG,
+     "author_family_name"),  # 120 characters, 360 once HL7-escaped
+    ({"patient_id": "P" * 64 + "|" * 60}, {}, {}, Reason.VALUE_TOO_LONG, "patient_id"),
+    ({}, {"legal_authenticator_rpps": "ABC"}, {}, Reason.METADATA_MISSING, "legal_authenticator_rpps"),  # sent as 8ABC
+    ({}, {"author_family_name": None}, {}, Reason.METADATA_MISSING, "author_family_name"),  # was CDA_INVALID
     ({}, {"version": 2}, {"earlier_version_fed": True}, Reason.REPLACEMENT_NEEDED, "version 2"),
 ]
 
