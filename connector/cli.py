@@ -14,6 +14,7 @@ import click
 
 from connector import __version__, config, malloc
 from connector.errors import CertificateError, LedgerError, StoreError
+from connector.printable import printable, printable_lines
 
 # Exit codes (documented in the README).
 EXIT_OK = 0
@@ -35,7 +36,7 @@ KNOWN_ERRORS = (
 
 
 def fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -93,7 +94,7 @@ def run(settings, dry_run: bool, fmt: str) -> None:
                 what = (f"eligible  {r['finess_geo']} activity {r['content_type_code']}" if r["decision"] == "eligible"
                         else f"skipped  {r['reason']}")
                 detail = f"  ({r['detail']})" if r["detail"] else ""
-                click.echo(f"{r['document_id']} v{r['version']}  {what}{detail}")
+                click.echo(printable(f"{r['document_id']} v{r['version']}  {what}{detail}"))
                 count, eligible = count + 1, eligible + (r["decision"] == "eligible")
             click.echo(f"{count} candidates: {eligible} eligible, {count - eligible} skipped")
         return
@@ -154,7 +155,8 @@ def replay(settings, failed, reason, site, since, run_id, document_id, dry_run) 
     filters = action.Filters(failed, reason, site, since, run_id, document_id)
     rows = action.matching(ledger, filters)
     for r in rows:
-        click.echo(f"{'would requeue' if dry_run else 'requeue'} {r['document_id']} v{r['version']}  ({r['state']} {r['reason'] or ''})")
+        click.echo(printable(f"{'would requeue' if dry_run else 'requeue'} {r['document_id']} v{r['version']}  "
+                             f"({r['state']} {r['reason'] or ''})"))
     if dry_run or not rows:
         click.echo(f"{len(rows)} document(s) {'would be ' if dry_run else ''}requeued")
         return
@@ -163,7 +165,7 @@ def replay(settings, failed, reason, site, since, run_id, document_id, dry_run) 
                        under_lock=lambda locked: action.requeue(locked, action.matching(locked, filters)))
     keys = [(r["document_id"], r["version"]) for r in rows]
     for key, (state, why) in action.states_of(ledger, keys).items():
-        click.echo(f"{key[0]} v{key[1]}: {state}{' ' + why if why else ''}")
+        click.echo(printable(f"{key[0]} v{key[1]}: {state}{' ' + why if why else ''}"))
     click.echo(summary.text())
 
 
@@ -243,7 +245,8 @@ def status(settings, fmt, since, check: bool, max_age_hours: float, prometheus) 
     ledger = open_settings_ledger(settings)
     report = action.collect(ledger, since=since.date() if since else None)
     if fmt or not (check or prometheus):
-        click.echo(action.render(report, fmt or "text"))
+        text = action.render(report, fmt or "text")
+        click.echo(text if fmt in ("json", "html") else printable_lines(text))
     # monitoring (--prometheus, --check) is about the whole ledger, never a period
     whole = (action.collect(ledger) if since else report) if (prometheus or check) else None
     if prometheus:
@@ -251,7 +254,7 @@ def status(settings, fmt, since, check: bool, max_age_hours: float, prometheus) 
     if check:
         found = action.problems(whole, max_age_hours=max_age_hours)
         for why in found:
-            click.echo(f"CHECK: {why}", err=True)
+            click.echo(printable(f"CHECK: {why}"), err=True)
         if found:
             sys.exit(EXIT_ATTENTION)
         click.echo("CHECK: ok", err=True)

@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 
+from connector.printable import printable
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -16,11 +18,19 @@ class JsonFormatter(logging.Formatter):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": printable(record.getMessage()),
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """One record, one line: control characters in the message (from a store value, say: an ESC sequence can
+    clear an operator's screen, a newline forge a log line) are escaped; a traceback follows on its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 QUIET_LIBRARIES = ("urllib3", "zeep", "signxml", "xmlschema", "alembic", "apscheduler.executors", "filelock")
@@ -28,7 +38,7 @@ QUIET_LIBRARIES = ("urllib3", "zeep", "signxml", "xmlschema", "alembic", "apsche
 
 def setup(level: str = "INFO", json_lines: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -24,5 +24,10 @@ def printable(value, limit: int | None = None) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
+def printable_lines(text: str) -> str:
+    """`printable` line by line: a report's own line breaks stay."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def has_unsafe(text: str) -> bool:
     return _UNSAFE.search(text) is not None

@@ -191,3 +191,35 @@ def test_a_null_key_at_a_batch_boundary_does_not_end_the_scan(tmp_path):
                                         for i in range(4)], keyless=True)
     seen = {c.document_id if hasattr(c, "document_id") else c.document.document_id for c in store.candidates(batch_size=1)}
     assert {"OK-D00001", "A0", "A2", "A3"} <= seen
+
+
+# --- 15. control characters never reach a terminal or a log line ---------------------------------------
+
+
+def test_dry_run_output_and_log_lines_carry_no_control_character(tmp_path):
+    """An ESC sequence in a store value cleared the operator's screen in `run --dry-run`."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from connector import logs
+    from connector.cli import main
+
+    folder = h.make_folder(tmp_path)
+    with sqlite3.connect(folder.store_db) as db:
+        pid = db.execute("SELECT patient_id FROM dmp_patient LIMIT 1").fetchone()[0]
+        for did, overrides in [("ESC\x1b[2J\x1b[H", {}), ("STATUS-ESC", {"status": "DRAFT\x1b]0;x\x07"}),
+                               ("TYPE-ESC", {"type_code": "1\x1b[31m"}), ("C1-CSI", {"finess_geo": "0B\x9b2J"})]:
+            row = h.document_row(did, pid, content_path="documents/none.pdf", **overrides)
+            db.execute(f"INSERT INTO dmp_document ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                       [str(v) if hasattr(v, "isoformat") else v for v in row.values()])
+    result = CliRunner().invoke(main, ["run", "--dry-run", "--config", str(folder.cfg)])
+    assert result.exit_code == 0, result.output
+    assert "ESC\\x1b[2J\\x1b[H" in result.output  # shown, escaped
+    assert not any(c in result.output for c in "\x1b\x07\x9b")
+
+    record = logging.LogRecord("connector.run", logging.WARNING, __file__, 1, "document %s v%d: %s", (
+        "DOC\x1b[2J", 1, "forged\nERROR connector.run: fake line"), None)
+    for formatter in (logs.TextFormatter("%(levelname)s %(name)s: %(message)s"), logs.JsonFormatter()):
+        line = formatter.format(record)
+        assert "\n" not in line and "\x1b" not in line and "\\x1b" in line.replace("\\\\", "\\")

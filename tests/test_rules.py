@@ -63,7 +63,6 @@ RECORD_CASES = [
     ({"birth_given_names": "Zoé " * 60}, {}, {}, Reason.VALUE_TOO_LONG, "birth_given_names"),
     ({}, {"title": "T" * 256}, {}, Reason.VALUE_TOO_LONG, "title"),
     # issue 15: these failed the patient's whole submission set METADATA_INVALID, or were sent wrong
-    ({}, {"author_specialty_code": "S" * 300}, {}, Reason.VALUE_TOO_LONG, "author_specialty_code"),
     ({}, {"author_family_name": "^" * 60, "author_given_name": "&" * 60}, {}, Reason.VALUE_TOO_LONG,
      "author_family_name"),  # 120 characters, 360 once HL7-escaped
     ({"patient_id": "P" * 64 + "|" * 60}, {}, {}, Reason.VALUE_TOO_LONG, "patient_id"),
