@@ -8,7 +8,8 @@ PKI) whose every misbehaviour is chosen by the test, per endpoint (`…/reposito
 - `body_size`: stream a body of that many bytes, never held in memory (announced in Content-Length, unless
   `announce_length` is false: then the body runs until the server closes the connection).
 
-`bytes_sent` counts the body bytes that left, `requests` what arrived: (path, headers, body, TLS version).
+`bytes_sent` counts the body bytes that left, `requests` what arrived: (path, headers, body, TLS version), and
+`connections` the client address and port each request came from (HTTP/1.1: a pooled connection is seen).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Behaviour:
     body_size: int | None = None
     announce_length: bool = True
     requests: list = field(default_factory=list)
+    connections: list = field(default_factory=list)  # the client's (address, port) of each request, in order
     bytes_sent: int = 0
 
 
@@ -62,6 +64,7 @@ class Server(http.server.ThreadingHTTPServer):
 
 class Handler(http.server.BaseHTTPRequestHandler):
     server: Server
+    protocol_version = "HTTP/1.1"  # as the DMP: persistent connections (HTTP/1.0 closed each one after its reply)
 
     def log_message(self, *args):
         pass
@@ -70,6 +73,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         b = self.server.for_path(self.path)
         body = self.rfile.read(int(self.headers["Content-Length"]))
         b.requests.append((self.path, dict(self.headers), body, self.connection.version()))
+        b.connections.append(self.client_address)
         if b.close_without_reply:
             self.close_connection = True
             return

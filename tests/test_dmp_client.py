@@ -109,11 +109,14 @@ def test_connections_are_pooled_and_only_the_configured_ca_is_trusted(server, te
     with make_client(test_pki, server.server_port) as client:
         assert send(client, vihf).kind == "accepted"
         assert send(client, vihf).kind == "accepted"
+        assert send(client, vihf).kind == "accepted"
         ctx = tls.client_context(client.settings.ca_bundle, credential(test_pki.auth_cli_p12, test_pki.auth_cli_password_file))
         assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2 and ctx.check_hostname
         # requests did not sneak certifi's public CAs into our context
         assert [c["subject"] for c in ctx.get_ca_certs()] == [ctx.get_ca_certs()[0]["subject"]]
-    assert len(server.behaviour.requests) == 2
+    assert len(server.behaviour.requests) == 3
+    # one TLS connection for the three requests: the server saw them all from the same client port
+    assert len(set(server.behaviour.connections)) == 1, server.behaviour.connections
 
 
 def test_503_is_transient(server, test_pki, vihf):

@@ -25,4 +25,5 @@ def test_faulty_dmp_every_document_fed_exactly_once_with_reconciliation(tmp_path
     assert reconciled >= rep["submissions_reply_dropped"] and found >= reconciled, (reconciled, found, rep)
     retried = h.ledger_rows(url, "SELECT count(*) AS n FROM submissions WHERE attempts > 1")[0].n
     assert retried >= 1  # transient errors were retried
-    assert len(runs) >= 1
+    # seeded faults, one sender: the in-run retries and the ITI-18 lookups settle everything in the first run
+    assert len(runs) == 1, [r.stdout[-500:] for r in runs]

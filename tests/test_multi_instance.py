@@ -35,16 +35,13 @@ def test_two_instances_feed_1000_documents_exactly_once(tmp_path, pg_url):
     with h.sandbox(folder, latency_ms=5) as sb:
         cfgs = _configs(folder, sb.url, pg_url, 10.0)
         assert h.run_cli(cfgs["a"], "db", "upgrade").returncode == 0
-        started = time.monotonic()
         procs = {name: h.popen_run(cfg, log_path=tmp_path / f"{name}.log") for name, cfg in cfgs.items()}
         for name, proc in procs.items():
             assert proc.wait(timeout=300) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
-        elapsed = time.monotonic() - started
         h.run_until_done(cfgs["a"])  # normally a no-op: both runs settled everything they claimed
     h.assert_exactly_once(folder, eligible)
     shares = _fed_by_run(pg_url)
     assert len(shares) == 2 and all(n > 0 for n in shares.values()), shares  # both instances did real work
-    assert elapsed < 240, elapsed
 
 
 def test_instance_killed_mid_run_the_other_takes_its_work_over(tmp_path, pg_url):
