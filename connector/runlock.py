@@ -10,6 +10,7 @@ from pathlib import Path
 import filelock
 import sqlalchemy as sa
 
+from connector import private
 from connector.ledger.repo import Ledger
 
 
@@ -36,7 +37,7 @@ def run_lock(ledger: Ledger, state_dir: Path, instance: str = "dmp-connector"):
             conn.close()
         return
     path = _sqlite_lock_path(ledger, state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private.make_dirs(path.parent)
     lock = filelock.FileLock(str(path), timeout=0)
     try:
         lock.acquire()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from connector import prepare
+from connector import prepare, private
 from connector.actions.context import open_store
 from connector.config import ConfigError, Settings
 from connector.dmp.client import iti41_message
@@ -58,16 +58,16 @@ def _write(settings: Settings, sign, out: Path, batch: prepare.Batch) -> Exporte
                                   submission_set_entry_uuid=ids.submission_set_entry_uuid(oid_root, batch.keys),
                                   submission_time=utcnow())
     folder = out / uid
-    folder.mkdir(parents=True, exist_ok=True)
+    private.make_dirs(folder)  # full CDAs and the VIHF: owner only, whatever the umask
     for document, doc_uid, xml in batch.documents:
-        (folder / f"cda-{_safe(document.document_id)}-v{document.version}.xml").write_bytes(xml)
-    (folder / "signature.xml").write_bytes(prepared.signature_xml)
-    (folder / "vihf.xml").write_bytes(etree.tostring(prepared.vihf, xml_declaration=True, encoding="UTF-8"))
+        private.write_file(folder / f"cda-{_safe(document.document_id)}-v{document.version}.xml", xml)
+    private.write_file(folder / "signature.xml", prepared.signature_xml)
+    private.write_file(folder / "vihf.xml", etree.tostring(prepared.vihf, xml_declaration=True, encoding="UTF-8"))
     url = settings.dmp.repository_url
     _, headers, body = iti41_message(url, prepared.request, prepared.attachments, prepared.vihf)
     head = f"POST {url} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     head += f"Content-Length: {len(body)}\r\n\r\n"
-    (folder / "iti41-request.http").write_bytes(head.encode("ascii") + body)
+    private.write_file(folder / "iti41-request.http", head.encode("ascii") + body)
     return Exported(folder, batch.keys)
 
 

@@ -17,6 +17,7 @@ from typing import Iterable
 
 import sqlalchemy as sa
 
+from connector import private
 from connector.errors import LedgerError
 from connector.ledger import migrate
 from connector.ledger.schema import (
@@ -120,8 +121,11 @@ def open_ledger(url: str, *, auto_migrate: bool | None = None) -> "Ledger":
     """Connect; SQLite ledgers are created and migrated automatically, PostgreSQL ones need `db upgrade`.
     Whatever makes the ledger unusable, now or later in the command, is a LedgerError of one line."""
     is_sqlite = url.startswith("sqlite")
+    new_file = None
     if is_sqlite and "///" in url and not url.endswith(":memory:"):
-        _check_sqlite_file(Path(url.split("///", 1)[1]))
+        path = Path(url.split("///", 1)[1])
+        _check_sqlite_file(path)
+        new_file = None if path.exists() else path
     try:
         engine = sa.create_engine(url, future=True, pool_pre_ping=not is_sqlite)
     except (sa.exc.ArgumentError, ImportError) as exc:
@@ -140,12 +144,14 @@ def open_ledger(url: str, *, auto_migrate: bool | None = None) -> "Ledger":
                 )
     except sa.exc.SQLAlchemyError as exc:
         raise LedgerError(f"ledger database unreachable: {_first_line(exc)}") from None
+    if new_file is not None:  # created by this connection with the umask's mode: owner only (patient data)
+        private.restrict(new_file, Path(f"{new_file}-wal"), Path(f"{new_file}-shm"), Path(f"{new_file}-journal"))
     return Ledger(engine)
 
 
 def _check_sqlite_file(path: Path) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private.make_dirs(path.parent)
         empty = path.is_file() and path.stat().st_size == 0
     except OSError as exc:
         raise LedgerError(f"ledger folder {path.parent} cannot be used: {exc.strerror}") from None
