@@ -9,6 +9,7 @@ and classified like any other DMP reply (raw_response: zeep never parses foreign
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import warnings
@@ -89,12 +90,27 @@ def _headers(registry_url: str, vihf: etree._Element) -> list[etree._Element]:
     return list(env.find(f"{{{soap.SOAP12}}}Header"))
 
 
+class _IntactSecurity(zeep.Plugin):
+    """zeep's WS-Addressing plugin prunes the namespace declarations of the whole header, the VIHF's xmlns:xs
+    among them (its xsi:type="xs:string" values need it, as in the GIE's examples): put the VIHF back as built."""
+
+    def __init__(self, headers: list[etree._Element]):
+        self.security = [h for h in headers if h.tag == f"{{{soap.WSSE}}}Security"]
+
+    def egress(self, envelope, http_headers, operation, binding_options):
+        header = envelope.find(f"{{{soap.SOAP12}}}Header")
+        for pruned, intact in zip(header.findall(f"{{{soap.WSSE}}}Security"), self.security):
+            header.replace(pruned, copy.deepcopy(intact))
+        return envelope, http_headers
+
+
 def post_stored_query(
     session: requests.Session, registry_url: str, timeout, submission_set_uid: str, vihf: etree._Element
 ) -> requests.Response:
     """POST GetSubmissionSetAndContents for one submission-set uniqueId; returns the raw HTTP response."""
+    headers = _headers(registry_url, vihf)
     client = zeep.Client(_registry_wsdl(), transport=_Transport(session, timeout),
-                         settings=zeep.Settings(raw_response=True, strict=True))
+                         settings=zeep.Settings(raw_response=True, strict=True), plugins=[_IntactSecurity(headers)])
     service = client.create_service(_BINDING, registry_url)
     return getattr(service, _OPERATION)(
         ResponseOption={"returnType": "LeafClass", "returnComposedObjects": True},
@@ -103,7 +119,7 @@ def post_stored_query(
             "Slot": [{"name": "$XDSSubmissionSetUniqueId",
                       "ValueList": {"_value_1": [{"Value": f"('{submission_set_uid}')"}]}}],
         },
-        _soapheaders=_headers(registry_url, vihf),
+        _soapheaders=headers,
     )
 
 
