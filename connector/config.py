@@ -150,15 +150,19 @@ class SignatureSettings:
 class VihfSettings:
     version: str = "3.0"
     authn_context: str = "urn:oasis:names:tc:SAML:2.0:ac:classes:TLSClient"
-    responsible_rpps: str | None = None  # used when a document's author has no usable RPPS
+    # Name of the INDIRECTE attribute: every GIE example spells it "Authentification_mode", the ANS mapping
+    # "Authentification_Mode".
+    authentification_mode_attribute: str = "Authentification_mode"
+    # The VIHF subject when no author can be (no usable RPPS or specialty): RPPS and JDV_J01 specialty
+    # (e.g. G15_10/SM26), which gives the role: profession and, for a physician, savoir-faire.
+    responsible_rpps: str | None = None
+    responsible_specialty: str | None = None
     generic_rpps: tuple[str, ...] = ()
-    subject_id: str = "dmp-connector"  # "software name, model and service" for an automated process
-    role_code: str = "10"
-    role_code_system: str = "1.2.250.1.71.1.2.7"
-    role_display: str = "Médecin"
+    # "Nom du logiciel, Nom du modèle et Service" for an automated process (ANS VIHF mapping).
+    subject_id: str = "dmp-connector, alimentation automatique du DMP"
     lps_nom: str = "dmp-connector"
     lps_version: str = "0.1.0"
-    lps_id_homologation_dmp: str = ""
+    lps_id_homologation_dmp: str = ""  # given by the GIE SESAM-Vitale; required in production
     lps_id: str = ""
 
 
@@ -209,10 +213,12 @@ def load(path: Path | str | None) -> Settings:
 def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> Settings:
     r = _Reader(data, base)
     state_dir = r.path("state_dir", default=_default_state_dir())
+    structure = _structure(r)
+    dmp = _dmp(r)
     settings = Settings(
         source=source,
         state_dir=state_dir,
-        structure=_structure(r),
+        structure=structure,
         store=StoreSettings(
             url=r.db_url("store.url"),
             content_root=r.path("store.content_root", default=base),
@@ -224,7 +230,7 @@ def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> S
             instance=r.string("ledger.instance", socket.gethostname() or "dmp-connector"),
             lease_minutes=r.number("ledger.lease_minutes", 10.0, positive=True),
         ),
-        dmp=_dmp(r),
+        dmp=dmp,
         certificates=_certificates(r),
         rules=RulesSettings(
             allowed_type_codes=tuple(r.str_list("rules.allowed_type_codes", [])),
@@ -237,7 +243,7 @@ def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> S
             process=r.boolean("validation.process", True),
         ),
         signature=_signature(r),
-        vihf=_vihf(r),
+        vihf=_vihf(r, structure, dmp.environment),
         schedule=r.string("schedule.cron", "0 2 * * *", pattern=CRON_RE, what="a 5-field cron expression"),
         timezone=_timezone(r),
         audit_retention_days=r.integer("audit.retention_days", 183, minimum=1),
@@ -398,22 +404,41 @@ def _signature(r: _Reader) -> SignatureSettings:
     )
 
 
-def _vihf(r: _Reader) -> VihfSettings:
+def _vihf(r: _Reader, structure: Structure, environment: str) -> VihfSettings:
+    from connector.trust.roles import RoleError, subject_roles
+
     d = VihfSettings()
     responsible = r.string("vihf.responsible_rpps", None, pattern=RPPS_RE, what="an 11-digit RPPS")
+    specialty = r.string("vihf.responsible_specialty", None)
+    if responsible and not specialty:
+        raise ConfigError("vihf.responsible_specialty: required with vihf.responsible_rpps (the JDV_J01 specialty "
+                          "of that professional, e.g. G15_10/SM26: the VIHF role is derived from it)")
+    if specialty:
+        try:
+            subject_roles(specialty)
+        except RoleError as exc:
+            raise ConfigError(f"vihf.responsible_specialty: {exc}") from None
+    lps_nom = r.string("vihf.lps_nom", d.lps_nom)
+    homologation = r.string("vihf.lps_id_homologation_dmp", d.lps_id_homologation_dmp)
+    if environment == "production" and not homologation:
+        raise ConfigError('vihf.lps_id_homologation_dmp: required with dmp.environment = "production" (the DMP '
+                          "homologation number the GIE SESAM-Vitale gave this software; the DMP refuses a VIHF "
+                          "without it)")
     return VihfSettings(
         version=r.string("vihf.version", d.version),
         authn_context=r.string("vihf.authn_context", d.authn_context),
+        authentification_mode_attribute=r.string(
+            "vihf.authentification_mode_attribute", d.authentification_mode_attribute,
+            choices=("Authentification_mode", "Authentification_Mode"),
+        ),
         responsible_rpps=responsible,
+        responsible_specialty=specialty,
         generic_rpps=tuple(r.str_list("vihf.generic_rpps", [])),
-        subject_id=r.string("vihf.subject_id", d.subject_id),
-        role_code=r.string("vihf.role_code", d.role_code),
-        role_code_system=r.string("vihf.role_code_system", d.role_code_system),
-        role_display=r.string("vihf.role_display", d.role_display),
-        lps_nom=r.string("vihf.lps_nom", d.lps_nom),
+        subject_id=r.string("vihf.subject_id", f"{lps_nom}, alimentation automatique du DMP, {structure.name}"),
+        lps_nom=lps_nom,
         lps_version=r.string("vihf.lps_version", d.lps_version),
-        lps_id_homologation_dmp=r.string("vihf.lps_id_homologation_dmp", d.lps_id_homologation_dmp),
-        lps_id=r.string("vihf.lps_id", d.lps_id),
+        lps_id_homologation_dmp=homologation,
+        lps_id=r.string("vihf.lps_id", structure.source_id),
     )
 
 

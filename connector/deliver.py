@@ -24,6 +24,7 @@ from connector.ledger.schema import DEFERRED, FAILED, FED, SKIPPED
 from connector.payload import xds
 from connector.prepare import Prepared
 from connector.store import Patient, Store
+from connector.trust import vihf
 
 log = logging.getLogger("connector.deliver")
 
@@ -166,5 +167,6 @@ def _warnings(outcome: Outcome) -> str | None:
 
 
 def _vihf_subject(prepared: Prepared) -> str | None:
+    """The RPPS of the VIHF subject (its NameID is the national id, "8" + RPPS) for the audit trail."""
     name_id = prepared.vihf.find(".//{urn:oasis:names:tc:SAML:2.0:assertion}NameID")
-    return name_id.text if name_id is not None else None
+    return vihf.rpps_of(name_id.text if name_id is not None else None)

@@ -18,7 +18,7 @@ from connector.config import Settings, Site
 from connector.payload import cda, ids, validate, xds
 from connector.payload.errors import PayloadError
 from connector.store import Document, Patient
-from connector.trust import dsig, vihf
+from connector.trust import dsig, roles, vihf
 from connector.trust.certs import Credential
 
 CDA_MIME = "text/xml"
@@ -199,18 +199,29 @@ def submission(
         finess_geo=site.finess_geo,
         facility_type=site.healthcare_facility_type,
         patient_ins_cx=xds.ins_cx(patient),
-        subject_rpps=responsible_rpps(settings, [d for d, _, _ in documents]),
+        **vihf_subject(settings, [d for d, _, _ in documents]),
     )
     return Prepared(submission_set_uid, request, attachments, token, signature_xml,
                     {uid: xml for _, uid, xml in documents})
 
 
-def responsible_rpps(settings: Settings, documents: list[Document]) -> str:
-    """VIHF subject (EXI 24): the RPPS of an author, or of the configured responsible physician; never generic."""
+def vihf_subject(settings: Settings, documents: list[Document]) -> dict[str, str]:
+    """VIHF subject (EXI 24): an author, or the configured responsible professional; never a generic RPPS.
+    The author must also have a specialty giving the role the DMP requires (a physician's savoir-faire)."""
     generic = set(settings.vihf.generic_rpps)
     for d in documents:
-        if d.author_rpps and d.author_rpps not in generic:
-            return d.author_rpps
+        if d.author_rpps and d.author_rpps not in generic and _has_role(d.author_specialty_code):
+            return {"subject_rpps": d.author_rpps, "subject_specialty": d.author_specialty_code}
     if settings.vihf.responsible_rpps:
-        return settings.vihf.responsible_rpps
-    raise PayloadError("METADATA_INVALID", "no non-generic RPPS for the VIHF subject: set vihf.responsible_rpps")
+        return {"subject_rpps": settings.vihf.responsible_rpps,
+                "subject_specialty": settings.vihf.responsible_specialty}
+    raise PayloadError("METADATA_INVALID", "no author with a non-generic RPPS and a specialty giving the VIHF role "
+                                           "(e.g. G15_10/SM26) for the VIHF subject: set vihf.responsible_rpps")
+
+
+def _has_role(specialty: str | None) -> bool:
+    try:
+        roles.subject_roles(specialty)
+    except roles.RoleError:
+        return False
+    return True

@@ -82,7 +82,7 @@ def settings_dict(tmp_path: Path) -> dict:
                 {
                     "finess_geo": "0B0999997",
                     "name": "Clinique de l'Étang",
-                    "healthcare_facility_type": "SA07",
+                    "healthcare_facility_type": "SA04",  # établissement privé non PSPH
                     "practice_setting": "ETABLISSEMENT",
                 },
             ],
@@ -90,7 +90,8 @@ def settings_dict(tmp_path: Path) -> dict:
         "store": {"url": f"sqlite:///{tmp_path / 'store.sqlite3'}"},
         "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"},
         "dmp": {"base_url": "https://127.0.0.1:8443/si-dmp-server/v2/services", "environment": "test"},
-        "vihf": {"responsible_rpps": "10001234567"},
+        "vihf": {"responsible_rpps": "10001234567", "responsible_specialty": "G15_10/SM26",
+                 "lps_id_homologation_dmp": "TEST-HOMOLOGATION"},
     }
 
 

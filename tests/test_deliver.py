@@ -47,7 +47,8 @@ def world(tmp_path, pki, auth_credential, sign_credential, dmp):
     client = DmpClient(settings.dmp, auth_credential)
     patient = make_patient()
     vihf = build_vihf(sign_credential, VihfSettings(), finess_geo="0B0999998", facility_type="SA01",
-                      patient_ins_cx="279035121518989^^^&1.2.250.1.213.1.4.10&ISO^NH", subject_rpps="10001234567")
+                      patient_ins_cx="279035121518989^^^&1.2.250.1.213.1.4.10&ISO^NH", subject_rpps="10001234567",
+                      subject_specialty="G15_10/SM26")
     request = etree.Element(f"{{{soap.XDSB}}}ProvideAndRegisterDocumentSetRequest", nsmap={"xdsb": soap.XDSB})
     etree.SubElement(request, f"{{{soap.XDSB}}}Document", id="Document01")
     prepared = Prepared(SS_UID, request, {"Document01": b"%PDF-1.4 test"}, vihf, b"", {})

@@ -57,7 +57,7 @@ def make_client(files: pki.PkiFiles, port: int, *, cred=None, ca_bundle=None, re
 def vihf(test_pki):
     sign = credential(test_pki.sign_p12, test_pki.sign_password_file)
     return build_vihf(sign, VihfSettings(), finess_geo="0B0999998", facility_type="SA01",
-                      patient_ins_cx=INS_CX, subject_rpps="10001234567")
+                      patient_ins_cx=INS_CX, subject_rpps="10001234567", subject_specialty="G15_10/SM26")
 
 
 def pnr(*doc_ids):

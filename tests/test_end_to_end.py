@@ -33,6 +33,9 @@ def test_samples_fed_once_each_and_skips_recorded(tmp_path):
         fed = {(r.document_id, r.version): r for r in conn.execute(sa.text("SELECT * FROM dmp_feed_status"))}
     assert set(fed) == eligible
     assert all(r.status == "FED" and r.dmp_unique_id and r.fed_at for r in fed.values())
+    with sa.create_engine(settings.ledger.url).connect() as conn:
+        subjects = {r.rpps for r in conn.execute(sa.text("SELECT rpps FROM audit WHERE action = 'ITI-41'"))}
+    assert subjects and all(len(s) == 11 for s in subjects)  # the RPPS, not the VIHF NameID's national id
 
     result = CliRunner().invoke(main, ["status", "--format", "json", "--config", str(tmp_path / "dmp-connector.toml")])
     import json

@@ -157,6 +157,7 @@ def build_request(
         facility_type=site.healthcare_facility_type,
         patient_ins_cx=vihf_patient or patient_cx,
         subject_rpps="10001234567",
+        subject_specialty="G15_10/SM26",
     )
     env = soap.envelope(request, action=action, to=url + "/repository", security=[vihf])
     content_type, body = mtom.encode(env, attachments, action=soap.ITI41_ACTION)
@@ -199,7 +200,7 @@ def stored_query(session, url, settings, credentials, patient_cx, *, ss_uid=None
     slot = etree.SubElement(query, f"{{{soap.RIM}}}Slot", name=name)
     etree.SubElement(etree.SubElement(slot, f"{{{soap.RIM}}}ValueList"), f"{{{soap.RIM}}}Value").text = f"'{value}'"
     vihf = build_vihf(credentials[1], settings.vihf, finess_geo=site.finess_geo, facility_type=site.healthcare_facility_type,
-                      patient_ins_cx=patient_cx, subject_rpps="10001234567")
+                      patient_ins_cx=patient_cx, subject_rpps="10001234567", subject_specialty="G15_10/SM26")
     env = soap.envelope(request, action=soap.ITI18_ACTION, to=url + "/registry", security=[vihf])
     resp = session.post(url + "/registry", data=soap.to_bytes(env),
                         headers={"Content-Type": 'application/soap+xml; charset=UTF-8'}, timeout=30)
@@ -310,7 +311,8 @@ def test_connector_iti18_client_finds_what_the_sandbox_stored(sandbox, session, 
     assert registry_response(post(session, sandbox.url, built))[0] == "Success"
     site = settings.structure.sites[0]
     vihf = build_vihf(credentials[1], settings.vihf, finess_geo=site.finess_geo, facility_type=site.healthcare_facility_type,
-                      patient_ins_cx=built.patient_cx, subject_rpps="10001234567")
+                      patient_ins_cx=built.patient_cx, subject_rpps="10001234567",
+                      subject_specialty="G15_10/SM26")
     registry = sandbox.url + "/registry"
     assert iti18.find_submission_set(session, registry, 30, built.ss_uid, built.patient_cx, vihf) is True
     assert iti18.find_submission_set(session, registry, 30, "1.2.3.4.404", built.patient_cx, vihf) is False

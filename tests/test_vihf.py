@@ -23,7 +23,7 @@ NS = {"saml": SAML_NS, "ds": DS_NS}
 
 def _build(credential, **overrides):
     kw = dict(finess_geo="0B0999998", facility_type="SA01", patient_ins_cx=INS_CX, subject_rpps="10001234567",
-              issue_instant=dt.datetime(2026, 11, 20, 1, 2, 3, tzinfo=dt.timezone.utc))
+              subject_specialty="G15_10/SM26", issue_instant=dt.datetime(2026, 11, 20, 1, 2, 3, tzinfo=dt.timezone.utc))
     kw.update(overrides)
     return build_vihf(credential, kw.pop("vihf", VIHF), **kw)
 
@@ -57,7 +57,7 @@ def test_assertion_skeleton(vihf, sign_credential):
     assert issuer.tag == f"{{{SAML_NS}}}Issuer" and issuer.text == sign_credential.subject_dn
     assert issuer.get("Format") == "urn:oasis:names:tc:SAML:1.1:nameid-format:X509SubjectName"
     assert signature.tag == f"{{{DS_NS}}}Signature"  # right after Issuer
-    assert vihf.findtext("saml:Subject/saml:NameID", namespaces=NS) == "10001234567"
+    assert vihf.findtext("saml:Subject/saml:NameID", namespaces=NS) == "810001234567"  # national id: 8 + RPPS
     authn = vihf.find("saml:AuthnStatement", NS)
     assert authn.get("AuthnInstant") == "2026-11-20T01:02:03Z"
     assert authn.findtext("saml:AuthnContext/saml:AuthnContextClassRef", namespaces=NS) == VIHF.authn_context
@@ -81,12 +81,12 @@ def test_every_attribute_of_the_notes(vihf):
     attrs = _attributes(vihf)
     text = {name: a.findtext("saml:AttributeValue", namespaces=NS) for name, a in attrs.items()}
     assert text["VIHF_Version"] == "3.0"
-    assert text["Authentification_Mode"] == "INDIRECTE"
+    assert text["Authentification_mode"] == "INDIRECTE"
     assert text["Identifiant_Structure"] == "10B0999998"
     assert text["Secteur_Activite"] == "SA01^1.2.250.1.71.4.2.4"
     assert text["urn:oasis:names:tc:xacml:2.0:resource:resource-id"] == INS_CX
     assert text["Ressource_URN"] == "urn:dmp"
-    assert text["urn:oasis:names:tc:xspa:1.0:subject:subject-id"] == "dmp-connector"
+    assert text["urn:oasis:names:tc:xspa:1.0:subject:subject-id"] == "dmp-connector, alimentation automatique du DMP"
     assert text["LPS_Nom"] == "dmp-connector" and text["LPS_Version"] == "0.1.0"
     assert text["LPS_ID_HOMOLOGATION_DMP"] == "TEST-HOMOLOGATION" and text["LPS_ID"] == "INSTALL-42"
     xsi_type = "{http://www.w3.org/2001/XMLSchema-instance}type"
@@ -111,7 +111,7 @@ def test_schema_valid(vihf, assertion_schema):
 
 def test_verifies_with_signxml_and_returns_the_signed_content(vihf, pki, sign_credential):
     info = verify_vihf(vihf, pki.ca_cert.read_bytes())
-    assert info.name_id == "10001234567"
+    assert info.name_id == "810001234567"
     assert info.issuer == sign_credential.subject_dn
     assert info.signer == sign_credential.certificate
     assert info.assertion_id == vihf.get("ID")
@@ -133,7 +133,7 @@ def test_verifies_inside_a_soap_header(vihf, pki):
     security.append(etree.fromstring(etree.tostring(vihf)))
     received = etree.fromstring(etree.tostring(envelope))
     assertion = received.find(f".//{{{SAML_NS}}}Assertion")
-    assert verify_vihf(assertion, pki.ca_cert.read_bytes()).name_id == "10001234567"
+    assert verify_vihf(assertion, pki.ca_cert.read_bytes()).name_id == "810001234567"
 
 
 def test_tampered_attribute_breaks_both_verifiers(vihf, pki):

@@ -32,6 +32,7 @@ def run_checks(settings: Settings) -> list[Check]:
     if settings.validation.schematron != "every":
         checks.append(Check("warning", "config", f"validation.schematron = {settings.validation.schematron}: "
                                                  "not every CDA is checked against the ANS schematron"))
+    checks.append(_homologation(settings))
     checks.append(_opens("store", open_store, settings, StoreError,
                          "reachable, dmp_patient and dmp_document have every column of the contract"))
     checks.append(_opens("ledger", open_settings_ledger, settings, LedgerError, "reachable, schema up to date"))
@@ -83,6 +84,15 @@ def _production_on_a_test_server(settings: Settings, credentials: dict, peer: di
         if TEST_MARK.search(issuer):
             found.append(f"the {purpose} certificate is issued by a test CA ({issuer})")
     return [Check("error", "environment", f"dmp.environment is production but {why}") for why in found]
+
+
+def _homologation(settings: Settings) -> Check:
+    """The DMP homologation number the VIHF carries (empty only in test: config refuses it in production)."""
+    number = settings.vihf.lps_id_homologation_dmp
+    if number:
+        return Check("ok", "vihf", f"LPS_ID_HOMOLOGATION_DMP = {number}")
+    return Check("warning", "vihf", "vihf.lps_id_homologation_dmp is empty: the DMP refuses a VIHF without the "
+                                    "homologation number the GIE SESAM-Vitale gives (required in production)")
 
 
 def _opens(name: str, open_it, settings: Settings, error: type[Exception], ok: str) -> Check:

@@ -70,6 +70,8 @@ password_file = "pki/sign.password"
 
 [vihf]
 responsible_rpps = "10001234567"
+responsible_specialty = "G15_10/SM26"
+lps_id_homologation_dmp = "DEMO-HOMOLOGATION"
 """
 
 

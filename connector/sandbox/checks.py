@@ -9,7 +9,8 @@ codes are not public, so IHE ITI TF-3 Table 4.2.4.1-2 codes are used):
 |---------------------------------------------------------|--------------------------------|
 | WS-Addressing Action / MessageID / To, body element     | XDSRepositoryError             |
 | VIHF: missing, schema, signature, chain, attributes,    | XDSRepositoryError             |
-|   Authentification_Mode, Ressource_URN, NameID (RPPS)   |   (codeContext starts "VIHF")  |
+|   Authentification_mode, Ressource_URN, NameID (national|   (codeContext starts "VIHF")  |
+|   id 8+RPPS), role (savoir-faire), homologation number  |                                |
 | XDS.b request schema, metadata_errors (as the DMP: see  | XDSRegistryMetadataError       |
 |   payload.xds_read), missing SS, no legalAuthenticator  |                                |
 | classCode ≠ ASS_X16 of the typeCode or outside JDV_J57, | XDSRegistryMetadataError       |
@@ -66,7 +67,6 @@ SIGNATURE_CLASS = "urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1"
 
 VIHF_REQUIRED = (
     "VIHF_Version",
-    "Authentification_Mode",
     "Identifiant_Structure",
     "Secteur_Activite",
     "urn:oasis:names:tc:xacml:2.0:resource:resource-id",
@@ -78,8 +78,16 @@ VIHF_REQUIRED = (
     "LPS_Version",
 )
 RESOURCE_ID = "urn:oasis:names:tc:xacml:2.0:resource:resource-id"
-# An RPPS (11 digits), optionally with its national prefix "8"; the CPS style "<structure>/<id>" too.
-RPPS_NAME_ID = re.compile(r"^(?:[0-9A-Z]{10}/)?8?[0-9]{11}$")
+ROLE = "urn:oasis:names:tc:xacml:2.0:subject:role"
+# Both spellings occur in published material (GIE examples: Authentification_mode; ANS mapping: _Mode).
+AUTHENTICATION_MODE = ("Authentification_mode", "Authentification_Mode")
+HOMOLOGATION = "LPS_ID_HOMOLOGATION_DMP"
+# The national id of a professional, as in every GIE example VIHF: "8" + RPPS (or "0" + ADELI).
+NATIONAL_ID_NAME_ID = re.compile(r"^(?:8[0-9]{11}|0[0-9]{9})$")
+PROFESSION_SYSTEM = "1.2.250.1.71.1.2.7"  # TRE_G15
+# The second role value a physician (10) or pharmacist (21) must carry: savoir-faire (TRE_R01) or CNOP
+# sub-section (TRE_G05), as in the GIE examples and the ANS VIHF mapping.
+SECOND_ROLE_SYSTEM = {"10": "1.2.250.1.71.4.2.5", "21": "1.2.250.1.71.4.2.6"}
 MAX_ERRORS_PER_CHECK = 5
 # The role and purposeofuse values are HL7 v3 CE elements (xsi:type="CE", ANS example VIHF); the SAML
 # schema set has no HL7 datatypes to resolve that type against, which is not the sender's fault.
@@ -257,15 +265,31 @@ def vihf_check(env: etree._Element, ca_cert_pem: bytes) -> tuple[dict[str, str],
         return {}, errors + [err(f"signature invalide ({type(exc).__name__}: {exc})", "vihf.signature")]
     attributes = {name: _first(value) for name, value in info.attributes.items()}
     missing = [name for name in VIHF_REQUIRED if not attributes.get(name)]
+    modes = [name for name in AUTHENTICATION_MODE if name in attributes]
+    if not modes:
+        missing.append(AUTHENTICATION_MODE[0])
     if missing:
         errors.append(err(f"attributs absents: {', '.join(missing)}", "vihf.attributes"))
-    if attributes.get("Authentification_Mode") not in (None, "", "INDIRECTE"):
-        errors.append(err("Authentification_Mode doit valoir INDIRECTE", "vihf.mode"))
+    if any(attributes[name] != "INDIRECTE" for name in modes) or len(modes) > 1:
+        errors.append(err(f"{AUTHENTICATION_MODE[0]} doit valoir INDIRECTE (une seule fois)", "vihf.mode"))
     if attributes.get("Ressource_URN") not in (None, "", "urn:dmp"):
         errors.append(err("Ressource_URN doit valoir urn:dmp", "vihf.resource_urn"))
-    if not RPPS_NAME_ID.match(info.name_id or ""):
-        errors.append(err("NameID n'est pas un identifiant RPPS", "vihf.name_id"))
+    if not NATIONAL_ID_NAME_ID.match(info.name_id or ""):
+        errors.append(err("NameID n'est pas l'identifiant national d'un professionnel (8 + RPPS)", "vihf.name_id"))
+    errors += _role_errors(info.values.get(ROLE, ()), err)
+    if not attributes.get(HOMOLOGATION):
+        errors.append(err(f"{HOMOLOGATION} absent ou vide (numéro d'homologation DMP du LPS)", "vihf.homologation"))
     return attributes, errors
+
+
+def _role_errors(values, err) -> list[RegistryError]:
+    """A physician's or pharmacist's role carries the profession, then the savoir-faire / CNOP sub-section."""
+    if not values or getattr(values[0], "code_system", None) != PROFESSION_SYSTEM:
+        return []  # absent: reported with the attributes; a non-health profession needs one value
+    second_system = SECOND_ROLE_SYSTEM.get(values[0].code)
+    if second_system and not any(getattr(v, "code_system", None) == second_system for v in values[1:]):
+        return [err(f"rôle {values[0].code} sans savoir-faire ({second_system})", "vihf.role")]
+    return []
 
 
 def _first(value) -> str:

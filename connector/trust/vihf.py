@@ -6,13 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from lxml import etree
 
 from connector.config import FINESS_RE, VihfSettings
 from connector.trust.certs import Credential
+from connector.trust.roles import RoleError, subject_roles
 from connector.trust.xmlsig import (
     DIGEST_URIS,
     DS_NS,
@@ -40,6 +41,8 @@ ROLE = "urn:oasis:names:tc:xacml:2.0:subject:role"
 PURPOSE_OF_USE = "urn:oasis:names:tc:xspa:1.0:subject:purposeofuse"
 INCLUSIVE_PREFIXES = ["ds", "saml", "#default", "xsi"]  # as in the ANS example VIHF
 _RPPS = re.compile(r"^[0-9]{11}$")
+NATIONAL_ID = re.compile(r"^8[0-9]{11}$")  # "8" + RPPS
+XS_NS = "http://www.w3.org/2001/XMLSchema"
 
 
 class VihfError(SignatureError):
@@ -60,8 +63,9 @@ class VihfInfo:
     issue_instant: str
     issuer: str
     name_id: str
-    attributes: dict[str, str | CodedValue]
+    attributes: dict[str, str | CodedValue]  # the first value of each attribute
     signer: x509.Certificate
+    values: dict[str, tuple[str | CodedValue, ...]] = field(default_factory=dict)  # every value (role: 1 or 2)
 
 
 def _saml(tag: str) -> str:
@@ -79,9 +83,12 @@ def build_vihf(
     facility_type: str,
     patient_ins_cx: str,
     subject_rpps: str,
+    subject_specialty: str | None,
     issue_instant: dt.datetime | None = None,
 ) -> etree._Element:
-    """The signed VIHF assertion for one patient's transaction, on behalf of `subject_rpps`."""
+    """The signed VIHF assertion for one patient's transaction, on behalf of the professional `subject_rpps`
+    of JDV_J01 specialty `subject_specialty`. Structure and attributes as the GIE's example VIHF for indirect
+    authentication (VIHF_INDIRECTE_signe.xml)."""
     if not _RPPS.match(subject_rpps or ""):
         raise ValueError("VIHF subject: the RPPS must be 11 digits")
     if subject_rpps in vihf.generic_rpps:
@@ -90,6 +97,10 @@ def build_vihf(
         raise ValueError("VIHF: finess_geo is not a 9-character FINESS")
     if not facility_type:
         raise ValueError("VIHF: facility_type (JDV_J61 code) is required")
+    try:
+        roles = subject_roles(subject_specialty)
+    except RoleError as exc:
+        raise ValueError(f"VIHF subject role: {exc}") from None
 
     instant = (issue_instant or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
     stamp = instant.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -99,47 +110,69 @@ def build_vihf(
     root = etree.Element(_saml("Assertion"), nsmap={None: SAML_NS, "xsi": XSI_NS},
                          ID=assertion_id, IssueInstant=stamp, Version="2.0")
     E(root, _saml("Issuer"), Format=X509_SUBJECT_NAME).text = credential.subject_dn
-    E(E(root, _saml("Subject")), _saml("NameID")).text = subject_rpps
+    E(E(root, _saml("Subject")), _saml("NameID")).text = national_id(subject_rpps)
     authn = E(root, _saml("AuthnStatement"), AuthnInstant=stamp)
     E(E(authn, _saml("AuthnContext")), _saml("AuthnContextClassRef")).text = vihf.authn_context
 
     statement = E(root, _saml("AttributeStatement"))
 
-    def attribute(name: str, value: str | None = None) -> etree._Element:
-        value_el = E(E(statement, _saml("Attribute"), Name=name), _saml("AttributeValue"))
-        value_el.text = value
-        return value_el
+    def attribute(name: str) -> etree._Element:
+        return E(statement, _saml("Attribute"), Name=name)
 
-    def coded(name: str, tag: str, **attrs: str) -> None:
-        el = etree.SubElement(attribute(name), f"{{{HL7_NS}}}{tag}", nsmap={None: HL7_NS})
+    def text(name: str, value: str) -> None:
+        # xsi:type="xs:string", with xs declared on the value, as in the GIE's examples.
+        value_el = E(attribute(name), _saml("AttributeValue"), nsmap={"xs": XS_NS})
+        value_el.set(f"{{{XSI_NS}}}type", "xs:string")
+        value_el.text = value
+
+    def coded(parent: etree._Element, tag: str, **attrs: str) -> None:
+        el = E(E(parent, _saml("AttributeValue")), f"{{{HL7_NS}}}{tag}", nsmap={None: HL7_NS})
         el.set(f"{{{XSI_NS}}}type", "CE")
         for key, value in attrs.items():
-            el.set(key, value)
+            if value:
+                el.set(key, value)
 
-    attribute("VIHF_Version", vihf.version)
-    attribute("Authentification_Mode", "INDIRECTE")
-    attribute("Identifiant_Structure", "1" + finess_geo)
-    attribute("Secteur_Activite", f"{facility_type}^{FACILITY_TYPE_SYSTEM}")
-    attribute(RESOURCE_ID, patient_ins_cx)
-    attribute("Ressource_URN", "urn:dmp")
-    attribute(SUBJECT_ID, vihf.subject_id)
-    coded(ROLE, "Role", code=vihf.role_code, codeSystem=vihf.role_code_system, displayName=vihf.role_display)
-    coded(PURPOSE_OF_USE, "PurposeOfUse", code="normal", codeSystem="1.2.250.1.213.1.1.4.248",
-          codeSystemName="mode acces VIHF 1.0", displayName="Accès normal")
-    attribute("LPS_Nom", vihf.lps_nom)
-    attribute("LPS_Version", vihf.lps_version)
-    attribute("LPS_ID_HOMOLOGATION_DMP", vihf.lps_id_homologation_dmp)
+    # In the order of the GIE's example.
+    text("Identifiant_Structure", "1" + finess_geo)
+    text("Secteur_Activite", f"{facility_type}^{FACILITY_TYPE_SYSTEM}")
+    text(SUBJECT_ID, vihf.subject_id)
+    role = attribute(ROLE)
+    for value in roles:  # profession, then (physician, pharmacist) savoir-faire or CNOP sub-section
+        coded(role, "Role", code=value.code, codeSystem=value.code_system, displayName=value.display)
+    text("VIHF_Version", vihf.version)
+    text(vihf.authentification_mode_attribute, "INDIRECTE")
+    text(RESOURCE_ID, patient_ins_cx)
+    text("Ressource_URN", "urn:dmp")
+    # codeSystemName "mode acces VIHF 2.0" as in the GIE examples (the ANS mapping's example says 1.0).
+    coded(attribute(PURPOSE_OF_USE), "PurposeOfUse", code="normal", codeSystem="1.2.250.1.213.1.1.4.248",
+          codeSystemName="mode acces VIHF 2.0", displayName="Accès normal")
     if vihf.lps_id:
-        attribute("LPS_ID", vihf.lps_id)
+        text("LPS_ID", vihf.lps_id)
+    text("LPS_Nom", vihf.lps_nom)
+    text("LPS_Version", vihf.lps_version)
+    text("LPS_ID_HOMOLOGATION_DMP", vihf.lps_id_homologation_dmp)
 
     # Sign what a receiver will parse: lxml's in-memory namespace declarations (xsi:type set on a child)
     # can canonicalize differently from their serialization.
     root = parse(etree.tostring(root))
-    _sign_enveloped(root, credential)
+    sign_assertion(root, credential)
     return root
 
 
-def _sign_enveloped(root: etree._Element, credential: Credential) -> None:
+def national_id(rpps: str) -> str:
+    """The national id of a professional identified by RPPS: "8" + RPPS (IDNPS), as the VIHF NameID of every
+    GIE example and our authorPerson carry it."""
+    return "8" + rpps
+
+
+def rpps_of(name_id: str | None) -> str | None:
+    """The RPPS in a VIHF NameID (our own: "8" + RPPS), for the audit trail."""
+    if name_id and NATIONAL_ID.match(name_id):
+        return name_id[1:]
+    return name_id
+
+
+def sign_assertion(root: etree._Element, credential: Credential) -> None:
     """Enveloped rsa-sha256 signature right after Issuer, as in the ANS example VIHF.
 
     Signed by hand rather than with signxml: signxml 5 (enveloped mode) digests with the InclusiveNamespaces
@@ -179,16 +212,10 @@ def verify_vihf(element: etree._Element | bytes, ca_cert_pem: bytes) -> VihfInfo
     name_id = signed.findtext(f"{_saml('Subject')}/{_saml('NameID')}")
     if not name_id:
         raise VihfError("VIHF: no Subject/NameID")
-    attributes: dict[str, str | CodedValue] = {}
+    values: dict[str, tuple[str | CodedValue, ...]] = {}
     for attr in signed.iterfind(f"{_saml('AttributeStatement')}/{_saml('Attribute')}"):
-        value = attr.find(_saml("AttributeValue"))
-        child = value[0] if value is not None and len(value) else None
-        if child is not None:
-            attributes[attr.get("Name")] = CodedValue(
-                child.get("code", ""), child.get("codeSystem", ""), child.get("codeSystemName"), child.get("displayName")
-            )
-        else:
-            attributes[attr.get("Name")] = (value.text or "") if value is not None else ""
+        values[attr.get("Name")] = tuple(_value(v) for v in attr.iterfind(_saml("AttributeValue")))
+    attributes = {name: found[0] if found else "" for name, found in values.items()}
     return VihfInfo(
         assertion_id=signed.get("ID"),
         issue_instant=signed.get("IssueInstant"),
@@ -196,4 +223,14 @@ def verify_vihf(element: etree._Element | bytes, ca_cert_pem: bytes) -> VihfInfo
         name_id=name_id,
         attributes=attributes,
         signer=signer,
+        values=values,
     )
+
+
+def _value(value: etree._Element) -> str | CodedValue:
+    """An AttributeValue: its text, or the HL7 CE it holds (Role, PurposeOfUse)."""
+    if len(value):
+        child = value[0]
+        return CodedValue(child.get("code", ""), child.get("codeSystem", ""), child.get("codeSystemName"),
+                          child.get("displayName"))
+    return value.text or ""
