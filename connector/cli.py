@@ -101,6 +101,9 @@ def run(settings, dry_run: bool, fmt: str) -> None:
     malloc.tune(malloc.FEEDING)
     summary = _run_now(settings)
     click.echo(summary.text() if fmt == "text" else json.dumps(summary.as_dict(), ensure_ascii=False, indent=1))
+    if summary.counts["error"]:  # a defect to report, whatever else the run did
+        fail(f"{summary.counts['error']} document(s) hit an unexpected error while being delivered "
+             "(INTERNAL_ERROR: see the log)", EXIT_ATTENTION)
 
 
 def _run_now(settings, **options):

@@ -18,7 +18,7 @@ import tenacity
 from connector import testhooks
 from connector.config import Settings
 from connector.dmp.client import DmpClient
-from connector.dmp.outcome import Outcome
+from connector.dmp.outcome import Outcome, RegistryError
 from connector.ledger.repo import Ledger, SubmissionRecord, utcnow
 from connector.ledger.schema import DEFERRED, FAILED, FED, SKIPPED
 from connector.payload import xds
@@ -31,6 +31,7 @@ log = logging.getLogger("connector.deliver")
 EXPIRED = "EXPIRED"
 UNKNOWN_OUTCOME = "UNKNOWN_OUTCOME"
 TRANSIENT = "TRANSIENT_ERROR"
+INTERNAL_ERROR = "INTERNAL_ERROR"  # an unexpected error while delivering: a defect of ours, or the ledger failing
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,29 @@ class Deliverer:
         code = _first_code(outcome) or "DMP_REJECTED"
         return self._settle(record, prepared, Result(FAILED, "permanent", code), outcome.message)
 
+    def deliver_or_settle(self, record: SubmissionRecord, prepared: Prepared, patient: Patient,
+                          withdraw: tuple[str, str] | None = None) -> Result:
+        """`deliver`, and if an unexpected error escapes it, settle the submission rather than leave it SUBMITTING
+        (the error is raised again, for the run to count it): DEFERRED the first time (a glitch; it may have been
+        sent, so the next run asks ITI-18 first), FAILED INTERNAL_ERROR when it happens again (a defect)."""
+        try:
+            return self.deliver(record, prepared, patient, withdraw)
+        except Exception as exc:
+            self._settle_unexpected(record, prepared, exc)
+            raise
+
     # --- steps -----------------------------------------------------------------------------
+
+    def _settle_unexpected(self, record: SubmissionRecord, prepared: Prepared, exc: Exception) -> None:
+        message = f"unexpected error while delivering: {_short_error(exc)}"
+        try:
+            if self.ledger.submission_error_code(record.id) == INTERNAL_ERROR:
+                self._settle(record, prepared, Result(FAILED, "error", INTERNAL_ERROR), message)
+            else:
+                error = RegistryError(INTERNAL_ERROR, message, None, "Error")
+                self._defer(record, prepared, Outcome("unknown", None, (error,), message), INTERNAL_ERROR)
+        except Exception:  # the ledger itself fails: the lease expires and a later run settles it
+            log.exception("submission %s: not settled after an unexpected error", record.submission_set_uid)
 
     def _send_with_retries(self, record: SubmissionRecord, prepared: Prepared) -> Outcome:
         r = self.settings.dmp.retry
@@ -156,6 +179,13 @@ class Deliverer:
 
 def _no_reply() -> Outcome:
     return Outcome(kind="unknown", status=None, errors=(), message="ITI-18 could not tell whether it was received")
+
+
+def _short_error(exc: BaseException) -> str:
+    """The exception's class and first line, without the SQL and parameters SQLAlchemy appends (a row's values)."""
+    inner = getattr(exc, "orig", None) or exc
+    text = (str(inner).splitlines() or [""])[0][:300]
+    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
 
 
 def _first_code(outcome: Outcome) -> str | None:

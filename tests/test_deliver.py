@@ -41,9 +41,14 @@ def dmp(pki):
 
 @pytest.fixture
 def world(tmp_path, pki, auth_credential, sign_credential, dmp):
+    yield from make_world(tmp_path, pki, auth_credential, sign_credential, dmp)
+
+
+def make_world(tmp_path, pki, auth_credential, sign_credential, dmp, ledger_url=None):
     settings = make_settings(tmp_path, dmp={"base_url": dmp.url, "ca_bundle": str(pki.ca_cert), "read_timeout": 2.0,
-                                            "retry": {"in_run_attempts": 1}})
-    ledger = open_ledger(settings.ledger.url)
+                                            "retry": {"in_run_attempts": 1}},
+                             **({"ledger": {"url": ledger_url}} if ledger_url else {}))
+    ledger = open_ledger(settings.ledger.url, auto_migrate=True)
     client = DmpClient(settings.dmp, auth_credential)
     patient = make_patient()
     vihf = build_vihf(sign_credential, VihfSettings(), finess_geo="0B0999998", facility_type="SA01",
@@ -128,3 +133,99 @@ def test_withdrawn_after_a_send_with_iti18_unreachable_is_deferred_not_skipped(w
     assert len(registry.requests) == 1
     assert (result.state, world.document_state().state, world.document_state().reason) == (
         DEFERRED, DEFERRED, "UNKNOWN_OUTCOME")
+
+
+# --- 6. nothing escapes a sending thread: every submission is settled --------------------------
+
+
+def failure(*codes: str) -> bytes:
+    rr = soap.registry_response("Failure", [(code, "refused", None, "Error") for code in codes])
+    return soap.to_bytes(soap.envelope(rr, action="r", to="x"))
+
+
+@pytest.fixture
+def pg_world(tmp_path, pki, auth_credential, sign_credential, dmp, pg_url):
+    yield from make_world(tmp_path, pki, auth_credential, sign_credential, dmp, ledger_url=pg_url)
+
+
+@pytest.mark.parametrize("code", ["XDSRepositoryDuplicateUniqueIdInMessage", "DMP" + "X" * 200])
+def test_a_dmp_error_code_longer_than_a_ledger_column_is_recorded_on_postgresql(pg_world, dmp, code):
+    """39 characters did not fit documents.reason (32): settling failed inside the sender, the document stayed
+    SUBMITTING. A realistic code is stored whole; a hostile one is cut at the column's length."""
+    dmp.paths["repository"] = Behaviour(body=failure(code))
+    result = pg_world.deliver(pg_world.journal())
+    state = pg_world.document_state()
+    assert (result.state, state.state) == ("FAILED", "FAILED")
+    assert state.reason == code[:64]
+    assert len(code) <= 64 or len(state.reason) == 64
+
+
+class Exploding:
+    """A client whose ITI-41 raises: a defect of ours, as far as the Deliverer can tell."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def provide_and_register(self, *args):
+        raise RuntimeError("boom in the sender")
+
+    def find_submission_set(self, *args):
+        return self.client.find_submission_set(*args)
+
+
+def test_an_unexpected_error_settles_the_submission_deferred_then_failed(world, dmp):
+    dmp.paths["registry"] = Behaviour(body=adhoc_response())  # ITI-18: not in the DMP
+    world.deliverer.client = Exploding(world.deliverer.client)
+    record = world.journal()
+    with pytest.raises(RuntimeError):
+        world.deliverer.deliver_or_settle(record, world.prepared, world.patient)
+    state = world.document_state()
+    assert (state.state, state.reason) == ("DEFERRED", "INTERNAL_ERROR")  # a glitch gets another chance
+    again = world.ledger.submission(record.id)
+    with pytest.raises(RuntimeError):
+        world.deliverer.deliver_or_settle(again, world.prepared, world.patient)
+    state = world.document_state()
+    assert (state.state, state.reason) == ("FAILED", "INTERNAL_ERROR")  # twice in a row: a defect, a human looks
+    assert len(dmp.paths["registry"].requests) == 1  # the second time, it was asked for first (it had been tried)
+
+
+def adhoc_response(*uids: str) -> bytes:
+    from connector.dmp import iti18
+
+    q = etree.Element(f"{{{soap.QUERY}}}AdhocQueryResponse", nsmap={"query": soap.QUERY, "rim": soap.RIM})
+    q.set("status", soap.SUCCESS)
+    objects = etree.SubElement(q, f"{{{soap.RIM}}}RegistryObjectList")
+    for uid in uids:
+        pkg = etree.SubElement(objects, f"{{{soap.RIM}}}RegistryPackage", id="urn:uuid:1")
+        etree.SubElement(pkg, f"{{{soap.RIM}}}ExternalIdentifier", identificationScheme=iti18.SS_UNIQUE_ID_SCHEME,
+                         value=uid)
+    return soap.to_bytes(soap.envelope(q, action="urn:ihe:iti:2007:RegistryStoredQueryResponse", to="x"))
+
+
+def test_an_exception_in_a_sender_thread_is_settled_and_shows_in_the_exit_code_and_status_check(tmp_path, pki,
+                                                                                               monkeypatch):
+    """It stranded the documents SUBMITTING, with a summary of zeros and exit 0."""
+    import delivery_harness as h
+    from click.testing import CliRunner
+
+    from connector import cli
+
+    def boom(self, *args):
+        raise RuntimeError("boom in the sender")
+
+    folder = h.make_folder(tmp_path, pki_from=pki.directory)
+    monkeypatch.setattr(DmpClient, "provide_and_register", boom)
+    runner = CliRunner()
+    eligible = h.sample_eligible()
+    for run, state in ((1, "DEFERRED"), (2, "FAILED")):
+        with h.sandbox(folder) as sb:
+            folder.configure(sb.url, validation={"schematron": "off"},
+                             **{"dmp.retry": {"deferred_min_minutes": 0, "deferred_max_minutes": 0}})
+            result = runner.invoke(cli.main, ["run", "--config", str(folder.cfg)])
+        assert result.exit_code == cli.EXIT_ATTENTION, (run, result.output)
+        assert "INTERNAL_ERROR" in result.output
+        states = h.ledger_states(folder.ledger_url)
+        assert {states[k] for k in eligible} == {(state, "INTERNAL_ERROR")}, run
+        check = runner.invoke(cli.main, ["status", "--config", str(folder.cfg), "--check"])
+        assert check.exit_code == cli.EXIT_ATTENTION and "INTERNAL_ERROR" in check.output, (run, check.output)
+    assert h.received(folder)["documents"] == 0

@@ -99,7 +99,7 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
 
             def submit(record: SubmissionRecord, prepared: prepare.Prepared, patient: Patient, withdraw=None) -> None:
                 slots.acquire()
-                future = pool.submit(deliverer.deliver, record, prepared, patient, withdraw)
+                future = pool.submit(deliverer.deliver_or_settle, record, prepared, patient, withdraw)
                 future.add_done_callback(lambda f: (slots.release(), _count(summary, record, f), progress.settled(summary)))
 
             while claimed := ledger.claim_open_submissions(owner, lease, summary.run_id):
@@ -159,7 +159,7 @@ def _count(summary: Summary, record: SubmissionRecord, future) -> None:
         summary.add("error", len(record.documents))
         return
     except Exception:
-        log.exception("submission %s: unexpected error; it stays open and is settled by the next run",
+        log.exception("submission %s: unexpected error; settled INTERNAL_ERROR (DEFERRED, FAILED the second time)",
                       record.submission_set_uid)
         summary.add("error", len(record.documents))
         return

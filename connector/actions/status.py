@@ -32,6 +32,10 @@ def problems(report: dict, *, max_age_hours: float = DEFAULT_MAX_AGE_HOURS, now:
     found = []
     if report.get("failed_total"):
         found.append(f"{report['failed_total']} document(s) FAILED and need a human (see `dmp-connector status`)")
+    last_run = (report.get("last_runs") or [{}])[0]
+    if (last_run.get("counts") or {}).get("error"):
+        found.append(f"run #{last_run['id']}: {last_run['counts']['error']} document(s) hit an unexpected error "
+                     "while being delivered (INTERNAL_ERROR: see its log)")
     last = report.get("last_success_at")
     if last is None:
         found.append("no successful run recorded yet")

@@ -38,6 +38,8 @@ from connector.ledger.schema import (
 )
 
 
+CODE_LENGTH = 64  # submissions.error_code, documents.reason, audit.error_code
+
 # The statements of every submission, built once: SQLAlchemy then reuses their compiled form without
 # rebuilding and re-keying them per call (a third of the ledger's CPU when they were built per call).
 _S, _D = submissions, documents
@@ -372,6 +374,8 @@ class Ledger:
         """Record a submission's final or deferred outcome on it and on its documents, in one transaction."""
         now = utcnow()
         detail = (error_message or None) and error_message[:1000]
+        # The DMP chooses its codes' length: a code longer than the columns is cut, never lost with the outcome.
+        error_code, reason = error_code and error_code[:CODE_LENGTH], reason and reason[:CODE_LENGTH]
         with self.engine.begin() as conn:
             conn.execute(_SETTLE_SUBMISSION, dict(sub_id=sub_id, state=state, outcome=outcome, error_code=error_code,
                                                   error_message=error_message and error_message[:2000], now=now))
@@ -392,6 +396,11 @@ class Ledger:
             conn.execute(sa.update(documents).where(documents.c.submission_id == sub_id).values(
                 state=SKIPPED, reason=reason, detail=detail[:1000], updated_at=now, next_attempt_at=None))
 
+    def submission_error_code(self, sub_id: int) -> str | None:
+        """The error code the submission was last settled with (None if none)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(submissions.c.error_code).where(submissions.c.id == sub_id)).scalar()
+
     def first_attempt_at(self, sub_id: int) -> dt.datetime | None:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.min(documents.c.first_attempt_at))
@@ -406,7 +415,7 @@ class Ledger:
             conn.execute(_AUDIT, dict(
                 at=utcnow(), run_id=run_id, action=action, outcome=outcome, finess_geo=finess_geo, rpps=rpps,
                 submission_set_uid=submission_set_uid, document_ids=",".join(document_ids)[:2000] or None,
-                error_code=error_code, message=message and message[:2000]))
+                error_code=error_code and error_code[:CODE_LENGTH], message=message and message[:2000]))
 
     # --- holds (`dmp-connector hold` / `release`) ------------------------------------------------
 

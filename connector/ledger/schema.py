@@ -32,7 +32,7 @@ documents = sa.Table(
     sa.Column("finess_geo", sa.String(9)),
     sa.Column("type_code", sa.String(32)),
     sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("reason", sa.String(32)),
+    sa.Column("reason", sa.String(64)),  # a skip reason, or the DMP's error code (migration 0006)
     sa.Column("detail", sa.String(1000)),
     sa.Column("held", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     sa.Column("attempts", sa.Integer, nullable=False, default=0, server_default="0"),
