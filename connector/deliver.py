@@ -19,6 +19,7 @@ from connector import testhooks
 from connector.config import Settings
 from connector.dmp.client import DmpClient
 from connector.dmp.outcome import Outcome, RegistryError
+from connector.errors import LedgerError
 from connector.ledger.repo import Ledger, SubmissionRecord, utcnow
 from connector.ledger.schema import DEFERRED, FAILED, FED, SKIPPED
 from connector.payload import xds
@@ -86,6 +87,8 @@ class Deliverer:
         sent, so the next run asks ITI-18 first), FAILED INTERNAL_ERROR when it happens again (a defect)."""
         try:
             return self.deliver(record, prepared, patient, withdraw)
+        except LedgerError:
+            raise  # the ledger itself fails (disk full…): nothing can be recorded; a later run settles it
         except Exception as exc:
             self._settle_unexpected(record, prepared, exc)
             raise
@@ -100,7 +103,9 @@ class Deliverer:
             else:
                 error = RegistryError(INTERNAL_ERROR, message, None, "Error")
                 self._defer(record, prepared, Outcome("unknown", None, (error,), message), INTERNAL_ERROR)
-        except Exception:  # the ledger itself fails: the lease expires and a later run settles it
+        except LedgerError as err:  # the lease expires and a later run settles it
+            log.error("submission %s: not settled after an unexpected error: %s", record.submission_set_uid, err)
+        except Exception:
             log.exception("submission %s: not settled after an unexpected error", record.submission_set_uid)
 
     def _send_with_retries(self, record: SubmissionRecord, prepared: Prepared) -> Outcome:
