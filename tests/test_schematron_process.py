@@ -93,3 +93,65 @@ def test_without_a_process_the_checks_run_in_the_callers(cases, caplog, monkeypa
             assert verdict(validate.start_cda_validation(cases["ours"], "D2", process=p)) is None
     assert found and "schematron" in found
     assert [r.getMessage() for r in caplog.records] == ["no schematron process (OSError); checking CDAs in the run's own process"]
+
+
+# --- a run killed with SIGKILL leaves no process behind -------------------------------------------
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state) of every process, from /proc."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+            found[int(entry)] = (int(fields[1]), fields[0].decode())
+    return found
+
+
+def _descendants(pid: int) -> set[int]:
+    table, found, todo = _processes(), set(), [pid]
+    while todo:
+        parent = todo.pop()
+        children = {p for p, (ppid, _) in table.items() if ppid == parent}
+        found |= children
+        todo += children
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    table = _processes()
+    return {p for p in pids if p in table and table[p][1] != "Z"}  # a zombie has ended (its reaper is not us)
+
+
+def test_a_run_killed_with_sigkill_leaves_no_helper_process(tmp_path, pki):
+    """The schematron process and multiprocessing's resource tracker outlived a killed run, children of init,
+    ignoring SIGTERM (≈ 225 MB each, night after night)."""
+
+    import delivery_harness as h
+    from hostile_server import wait_for
+
+    h.synthetic_store(tmp_path / "store", 40, seed=7)
+    folder = h.make_folder(tmp_path, pki_from=pki.directory)
+    with h.sandbox(folder, latency_ms=200) as sb:
+        folder.configure(sb.url, validation={"process": True})  # the run's own schematron process, as by default
+        run = h.popen_run(folder.cfg, log_path=tmp_path / "run.log")
+        helpers: set[int] = set()
+        try:
+            def both_helpers_started() -> bool:  # the resource tracker, then the schematron process
+                helpers.update(_descendants(run.pid))
+                assert run.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+                return len(_alive(helpers)) >= 2
+
+            wait_for(both_helpers_started, timeout=120, what="the run's helper processes")
+            os.kill(run.pid, signal.SIGKILL)
+            run.wait(timeout=30)
+            wait_for(lambda: not _alive(helpers), timeout=30, what=f"helper processes {sorted(_alive(helpers))} ended")
+        finally:
+            for pid in _alive(helpers | {run.pid}):  # never leave them behind, even when the test fails
+                os.kill(pid, signal.SIGKILL)
+            if run.poll() is None:
+                run.wait(timeout=30)

@@ -9,9 +9,13 @@ The process compiles the stylesheet once, as it starts; the parent sends it each
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -26,7 +30,8 @@ class SchematronProcess:
     def __init__(self) -> None:
         self._broken = False
         try:  # spawn, not fork: the parent runs threads (senders) and a fork would copy their locks mid-use
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start)
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
+                                             initargs=(os.getpid(),))
         except (OSError, NotImplementedError) as exc:  # no POSIX semaphores (a sandbox without /dev/shm)…
             log.warning("no schematron process (%s); checking CDAs in the run's own process", type(exc).__name__)
             self._pool, self._broken = None, True
@@ -70,11 +75,37 @@ class Pending:
         return validate.schematron_errors(self._tree)
 
 
-def _start() -> None:
-    """In the child: the parent decides when it ends (its pool's shutdown), not a signal sent to the group."""
+def _start(parent: int) -> None:
+    """In the child: the parent decides when it ends (its pool's shutdown), not a signal sent to the group; and
+    it ends with the parent, however the parent ends."""
+    _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     validate.warm_up()
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(parent: int) -> None:
+    """A run killed with SIGKILL (or the OOM killer) left this process alive, a child of init, holding its
+    stylesheet (~225 MB), and multiprocessing's resource tracker with it (it ends when the last process holding its
+    pipe does). Linux: the kernel sends SIGKILL when the parent dies (PR_SET_PDEATHSIG; the parent's thread
+    that started us, here the run's own, lives as long as the pool). Elsewhere: a thread watching the parent."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    except (OSError, AttributeError):  # not Linux
+        threading.Thread(target=_watch, args=(parent,), name="parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # it died before the kernel was told
+        os._exit(1)
+
+
+def _watch(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
 
 
 def _errors_of(text: bytes) -> list[str]:
