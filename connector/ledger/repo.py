@@ -154,6 +154,8 @@ def open_ledger(url: str, *, auto_migrate: bool | None = None) -> "Ledger":
 def _check_sqlite_file(path: Path) -> None:
     try:
         private.make_dirs(path.parent)
+        if not path.parent.is_dir():
+            raise NotADirectoryError(20, "not a folder")
         empty = path.is_file() and path.stat().st_size == 0
     except OSError as exc:
         raise LedgerError(f"ledger folder {path.parent} cannot be used: {exc.strerror}") from None
