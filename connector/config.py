@@ -126,6 +126,9 @@ class ValidationSettings:
     schematron: str = "every"
     sample_every: int = 100
     process: bool = True
+    # PDF/A triage of each PDF body (connector/pdfa.py): "off", "warn" (a warning naming the document, counted in
+    # the run's figures) or "reject" (skipped, CONTENT_NOT_PDFA).
+    pdfa: str = "warn"
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,7 @@ def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> S
         submission=_submission(r),
         validation=ValidationSettings(
             schematron=r.string("validation.schematron", "every", choices=("every", "sample", "off")),
+            pdfa=r.string("validation.pdfa", "warn", choices=("off", "warn", "reject")),
             sample_every=r.integer("validation.sample_every", 100, minimum=1),
             process=r.boolean("validation.process", True),
         ),

@@ -10,6 +10,7 @@ Every identity is fictitious and uses the test INS OID (or, on purpose, another 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,21 +255,38 @@ def _content(d: _D) -> bytes:
 # --- a minimal, valid PDF 1.4 ----------------------------------------------------------------
 
 
-def minimal_pdf(lines: list[str]) -> bytes:
-    """One A4 page showing `lines` in Helvetica; a correct xref table so strict readers accept it."""
+_PDFA_XMP = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+<rdf:Description rdf:about="" xmlns:pdfaid="http://www.aiim.org/pdfa/ns/id/" pdfaid:part="1" pdfaid:conformance="B"/>
+</rdf:RDF></x:xmpmeta>
+<?xpacket end="w"?>"""
+
+
+def minimal_pdf(lines: list[str], pdfa: bool = True) -> bytes:
+    """One A4 page showing `lines`; a correct xref table so strict readers accept it.
+
+    With `pdfa` (the samples' case) it claims PDF/A-1b in its XMP metadata and draws its text with an embedded
+    Type 3 font (Pillow's built-in bitmap font, 6×11 pixels), so it passes the connector's PDF/A triage
+    (connector/pdfa.py); no PDF/A validator checked it (it has no OutputIntent, for one). Without: Helvetica,
+    not embedded, no claim, as many office PDFs are."""
     text = ["BT", "/F1 14 Tf", "72 770 Td", "18 TL"]
     for line in lines:
         text.append(f"({_pdf_string(line)}) Tj T*")
     text.append("ET")
     stream = "\n".join(text).encode("cp1252")
+    catalog = b"<< /Type /Catalog /Pages 2 0 R%s >>" % (b" /Metadata 6 0 R" if pdfa else b"")
     objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
+        catalog,
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] "
         b"/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
-        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        _stream(b"", stream),
     ]
+    if pdfa:
+        objects[3], glyphs = _bitmap_font(sorted(set("".join(lines).encode("cp1252"))), first_object=7)
+        objects.append(_stream(b"/Type /Metadata /Subtype /XML ", _PDFA_XMP.encode()))
+        objects += glyphs
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")  # binary comment: marks the file as binary
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -279,8 +297,42 @@ def minimal_pdf(lines: list[str]) -> bytes:
     out += b"0000000000 65535 f \n"  # each entry is exactly 20 bytes
     for offset in offsets:
         out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    file_id = b"/ID [<%s> <%s>] " % ((hashlib.md5(out).hexdigest().encode(),) * 2) if pdfa else b""
+    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, file_id, xref)
     return bytes(out)
+
+
+def _stream(entries: bytes, data: bytes) -> bytes:
+    return b"<< %s/Length %d >>\nstream\n" % (entries, len(data)) + data + b"\nendstream"
+
+
+def _bitmap_font(codes: list[int], first_object: int) -> tuple[bytes, list[bytes]]:
+    """A Type 3 font of the cp1252 `codes` (its dictionary, and its glyph procedures as objects numbered from
+    `first_object`): each glyph is the image mask of Pillow's built-in bitmap font, baseline 2 pixels up."""
+    from PIL import ImageFont  # a dependency of pikepdf
+
+    font = ImageFont.load_default_imagefont()
+    procs, names, glyphs = [], [], []
+    for code in codes:
+        mask = font.getmask(bytes([code]).decode("cp1252"))
+        width, height = mask.size
+        rows = [sum(1 << (7 - x % 8) for x in range(width) if mask.getpixel((x, y))).to_bytes((width + 7) // 8, "big")
+                for y in range(height)] if width and height else []
+        name = b"/c%02X" % code
+        body = (b"%d 0 0 -2 %d 9 d1\n" % (width, width) + (
+            b"q %d 0 0 %d 0 -2 cm BI /W %d /H %d /IM true /BPC 1 /D [1 0] /F /AHx ID %s> EI Q"
+            % (width, height, width, height, b"".join(rows).hex().encode()) if rows else b""))
+        glyphs.append(_stream(b"", body))
+        procs.append(b"%s %d 0 R" % (name, first_object + len(glyphs) - 1))
+        names.append((code, name, width))
+    font_dict = (
+        b"<< /Type /Font /Subtype /Type3 /FontBBox [0 -2 8 9] /FontMatrix [0.0909 0 0 0.0909 0 0] "
+        b"/CharProcs << %s >> /Encoding << /Type /Encoding /Differences [%s] >> /FirstChar %d /LastChar %d "
+        b"/Widths [%s] /Resources << >> >>" % (
+            b" ".join(procs), b" ".join(b"%d %s" % (c, n) for c, n, _ in names), codes[0], codes[-1],
+            b" ".join(b"%d" % next((w for c, _, w in names if c == code), 0) for code in range(codes[0], codes[-1] + 1)))
+    )
+    return font_dict, glyphs
 
 
 def _pdf_string(text: str) -> str:

@@ -10,7 +10,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Iterator
 
-from connector import rules
+from connector import pdfa, rules
 from connector.config import Settings
 from connector.content import content_probe
 from connector.ledger.repo import DocState, Ledger, utcnow
@@ -35,6 +35,7 @@ class Decision:
     patient: Patient | None = None
     content: bytes | None = None  # loaded for eligible documents only, when asked for
     ledger_state: str | None = None
+    warning: str | None = None  # eligible, but something to tell the operator (PDF/A triage): no content in it
 
     @property
     def eligible(self) -> bool:
@@ -128,4 +129,24 @@ def _decide(item, states: dict[tuple[str, int], DocState], fed_versions: dict[st
     skip = check(doc, data, settings, error=error)
     if skip is not None:
         return Decision(**base, reason=skip.reason, detail=skip.detail)
-    return Decision(**base, reason=None, content=data if load_content else None)
+    warning = None
+    if _pdfa_due(doc, settings, load_content):
+        try:
+            found = pdfa.problems(data if load_content else store.content(doc))
+        except OSError as exc:
+            return Decision(**base, reason=rules.Reason.CONTENT_MISSING,
+                            detail=f"content unreadable: {exc.strerror or type(exc).__name__}")
+        if found and settings.validation.pdfa == "reject":
+            return Decision(**base, reason=pdfa.CONTENT_NOT_PDFA,
+                            detail="not PDF/A (validation.pdfa = reject): " + "; ".join(found))
+        if found:
+            warning = f"{pdfa.CONTENT_NOT_PDFA}: " + "; ".join(found)
+    return Decision(**base, reason=None, content=data if load_content else None, warning=warning)
+
+
+def _pdfa_due(doc: Document, settings: Settings, load_content: bool) -> bool:
+    """Whether the PDF/A triage looks at this document: a PDF, unless `validation.pdfa` is off. Without its content
+    (a dry run reads only the ends of each file), only when its verdict would skip the document."""
+    mode = settings.validation.pdfa
+    is_pdf = (doc.mime_type or "").split(";")[0].strip().lower() == "application/pdf"
+    return is_pdf and mode != "off" and (load_content or mode == "reject")

@@ -61,16 +61,22 @@ def _assert_pdf_structure(pdf: bytes) -> None:
     for number, entry in enumerate(entries[1:], start=1):
         assert re.fullmatch(rb"\d{10} 00000 n \n", entry)
         assert pdf[int(entry[:10]):].startswith(b"%d 0 obj\n" % number)
-    assert table[count * 20:].startswith(b"trailer\n<< /Size %d /Root 1 0 R >>" % count)
-    length = int(re.search(rb"/Length (\d+) >>\nstream\n", pdf).group(1))
-    stream_start = pdf.index(b"stream\n") + len(b"stream\n")
-    assert pdf[stream_start + length:].startswith(b"\nendstream")
+    assert table[count * 20:].startswith(b"trailer\n<< /Size %d /Root 1 0 R " % count)
+    for found in re.finditer(rb"/Length (\d+) >>\nstream\n", pdf):  # every stream (content, XMP, glyphs)
+        assert pdf[found.end() + int(found.group(1)):].startswith(b"\nendstream")
 
 
 def test_pdf_text_escapes_parentheses():
-    pdf = samples.minimal_pdf(["a (b) \\ c"])
-    assert b"(a \\(b\\) \\\\ c) Tj" in pdf
-    _assert_pdf_structure(pdf)
+    for pdfa in (True, False):
+        pdf = samples.minimal_pdf(["a (b) \\ c"], pdfa=pdfa)
+        assert b"(a \\(b\\) \\\\ c) Tj" in pdf
+        _assert_pdf_structure(pdf)
+
+
+def test_sample_pdfs_pass_the_pdfa_triage():
+    from connector import pdfa
+
+    assert pdfa.problems(samples.minimal_pdf(["Compte rendu d'échographie", "DOC-025 version 1"])) == []
 
 
 def test_identities_are_fictitious_and_keys_verify_except_the_bad_one():

@@ -48,6 +48,7 @@ class Summary:
     duration: float = 0.0
     counts: collections.Counter = field(default_factory=collections.Counter)
     skipped: collections.Counter = field(default_factory=collections.Counter)
+    warnings: collections.Counter = field(default_factory=collections.Counter)  # eligible documents warned about
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, key: str, n: int = 1) -> None:
@@ -56,13 +57,15 @@ class Summary:
 
     def as_dict(self) -> dict:
         return {"run_id": self.run_id, "mode": self.mode, "duration_s": round(self.duration, 3),
-                "documents": dict(self.counts), "skipped_by_reason": dict(self.skipped)}
+                "documents": dict(self.counts), "skipped_by_reason": dict(self.skipped),
+                "warnings_by_reason": dict(self.warnings)}
 
     def text(self) -> str:
         c = self.counts
         lines = [f"run #{self.run_id} finished in {self.duration:.1f}s: "
                  f"{c['fed']} fed, {c['deferred']} deferred, {c['failed']} failed, {sum(self.skipped.values())} skipped"]
         lines += [f"  skipped {reason:<24} {n}" for reason, n in sorted(self.skipped.items())]
+        lines += [f"  warning {reason:<24} {n}" for reason, n in sorted(self.warnings.items())]
         return "\n".join(lines)
 
 
@@ -133,7 +136,8 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
             checker.close()
         progress.close(summary)
         summary.duration = time.monotonic() - summary.started
-        ledger.finish_run(summary.run_id, status, {**summary.counts, **{f"skipped:{k}": v for k, v in summary.skipped.items()}})
+        ledger.finish_run(summary.run_id, status, {**summary.counts, **{f"skipped:{k}": v for k, v in summary.skipped.items()},
+                                                   **{f"warning:{k}": v for k, v in summary.warnings.items()}})
         log.info("run %d %s in %.1fs: %s", summary.run_id, status, summary.duration, dict(summary.counts))
     return summary
 
@@ -172,6 +176,9 @@ def _start_patient(settings, ledger: Ledger, summary: Summary, group: list[Decis
     rows = []
     for d in group:
         if d.eligible:
+            if d.warning:
+                log.warning("document %s v%d: %s", d.document_id, d.version, d.warning)
+                summary.warnings[d.warning.split(":", 1)[0]] += 1
             rows.append(dict(document_id=d.document_id, version=d.version, patient_id=d.patient_id, state=PENDING,
                              finess_geo=d.document.finess_geo, type_code=d.document.type_code))
         else:
