@@ -16,7 +16,7 @@ SCENARIOS = [(point, n) for point in testhooks.POINTS for n in (1, 2)]
 
 
 def _crash_then_recover(directory, pki, point: str, nth: int) -> tuple[str, dict, int]:
-    folder = h.make_folder(directory, pki_from=pki.directory)  # the sample store: 9 eligible documents, 6 submission sets
+    folder = h.make_folder(directory, pki_from=pki.directory)  # the sample store: 9 eligible documents, 8 submission sets (IPP-001: 2 sites, 3 activities on one)
     with h.sandbox(folder) as sb:
         folder.configure(sb.url)
         crashed = h.run_cli(folder.cfg, crash_at=f"{point}:{nth}")
@@ -32,7 +32,7 @@ def test_crash_at_each_state_transition_then_restart_feeds_each_document_once(tm
     assert [r[0] for r in results] == [f"{p}:{n}" for p, n in SCENARIOS]
     for name, rep, reconciled in results:
         # A resend of a stored submission set would have been refused by the sandbox (duplicate uniqueIds).
-        assert rep["rejected"] == 0 and rep["submissions"] == 6, (name, rep["rejections"])
+        assert rep["rejected"] == 0 and rep["submissions"] == 8, (name, rep["rejections"])
         # Killed after the DMP stored a submission and before the ledger settled it, the DMP is ahead of
         # the ledger: the restart settles it by ITI-18 (found -> FED), not by resending.
         if name.split(":")[0] in ("after_send", "before_settle"):

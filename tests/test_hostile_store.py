@@ -126,10 +126,11 @@ def test_the_read_stops_at_the_limit_even_if_the_file_grows(tmp_path, monkeypatc
 
 
 def test_content_in_the_database_over_the_limit_is_refused_without_loading_it(tmp_path):
-    settings, store = _store(tmp_path, [dict(document_id="BIG-BLOB", content_path=None, content=b"%PDF-" + b"x" * 5000,
-                                             file=None)], limit=1000)
+    # the limit is above the healthy document's PDF (a few kB: its font is embedded, as PDF/A wants)
+    settings, store = _store(tmp_path, [dict(document_id="BIG-BLOB", content_path=None, content=b"%PDF-" + b"x" * 50000,
+                                             file=None)], limit=20000)
     got = _both(settings, store)
-    assert got[("BIG-BLOB", 1)] == ("CONTENT_INVALID", "content is 5005 bytes, over rules.max_document_bytes 1000")
+    assert got[("BIG-BLOB", 1)] == ("CONTENT_INVALID", "content is 50005 bytes, over rules.max_document_bytes 20000")
 
 
 # --- 2 and 16. rows that aborted the scan, or passed while wrong --------------------------------------
