@@ -22,9 +22,12 @@ class AlreadyRunning(RuntimeError):
 def run_lock(ledger: Ledger, state_dir: Path, instance: str = "dmp-connector"):
     """One run at a time per instance name (several named instances may share a PostgreSQL ledger)."""
     if ledger.is_postgresql:
-        key = zlib.crc32(f"dmp-connector run {instance}".encode()) & 0x7FFFFFFF
         conn = ledger.engine.connect()
         try:
+            # Advisory locks are database-wide: the ledger's schema is part of the key, so that two ledgers
+            # in two schemas of one database (two structures, two test runs) never lock each other out.
+            schema = conn.execute(sa.text("SELECT current_schema()")).scalar()
+            key = zlib.crc32(f"dmp-connector run {schema} {instance}".encode()) & 0x7FFFFFFF
             if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
                 raise AlreadyRunning(f"another run of instance {instance} holds its lock (PostgreSQL advisory lock)")
             conn.commit()

@@ -213,3 +213,24 @@ def test_one_run_at_a_time(ledger, tmp_path):
                 pass
     with run_lock(ledger, tmp_path, "inst-a"):  # released: the next run proceeds
         pass
+
+
+def test_ledgers_in_two_postgresql_schemas_do_not_lock_each_other_out(tmp_path, pg_url):
+    """Advisory locks are database-wide: the same instance name over two schemas' ledgers is two ledgers."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        other_url = pg_url.split("?")[0] + f"?options=-csearch_path%3D{schema}"
+        with run_lock(open_ledger(pg_url, auto_migrate=True), tmp_path, "inst-a"):
+            with run_lock(open_ledger(other_url, auto_migrate=True), tmp_path, "inst-a"):
+                pass
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
