@@ -25,6 +25,8 @@ def test_check_passes_against_the_sandbox_then_names_each_problem(tmp_path):
         ok = _check(config)
         assert ok.exit_code == 0, ok.output
         assert "mutual TLS handshake ok" in ok.output and "[FAIL]" not in ok.output
+        assert ("codes     ASS_X16 20240927120000, JDV_J57 20230922120000, JDV_J59 20260928120000; default activity 97 "
+                "(contentTypeCode 97 Type d'activité indifférencié); types outside ASS_X16: refused") in ok.output
 
         # An expired ORG SIGN certificate: exit 6, the message says which and when.
         now = dt.datetime.now(dt.timezone.utc)

@@ -32,6 +32,9 @@ def run_checks(settings: Settings) -> list[Check]:
     if settings.validation.schematron != "every":
         checks.append(Check("warning", "config", f"validation.schematron = {settings.validation.schematron}: "
                                                  "not every CDA is checked against the ANS schematron"))
+    if settings.validation.pdfa == "off":
+        checks.append(Check("warning", "config", "validation.pdfa = off: PDF bodies are not checked for PDF/A"))
+    checks.append(_terminologies(settings))
     checks.append(_homologation(settings))
     checks.append(_opens("store", open_store, settings, StoreError,
                          "reachable, dmp_patient and dmp_document have every column of the contract"))
@@ -45,6 +48,19 @@ def run_checks(settings: Settings) -> list[Check]:
     if settings.dmp.environment == "production":
         checks.extend(_production_on_a_test_server(settings, credentials, peer))
     return checks
+
+
+def _terminologies(settings: Settings) -> Check:
+    """The DMP's tables the coded metadata comes from (their versions: to compare with the DMP's current ones)."""
+    from connector.payload import activity, codes
+
+    tables = ", ".join(f"{t.name} {t.version}" for t in map(codes.dmp_terminology, (
+        codes.CLASS_MAP, codes.CLASS_CODES, codes.CONTENT_TYPES)))
+    default = activity.content_type(settings.submission.default_activity)
+    fallback = settings.submission.class_code_fallback
+    return Check("ok", "codes", f"{tables}; default activity {settings.submission.default_activity} "
+                                f"(contentTypeCode {default.code} {default.display}); types outside {codes.CLASS_MAP}: "
+                                + (f"classCode {fallback}" if fallback else "refused"))
 
 
 def _schedule(settings: Settings) -> Check:
