@@ -17,6 +17,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -59,6 +60,40 @@ def popen_run(cfg: Path, *, crash_at: str | None = None, log_path: Path | None =
     finally:
         if log_path:
             out.close()
+
+
+class Watched:
+    """`dmp-connector run` in a subprocess whose own log lines the test reads as they come: the test waits on
+    events of the run (its start, its n-th submission), never on the clock. Lines are copied to `log_path`."""
+
+    STARTED = re.compile(r"connector\.run: run \d+ started")
+    SUBMISSION = re.compile(r"connector\.deliver: submission \S+ \(\d+ documents\): ")  # one per ITI-41 answer
+
+    def __init__(self, cfg: Path, log_path: Path, *, crash_at: str | None = None):
+        self.log = open(log_path, "a", encoding="utf-8")
+        self.proc = subprocess.Popen(connector("run", "--config", str(cfg)), env=connector_env(crash_at),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def wait_for(self, pattern: re.Pattern, count: int = 1) -> bool:
+        """Read the run's output until the `count`-th line matching `pattern`; False if the run ended first."""
+        seen = 0
+        for line in self.proc.stdout:
+            self.log.write(line)
+            seen += bool(pattern.search(line))
+            if seen >= count:
+                self.log.flush()
+                return True
+        return False
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+
+    def finish(self, timeout: float = 120) -> int:
+        """Drain the output (the run must never block on a full pipe) and wait for the process."""
+        for line in self.proc.stdout:
+            self.log.write(line)
+        self.log.close()
+        return self.proc.wait(timeout=timeout)
 
 
 def run_until_done(cfg: Path, *, max_runs: int = 10) -> list[subprocess.CompletedProcess]:
@@ -248,7 +283,6 @@ def _warm_sandbox_validators() -> None:
 def signal_at_patient(monkeypatch, signum: int, nth: int = 2) -> list:
     """Make the run send itself `signum` when it takes its `nth` patient (mid-run: the first patient's
     submission is already with the senders); returns the list of patients taken, one item each."""
-    import signal
     import threading
 
     from connector import logs
@@ -259,8 +293,10 @@ def signal_at_patient(monkeypatch, signum: int, nth: int = 2) -> list:
     def patient_then_signal(self, summary):
         patients.append(1)
         if len(patients) == nth:
-            os.kill(os.getpid(), signum)
-            threading.Event().wait(0.2)  # let the main thread's handler run before the patient is taken
+            # to the main thread, where Python runs handlers (a process-wide signal may land in another thread
+            # and leave the main one asleep); this may be the daemon's job thread: wait for the handler's stop
+            signal.pthread_kill(threading.main_thread().ident, signum)
+            assert self.stop.wait(60), "the signal handler never ran"
         return original(self, summary)
 
     monkeypatch.setattr(logs.RunProgress, "patient", patient_then_signal)

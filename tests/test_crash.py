@@ -1,13 +1,9 @@
 """Crash safety: the real `dmp-connector run`, in a subprocess, SIGKILLed at every state transition and at
 random moments, then restarted until done: every eligible document reaches the DMP exactly once."""
 
-import os
 import random
 import signal
-import sqlite3
-import time
 from concurrent.futures import ThreadPoolExecutor
-
 
 import delivery_harness as h
 from connector import testhooks
@@ -40,9 +36,9 @@ def test_crash_at_each_state_transition_then_restart_feeds_each_document_once(tm
 
 
 def _kill_chain(directory, pki, seed: int, kills: int) -> tuple[int, int]:
-    """Kill -9 `kills` runs at random moments of their working phase (the delay starts when the run is
-    recorded in the ledger, so that the interpreter's start-up does not swallow it), each run taking over
-    where the last one died; then rerun until done and check every document arrived exactly once."""
+    """Kill -9 `kills` runs at random moments of their working phase: right after the run has started, or right
+    after its n-th DMP answer (n random), read from the run's own output as it comes (no clock involved); each
+    run takes over where the last one died; then rerun until done and check every document arrived exactly once."""
     rng = random.Random(seed)
     eligible = set(h.synthetic_store(directory / "store", 300, seed=seed))
     folder = h.make_folder(directory, pki_from=pki.directory)
@@ -50,35 +46,20 @@ def _kill_chain(directory, pki, seed: int, kills: int) -> tuple[int, int]:
     killed = 0
     with h.sandbox(folder, latency_ms=400) as sb:  # slow enough (≥ 10 s of work) that a run always has work when killed
         folder.configure(sb.url)
-        ledger_file = folder.ledger_url.split("///", 1)[1]
         for i in range(3 * kills):  # a run may finish before its random moment: try again, boundedly
             if killed == kills:
                 break
-            before = _runs(ledger_file)
-            proc = h.popen_run(folder.cfg, log_path=log)
-            deadline = time.monotonic() + 30
-            while proc.poll() is None and _runs(ledger_file) == before and time.monotonic() < deadline:
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.05, 1.0))
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                killed += 1
-            proc.wait(timeout=60)
-            assert proc.returncode in (0, -signal.SIGKILL), (i, proc.returncode, log.read_text()[-3000:])
+            run = h.Watched(folder.cfg, log)
+            answers = rng.randint(0, 6)
+            if run.wait_for(run.STARTED) and (answers == 0 or run.wait_for(run.SUBMISSION, answers)):
+                run.kill()
+            code = run.finish(timeout=60)
+            assert code in (0, -signal.SIGKILL), (i, code, log.read_text()[-3000:])
+            killed += code == -signal.SIGKILL
         h.run_until_done(folder.cfg)
     h.assert_exactly_once(folder, eligible)
     looked_up = h.ledger_rows(folder.ledger_url, "SELECT count(*) AS n FROM audit WHERE action = 'ITI-18'")[0].n
     return killed, looked_up
-
-
-def _runs(ledger_file: str) -> int:
-    if not os.path.exists(ledger_file):
-        return 0
-    with sqlite3.connect(ledger_file) as db:
-        try:
-            return db.execute("SELECT count(*) FROM runs").fetchone()[0]
-        except sqlite3.OperationalError:  # not migrated yet
-            return 0
 
 
 def test_killed_at_twenty_random_moments_then_restart_feeds_each_document_once(tmp_path, pki):

@@ -1,27 +1,10 @@
 """One run at a time per instance: a second `dmp-connector run` started while one is working exits with the
 documented code 5 and records nothing; the lock dies with its process (a kill -9 does not block the next run)."""
 
-import signal
-import time
-
 import pytest
 
 import delivery_harness as h
 from connector.cli import EXIT_LOCKED
-
-
-def _wait_until_running(proc, url: str, timeout: float = 30) -> None:
-    """The run row is written under the lock: once it is there, the first run holds the lock."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the first run ended early with {proc.returncode}"
-        try:
-            if h.ledger_rows(url, "SELECT count(*) AS n FROM runs")[0].n:
-                return
-        except Exception:  # the ledger is being created
-            pass
-        time.sleep(0.05)
-    raise AssertionError("the first run never started")
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
@@ -36,17 +19,17 @@ def test_second_concurrent_run_exits_locked_and_a_killed_run_does_not_block(tmp_
         if database == "postgresql":
             assert h.run_cli(folder.cfg, "db", "upgrade").returncode == 0
         url = folder.ledger_url
-        first = h.popen_run(folder.cfg, log_path=tmp_path / "first.log")
+        first = h.Watched(folder.cfg, tmp_path / "first.log")
         try:
-            _wait_until_running(first, url)
+            assert first.wait_for(first.STARTED), "the first run ended before it started working"  # under its lock
             second = h.run_cli(folder.cfg)
             assert second.returncode == EXIT_LOCKED, (second.returncode, second.stderr[-2000:])
             assert "another" in second.stderr and "lock" in second.stderr
-            assert first.poll() is None  # the first one is still working, undisturbed
+            assert first.proc.poll() is None  # the first one is still working, undisturbed
             assert h.ledger_rows(url, "SELECT count(*) AS n FROM runs")[0].n == 1  # the second recorded nothing
         finally:
-            first.send_signal(signal.SIGKILL)
-            first.wait(timeout=30)
+            first.kill()
+            first.finish(timeout=30)
         # The killed run's lock is gone with its process: the next run takes over and completes.
         h.run_until_done(folder.cfg)
     h.assert_exactly_once(folder, eligible)

@@ -3,7 +3,6 @@ feed the same store at the same time; each document reaches the DMP exactly once
 killed mid-run, its leases expire and the other instance completes its work."""
 
 import signal
-import time
 
 import delivery_harness as h
 
@@ -49,14 +48,11 @@ def test_instance_killed_mid_run_the_other_takes_its_work_over(tmp_path, pg_url)
     with h.sandbox(folder, latency_ms=5) as sb:
         cfgs = _configs(folder, sb.url, pg_url, lease)
         assert h.run_cli(cfgs["a"], "db", "upgrade").returncode == 0
-        a = h.popen_run(cfgs["a"], log_path=tmp_path / "a.log")
+        a = h.Watched(cfgs["a"], tmp_path / "a.log")
         b = h.popen_run(cfgs["b"], log_path=tmp_path / "b.log")
-        deadline = time.monotonic() + 120
-        while h.ledger_rows(pg_url, "SELECT count(*) AS n FROM documents WHERE state = 'FED'")[0].n < 60:
-            assert a.poll() is None and time.monotonic() < deadline, "instance a ended before it could be killed"
-            time.sleep(0.05)
-        a.send_signal(signal.SIGKILL)
-        assert a.wait(timeout=30) == -signal.SIGKILL
+        assert a.wait_for(a.SUBMISSION, 20), "instance a ended before it could be killed"  # its 20th DMP answer
+        a.kill()
+        assert a.finish(timeout=30) == -signal.SIGKILL
         assert b.wait(timeout=300) == 0, (tmp_path / "b.log").read_text()[-3000:]
         # What a still held when it died is taken over by b once the lease has expired.
         h.run_until_done(cfgs["b"], max_runs=15)

@@ -90,6 +90,7 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
     client = DmpClient(settings.dmp, auth, settings.certificates.auth_cli.password())
     purge_audit(ledger, settings.audit_retention_days)
     summary = Summary(ledger.start_run(mode), mode)
+    log.info("run %d started (%s)", summary.run_id, mode)
     deliverer = Deliverer(settings, ledger, store, client, summary.run_id)
     # One submission set prepared ahead of the senders: queuing more held more memory (100,000 store: peak
     # 154 -> 148 MB) and fed no faster, the main thread that prepares being the bottleneck.
