@@ -17,6 +17,7 @@ from lxml import etree
 from connector.config import Settings, Site
 from connector.payload import cda, ids, validate, xds
 from connector.payload.errors import PayloadError
+from connector.payload.lifecycle import Replaces
 from connector.store import Document, Patient
 from connector.trust import dsig, roles, vihf
 from connector.trust.certs import Credential
@@ -36,22 +37,25 @@ class Prepared:
 
 
 def document_cda(settings: Settings, document: Document, patient: Patient, site: Site, content: bytes,
-                 schematron_process=None) -> tuple[str, bytes]:
-    """The document's uniqueId and its validated CDA; raises PayloadError (CDA_INVALID / METADATA_INVALID)."""
-    unique_id, xml, finish = start_document_cda(settings, document, patient, site, content, schematron_process)
+                 schematron_process=None, *, replaces: Replaces | None = None) -> tuple[str, bytes]:
+    """The document's uniqueId and its validated CDA (with `replaces`: the CDA of a replacement of that DMP
+    entry, see `payload.lifecycle`); raises PayloadError (CDA_INVALID / METADATA_INVALID)."""
+    unique_id, xml, finish = start_document_cda(settings, document, patient, site, content, schematron_process,
+                                                replaces=replaces)
     finish()
     return unique_id, xml
 
 
 def start_document_cda(settings: Settings, document: Document, patient: Patient, site: Site, content: bytes,
-                       schematron_process=None):
+                       schematron_process=None, *, replaces: Replaces | None = None):
     """`document_cda` in two steps: (uniqueId, CDA, finish), `finish()` raising once the schematron, run in
     `schematron_process` if given, has answered. Raises at once what is found before."""
     unique_id = ids.document_unique_id(settings.structure.oid_root, document.document_id, document.version)
     if document.mime_type == CDA_MIME:
-        xml = cda.check_passthrough_cda(content, document, patient, site, unique_id)
+        xml = cda.check_passthrough_cda(content, document, patient, site, unique_id, replaces)
     else:
-        xml = cda.build_cda(document, patient, site, settings.structure, content, unique_id=unique_id)
+        xml = cda.build_cda(document, patient, site, settings.structure, content, unique_id=unique_id,
+                            replaces=replaces)
     finish = validate.start_cda_validation(xml, document.document_id, process=schematron_process,
                                            schematron=_schematron_due(settings, site, document))
     return unique_id, xml, finish
@@ -150,8 +154,15 @@ def submission(
     submission_set_uid: str,
     submission_set_entry_uuid: str,
     submission_time: dt.datetime,
+    replaces: dict[str, Replaces] | None = None,
 ) -> Prepared:
-    """Sign, assemble and validate the ITI-41 request of one patient's documents."""
+    """Sign, assemble and validate the ITI-41 request of one patient's documents. `replaces`: {uniqueId of a
+    document: the DMP entry it replaces} (its CDA must have been built with the same, see `document_cda`)."""
+    replaces = replaces or {}
+    unknown = set(replaces) - {uid for _, uid, _ in documents}
+    if unknown:
+        raise ValueError(f"submission set {submission_set_uid}: replacements of documents it does not hold: "
+                         f"{', '.join(sorted(unknown))}")
     oid_root = settings.structure.oid_root
     activities = {xds.content_type_code(d, settings.submission) for d, _, _ in documents}
     if len(activities) > 1:  # only a resend whose store rows changed since: the set keeps its first document's
@@ -161,7 +172,7 @@ def submission(
         submission_time = submission_time.replace(tzinfo=dt.timezone.utc)
     entries = [
         xds.Entry(document=d, patient=patient, cda=xml, unique_id=uid,
-                  entry_uuid=ids.entry_uuid(oid_root, d.document_id, d.version))
+                  entry_uuid=ids.entry_uuid(oid_root, d.document_id, d.version), replaces=replaces.get(uid))
         for d, uid, xml in documents
     ]
     signature_uid = ids.signature_unique_id(oid_root, submission_set_uid)

@@ -10,6 +10,7 @@ from lxml import etree
 
 from connector.payload import cda, validate
 from connector.payload.errors import PayloadError
+from connector.payload.lifecycle import Replaces
 from connector.resources import ans_kit
 
 from conftest import make_document, make_patient, make_settings
@@ -87,6 +88,15 @@ def generated_cda(tmp_path_factory) -> bytes:
                          unique_id="1.2.250.1.999.42.1.1.1")
 
 
+@pytest.fixture(scope="module")
+def generated_replacement_cda(tmp_path_factory) -> bytes:
+    """Our CDA of a version 2 replacing version 1 (relatedDocument RPLC)."""
+    structure = make_settings(tmp_path_factory.mktemp("validate")).structure
+    return cda.build_cda(make_document(version=2), make_patient(), structure.sites[0], structure, b"%PDF-1.4 x",
+                         unique_id="1.2.250.1.999.42.1.1.2",
+                         replaces=Replaces("urn:uuid:7953af1a-ba1c-11eb-816f-0050569e422e", "1.2.250.1.999.42.1.1.1", 1))
+
+
 MUTATIONS = [  # (pattern, replacement): each breaks a rule of the kit, in the examples' form and in our canonical one
     (r'<birthTime value="[0-9]+"\s*(/>|></birthTime>)', b""),
     (r'<birthTime value="[0-9]+"', b'<birthTime value="1979x0328"'),
@@ -100,17 +110,19 @@ MUTATIONS = [  # (pattern, replacement): each breaks a rule of the kit, in the e
     (r"<legalAuthenticator>.*?</legalAuthenticator>", b""),
     (r'<administrativeGenderCode code="[A-Z]+"', b'<administrativeGenderCode code="X"'),
     (r'<effectiveTime value="[0-9+]+"', b'<effectiveTime value="2026"'),
+    (r'<parentDocument><id root="[^"]*"></id>', b'<parentDocument>'),  # our replacement CDAs only
 ]
 
 
-def test_reduced_stylesheets_find_exactly_the_reference_errors(example, generated_cda, reference_schematron):
+def test_reduced_stylesheets_find_exactly_the_reference_errors(example, generated_cda, generated_replacement_cda,
+                                                               reference_schematron):
     """Our stylesheets drop warnings, info, successful reports, assertion-free patterns and (for the
     connector's own CDAs) the rules of elements it never writes: on the ANS examples, on our CDAs and on
     broken variants of both, they report the same errors, in the same order, as the complete schematron."""
     documents = [example, (ans_kit() / "ExemplesCDA" / "BIO-CR-BIO_2021.01_CDA-R2-Niveau-1.xml").read_bytes(),
-                 generated_cda]
+                 generated_cda, generated_replacement_cda]
     broken = [re.sub(p.encode(), r, xml, count=1, flags=re.S) for xml in documents for p, r in MUTATIONS]
-    assert sum(b != generated_cda for b in broken[-len(MUTATIONS):]) >= 11  # the mutations do apply to our CDA
+    assert sum(b != generated_replacement_cda for b in broken[-len(MUTATIONS):]) >= 12  # they do apply to our CDAs
     variants = {"generated": 0, "any": 0}
     compared = 0
     for xml in documents + [b for b in broken if b not in documents]:

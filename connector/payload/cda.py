@@ -8,6 +8,8 @@ rebuilds the same bytes, hence the same hash in the XDS metadata.
 Identifier choices (see also `ids.py`):
 - `id@root` = the document uniqueId; `setId@root` = `ids.document_set_id` (shared by all versions),
   `versionNumber` = the store version.
+- a replacement (`replaces`, see `lifecycle`) also carries `relatedDocument typeCode="RPLC"` whose
+  `parentDocument` has the replaced version's id (its uniqueId) and versionNumber; its own version is higher.
 - patient: INS (root = its OID, extension = matricule) then IPP (root = `ids.ipp_authority`, i.e.
   `<oid_root>.3`, as the XDS sourcePatientId).
 - author organisation, encounter facility: the site (`1` + FINESS géographique, root 1.2.250.1.71.4.2.2);
@@ -25,6 +27,7 @@ from lxml import etree
 from connector.config import Site, Structure
 from connector.payload import codes, header, hl7, ids
 from connector.payload.errors import CDA_INVALID, METADATA_INVALID, PayloadError
+from connector.payload.lifecycle import Replaces
 from connector.payload.validate import parse_untrusted
 from connector.store import Document, Patient
 from connector.trust.xmlsig import XML_DECLARATION, CanonicalDocument
@@ -59,9 +62,10 @@ def build_cda(
     *,
     unique_id: str,
     now: dt.datetime | None = None,
+    replaces: Replaces | None = None,
 ) -> bytes:
     """The CDA R2 level 1 document wrapping `content` (a PDF), as UTF-8 XML: a declaration, then the
-    document in canonical form (C14N 1.0).
+    document in canonical form (C14N 1.0). With `replaces`, the new version of that DMP entry (RPLC).
 
     `now` is only used when the store gives no creation time (pass the stored submission time to keep
     resends identical). Raises PayloadError(METADATA_INVALID) naming the document and the missing or
@@ -71,6 +75,7 @@ def build_cda(
     missing = _missing_fields(document, patient, type_code, now)
     if not content:
         missing.append("content is empty")
+    missing += _replacement_problems(document, unique_id, replaces)
     if missing:
         raise PayloadError(METADATA_INVALID, f"document {doc_id}: cannot build the CDA, {'; '.join(missing)}")
     facility = codes.facility_type(site.healthcare_facility_type)
@@ -142,6 +147,12 @@ def build_cda(
     organization = b.organization(performer, "representedOrganization", site.finess_geo, site.name)
     b.code(organization, "standardIndustryClassCode", setting)
 
+    if replaces is not None:  # CDA R2 order: after documentationOf, before componentOf
+        parent = b.add(b.add(root, "relatedDocument", typeCode="RPLC"), "parentDocument")
+        b.add(parent, "id", root=replaces.unique_id)
+        if replaces.version is not None:
+            b.add(parent, "versionNumber", value=str(replaces.version))
+
     encounter = b.add(b.add(root, "componentOf"), "encompassingEncounter")
     b.interval(encounter, document.service_start, document.service_stop)
     facility_el = b.add(b.add(encounter, "location"), "healthCareFacility")
@@ -167,6 +178,20 @@ def timestamp(value: dt.datetime) -> str:
 
 def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=hl7.LOCAL_TZ)
+
+
+def _replacement_problems(document: Document, unique_id: str, replaces: Replaces | None) -> list[str]:
+    """Why this version cannot replace `replaces` (ids and versions only), else []."""
+    if replaces is None:
+        return []
+    problems = []
+    if replaces.unique_id == unique_id:
+        problems.append("a version cannot replace itself (same uniqueId)")
+    if replaces.version is not None and document.version <= replaces.version:
+        problems.append(f"version {document.version} does not follow the replaced version {replaces.version}")
+    if not replaces.entry_uuid.startswith("urn:uuid:"):
+        problems.append("the replaced entry's entryUUID is not a urn:uuid")
+    return problems
 
 
 def _missing_fields(document: Document, patient: Patient, type_code, now) -> list[str]:
@@ -234,8 +259,11 @@ class _Builder:
 
 # --- store documents that already are CDA -------------------------------------------------------
 
-def check_passthrough_cda(content: bytes, document: Document, patient: Patient, site: Site, unique_id: str) -> bytes:
-    """Return `content` unchanged if it is this document's CDA, of this patient, produced at this site.
+def check_passthrough_cda(content: bytes, document: Document, patient: Patient, site: Site, unique_id: str,
+                          replaces: Replaces | None = None) -> bytes:
+    """Return `content` unchanged if it is this document's CDA, of this patient, produced at this site (and,
+    with `replaces`, a replacement of that version: one relatedDocument RPLC whose parentDocument id is its
+    uniqueId, a higher versionNumber).
 
     Parsed without entity expansion, DTD or network (a DOCTYPE, hence any XML bomb or XXE, is refused);
     its id must be `unique_id` (the XDS uniqueId the metadata gives it), the INS and the identity traits
@@ -269,7 +297,25 @@ def check_passthrough_cda(content: bytes, document: Document, patient: Patient, 
         raise PayloadError(
             CDA_INVALID, f"document {doc_id}: no healthCareFacility id equal to the site's FINESS {site.finess_geo}"
         )
+    if replaces is not None and (problem := _passthrough_replacement_problem(root, unique_id, replaces)):
+        raise PayloadError(CDA_INVALID, f"document {doc_id}: {problem}")
     return content
+
+
+def _passthrough_replacement_problem(root, unique_id: str, replaces: Replaces) -> str | None:
+    """What a store CDA lacks to be the replacement of `replaces`, else None."""
+    ns = {"v3": HL7}
+    parents = root.xpath("v3:relatedDocument[@typeCode='RPLC']/v3:parentDocument/v3:id", namespaces=ns)
+    if [(p.get("root"), p.get("extension")) for p in parents] != [(replaces.unique_id, None)]:
+        return (f"the CDA must carry one relatedDocument typeCode=RPLC whose parentDocument id is root="
+                f"{replaces.unique_id} (the replaced version's uniqueId)")
+    version = root.find(f"{_V3}versionNumber")
+    value = version.get("value") if version is not None else None
+    if replaces.version is not None and not (value and value.isdigit() and int(value) > replaces.version):
+        return f"the CDA's versionNumber must be above the replaced version {replaces.version}"
+    if replaces.unique_id == unique_id:
+        return "a version cannot replace itself (same uniqueId)"
+    return None
 
 
 def _identity_mismatch(root, patient: Patient) -> str | None:

@@ -12,6 +12,7 @@ Arcs allocated under `structure.oid_root` (at most 30 characters, checked by the
     <root>.2.<H(sorted document keys)>   submission set uniqueId
     <root>.3                             assigning authority of the IPP (sourcePatientId)
     <root>.4.<H(submission set uniqueId)> submission-set signature uniqueId
+    <root>.5.<H(document_id, version, new status)> submission set uniqueId of an ITI-57 availability update
 
 H is the first 64 bits of SHA-256 as a decimal integer (at most 20 digits, no leading zero), so a
 document uniqueId is at most 30 + 3 + 20 + 1 + 10 = 64 characters for a version below 10**10,
@@ -95,6 +96,17 @@ def signature_unique_id(oid_root: str, submission_set_uid: str) -> str:
 def signature_entry_uuid(oid_root: str, submission_set_uid: str) -> str:
     """`urn:uuid:` entryUUID of the signature document of a submission set."""
     return _urn(uuid.uuid5(_namespace(oid_root), json.dumps(["signature", submission_set_uid])))
+
+
+def update_submission_set_unique_id(oid_root: str, document_id: str, version: int, new_status: str) -> str:
+    """OID of the ITI-57 submission set that moves one document version to `new_status` (Deleted, Archived):
+    a resend after an unknown outcome carries the same id, so the registry can tell it already has it."""
+    return _oid(oid_root, "5", _arc("update", document_id, int(_version(version)), new_status))
+
+
+def update_submission_set_entry_uuid(oid_root: str, document_id: str, version: int, new_status: str) -> str:
+    """`urn:uuid:` entryUUID of that ITI-57 submission set (RegistryPackage)."""
+    return _urn(uuid.uuid5(_namespace(oid_root), json.dumps(["update", document_id, int(_version(version)), new_status])))
 
 
 def ipp_authority(oid_root: str) -> str:

@@ -191,9 +191,19 @@ def _signature_driver() -> str:
     })
 
 
+def _gie_ebrs_driver() -> str:
+    """The DMP operator's own copy of the ebRS schemas (GIE package, `gie-dmp-package/schema/ebRS`): identical to
+    IHE's but for their CVS headers and a local xml.xsd; the ITI-57 requests (lcm:SubmitObjectsRequest) are
+    checked against them, as the task asks of them."""
+    ebrs = schemas_dir() / "gie-dmp-package/schema/ebRS"
+    return _importing({"urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0": ebrs / "lcm.xsd",
+                       "urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0": ebrs / "rs.xsd"})
+
+
 _hl7_and_saml_xsd = _XsdValidator(_hl7_and_saml_driver)  # CDA documents and VIHF assertions
 _ebxml_xsd = _XsdValidator(_ebxml_driver)  # ITI-41 / ITI-18 messages
 _signature_xsd = _XsdValidator(_signature_driver)  # submission-set signatures (XML-DSig + XAdES)
+_gie_ebrs_xsd = _XsdValidator(_gie_ebrs_driver)  # ITI-57 update requests and their replies
 
 _EBXML_ROOTS = {
     "{urn:ihe:iti:xds-b:2007}ProvideAndRegisterDocumentSetRequest",
@@ -225,6 +235,19 @@ def xds_request_errors(element_or_bytes) -> list[str]:
     if tree.getroot().tag not in _EBXML_ROOTS:
         return [f"unexpected root element {tree.getroot().tag}"]
     return _ebxml_xsd.errors(tree)
+
+
+def update_request_errors(element_or_bytes) -> list[str]:
+    """Schema errors of an ITI-57 request (lcm:SubmitObjectsRequest) or of its rs:RegistryResponse, against the
+    GIE's ebRS schemas; [] if valid."""
+    try:
+        tree = _tree(element_or_bytes)
+    except ValueError as exc:
+        return [str(exc)]
+    if tree.getroot().tag not in ("{urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0}SubmitObjectsRequest",
+                                  "{urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0}RegistryResponse"):
+        return [f"unexpected root element {tree.getroot().tag}"]
+    return _gie_ebrs_xsd.errors(tree)
 
 
 def saml_assertion_errors(element_or_bytes) -> list[str]:
@@ -455,7 +478,7 @@ GENERATED_ELEMENTS = frozenset({
     "assignedCustodian", "representedCustodianOrganization", "legalAuthenticator", "signatureCode",
     "assignedEntity", "documentationOf", "serviceEvent", "low", "high", "performer",
     "standardIndustryClassCode", "componentOf", "encompassingEncounter", "location", "healthCareFacility",
-    "component", "nonXMLBody", "text",
+    "component", "nonXMLBody", "text", "relatedDocument", "parentDocument",
 })
 
 

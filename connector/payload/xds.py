@@ -1,7 +1,9 @@
 """XDS.b metadata: the ITI-41 ProvideAndRegisterDocumentSetRequest of one patient's submission set.
 
 `build_provide_and_register` returns the request element with EMPTY `xdsb:Document` elements and the
-bytes to attach to each of them (the MTOM transport adds the `xop:Include`s). Everything is derived
+bytes to attach to each of them (the MTOM transport adds the `xop:Include`s). An entry that replaces a
+version already in the DMP (`Entry.replaces`) gets an RPLC association to that version's entryUUID
+(see `lifecycle`). Everything is derived
 from its inputs only: the same inputs give byte-identical XML, so a resend after an unknown outcome
 carries exactly the ids and metadata of the first attempt.
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import uuid
 from dataclasses import dataclass
 
 from lxml import etree
@@ -20,6 +23,7 @@ from lxml import etree
 from connector.config import Site, Structure, SubmissionSettings
 from connector.payload import activity, codes, header, hl7, ids
 from connector.payload.errors import METADATA_INVALID, PayloadError
+from connector.payload.lifecycle import RPLC, Replaces
 from connector.store import Document, Patient
 
 XDSB = "urn:ihe:iti:xds-b:2007"
@@ -89,6 +93,7 @@ class Entry:
     cda: bytes
     unique_id: str
     entry_uuid: str
+    replaces: Replaces | None = None  # the DMP entry this version replaces (RPLC), if any
 
 
 @dataclass(frozen=True)
@@ -266,6 +271,10 @@ def build_provide_and_register(
         signs = b.element(objects, "Association", id=ids.child_uuid(signature.entry_uuid, "signs"),
                           associationType=SIGNS, sourceObject=signature.entry_uuid, targetObject=ss)
         b.slot(signs, "SubmissionSetStatus", "Original")  # IHE asks it of HasMember only; the GIE's TD2.1 has it here too
+    for entry in entries:
+        if entry.replaces is not None:  # from the new entry to the registry's entryUUID of the replaced one
+            b.element(objects, "Association", id=ids.child_uuid(entry.entry_uuid, "RPLC " + entry.replaces.entry_uuid),
+                      associationType=RPLC, sourceObject=entry.entry_uuid, targetObject=entry.replaces.entry_uuid)
 
     for document_id in attachments:
         etree.SubElement(root, f"{{{XDSB}}}Document", id=document_id)
@@ -461,3 +470,17 @@ def _check_inputs(site: Site, patient: Patient, entries: list[Entry]) -> None:
             raise PayloadError(METADATA_INVALID, f"document {doc.document_id}: no {', '.join(missing)}")
         if doc.finess_geo and doc.finess_geo != site.finess_geo:
             raise ValueError(f"document {doc.document_id}: FINESS géographique differs from its submission set's site")
+    submitted = {e.entry_uuid for e in entries} | {e.unique_id for e in entries}
+    for entry in entries:
+        if entry.replaces is not None and ({entry.replaces.entry_uuid, entry.replaces.unique_id} & submitted
+                                           or not _is_uuid_urn(entry.replaces.entry_uuid)):
+            raise PayloadError(METADATA_INVALID, f"document {entry.document.document_id}: the entry it replaces must be a "
+                                                 "urn:uuid entryUUID outside its own submission set")
+
+
+def _is_uuid_urn(value: str) -> bool:
+    try:
+        uuid.UUID(value.removeprefix("urn:uuid:"))
+    except ValueError:
+        return False
+    return value.startswith("urn:uuid:")

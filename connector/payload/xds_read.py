@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from connector.payload import hl7
+from connector.payload.lifecycle import RPLC
 from connector.payload.xds import (
     DE_AUTHOR, DE_CLASS_CODE, DE_CONFIDENTIALITY, DE_FACILITY_TYPE, DE_FORMAT_CODE, DE_PATIENT_ID,
     DE_PRACTICE_SETTING, DE_TYPE_CODE, DE_UNIQUE_ID, DOCUMENT_ENTRY, HAS_MEMBER, RIM, SIGNATURE_CLASS, SIGNS,
@@ -37,6 +38,7 @@ _R = f"{{{RIM}}}"
 OID_RE = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 DTM_RE = re.compile(r"^[0-9]{4}([0-9]{2}){0,5}$")
 SHA1_RE = re.compile(r"^[0-9a-fA-F]{40}$")
+UUID_URN_RE = re.compile(r"^urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 # legalAuthenticator: on every DocumentEntry of the GIE's examples, the signature's included.
 _REQUIRED_DE_SLOTS = ("creationTime", "languageCode", "legalAuthenticator", "serviceStartTime", "sourcePatientId")
@@ -65,6 +67,7 @@ class EntryView:
     format_code: str | None
     confidentiality_codes: tuple[str, ...]
     title: str | None
+    replaces: str | None = None  # entryUUID this entry replaces (RPLC association), if any
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,12 @@ class SubmissionView:
 def parse_request(element: etree._Element) -> SubmissionView:
     """What a ProvideAndRegisterDocumentSetRequest says; missing parts are None (see metadata_errors)."""
     return _parse(element, _submission_set(element), [_Object(eo) for eo in element.iter(_EXTRINSIC)])
+
+
+def replacements(element: etree._Element) -> dict[str, str]:
+    """{entryUUID of a new DocumentEntry: entryUUID it replaces} from the request's RPLC associations."""
+    return {a.get("sourceObject"): a.get("targetObject") for a in element.iter(_ASSOCIATION)
+            if a.get("associationType") == RPLC}
 
 
 def metadata_errors(
@@ -186,6 +195,28 @@ def metadata_errors(
         errors.append(f"DocumentEntry {view.signature.entry_uuid}: signature without a 'signs' association")
     if require_signature and view.signature is None:
         errors.append("no submission-set signature document")
+    errors += _replacement_errors(element, view, known | {ss})
+    return errors
+
+
+def _replacement_errors(element: etree._Element, view: SubmissionView, submitted: set[str]) -> list[str]:
+    """RPLC associations (IHE ITI TF-3 4.2.2): from a DocumentEntry of this request, one per entry, to an
+    entryUUID (urn:uuid) that is not an object of this request."""
+    errors, sources = [], []
+    documents = {e.entry_uuid for e in view.entries}
+    for a in element.iter(_ASSOCIATION):
+        if a.get("associationType") != RPLC:
+            continue
+        source, target = a.get("sourceObject"), a.get("targetObject") or ""
+        sources.append(source)
+        if source not in documents:
+            errors.append(f"RPLC association {a.get('id')}: its sourceObject is not a DocumentEntry of the request")
+        if not UUID_URN_RE.match(target):
+            errors.append(f"RPLC association {a.get('id')}: its targetObject is not a urn:uuid entryUUID")
+        elif target in submitted:
+            errors.append(f"RPLC association {a.get('id')}: its targetObject is an object of the same request")
+    for source in sorted({s for s in sources if s and sources.count(s) > 1}):
+        errors.append(f"DocumentEntry {source}: replaces more than one entry")
     return errors
 
 
@@ -238,8 +269,9 @@ class _Object:
 
 def _parse(element: etree._Element, package: _Object | None, extrinsic: list[_Object]) -> SubmissionView:
     entries, signature = [], None
+    replaced = replacements(element)
     for eo in extrinsic:
-        view = _entry_view(eo)
+        view = _entry_view(eo, replaced.get(eo.element.get("id")))
         if view.class_code == SIGNATURE_CLASS.code:
             signature = view
         else:
@@ -293,7 +325,7 @@ def _finess(owner: _Object, author_scheme: str) -> str | None:
     return None
 
 
-def _entry_view(eo: _Object) -> EntryView:
+def _entry_view(eo: _Object, replaces: str | None = None) -> EntryView:
     size = eo.slot("size")
     name = eo.element.find(f"{_R}Name/{_R}LocalizedString")
     return EntryView(
@@ -311,6 +343,7 @@ def _entry_view(eo: _Object) -> EntryView:
             c.element.get("nodeRepresentation") or "" for c in eo.classifications.get(DE_CONFIDENTIALITY, ())
         ),
         title=name.get("value") if name is not None else None,
+        replaces=replaces,
     )
 
 
