@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from lxml import etree
 
 from connector.config import Settings, Site
-from connector.payload import cda, ids, validate, xds
+from connector.payload import cda, ids, lifecycle, update, validate, xds
 from connector.payload.errors import PayloadError
-from connector.payload.lifecycle import Replaces
 from connector.store import Document, Patient
 from connector.trust import dsig, roles, vihf
 from connector.trust.certs import Credential
@@ -37,7 +36,7 @@ class Prepared:
 
 
 def document_cda(settings: Settings, document: Document, patient: Patient, site: Site, content: bytes,
-                 schematron_process=None, *, replaces: Replaces | None = None) -> tuple[str, bytes]:
+                 schematron_process=None, *, replaces: lifecycle.Replaces | None = None) -> tuple[str, bytes]:
     """The document's uniqueId and its validated CDA (with `replaces`: the CDA of a replacement of that DMP
     entry, see `payload.lifecycle`); raises PayloadError (CDA_INVALID / METADATA_INVALID)."""
     unique_id, xml, finish = start_document_cda(settings, document, patient, site, content, schematron_process,
@@ -47,7 +46,7 @@ def document_cda(settings: Settings, document: Document, patient: Patient, site:
 
 
 def start_document_cda(settings: Settings, document: Document, patient: Patient, site: Site, content: bytes,
-                       schematron_process=None, *, replaces: Replaces | None = None):
+                       schematron_process=None, *, replaces: lifecycle.Replaces | None = None):
     """`document_cda` in two steps: (uniqueId, CDA, finish), `finish()` raising once the schematron, run in
     `schematron_process` if given, has answered. Raises at once what is found before."""
     unique_id = ids.document_unique_id(settings.structure.oid_root, document.document_id, document.version)
@@ -154,7 +153,7 @@ def submission(
     submission_set_uid: str,
     submission_set_entry_uuid: str,
     submission_time: dt.datetime,
-    replaces: dict[str, Replaces] | None = None,
+    replaces: dict[str, lifecycle.Replaces] | None = None,
 ) -> Prepared:
     """Sign, assemble and validate the ITI-41 request of one patient's documents. `replaces`: {uniqueId of a
     document: the DMP entry it replaces} (its CDA must have been built with the same, see `document_cda`)."""
@@ -214,6 +213,54 @@ def submission(
     )
     return Prepared(submission_set_uid, request, attachments, token, signature_xml,
                     {uid: xml for _, uid, xml in documents})
+
+
+@dataclass(frozen=True)
+class PreparedUpdate:
+    """An ITI-57 availability update ready to send (`DmpClient.update_document_set`)."""
+
+    submission_set_uid: str
+    request: etree._Element  # lcm:SubmitObjectsRequest
+    vihf: etree._Element
+
+
+def withdrawal(
+    settings: Settings,
+    sign: Credential,
+    *,
+    site: Site,
+    patient: Patient,
+    document: Document,
+    target_entry_uuid: str,
+    submission_time: dt.datetime,
+    new_status: str = lifecycle.DELETED,
+    original_status: str = lifecycle.APPROVED,
+) -> PreparedUpdate:
+    """The validated ITI-57 request moving the DMP entry `target_entry_uuid` (the registry's entryUUID of
+    `document`'s version, see `DmpClient.get_documents`) to `new_status` (Deleted, or Archived), and its VIHF.
+    Its ids derive from the document version and the new status (`ids.update_submission_set_unique_id`), so a
+    resend is identical. Raises PayloadError naming the document."""
+    root = settings.structure.oid_root
+    uid = ids.update_submission_set_unique_id(root, document.document_id, document.version, new_status)
+    request = update.build_update_availability(
+        structure=settings.structure, site=site, patient=patient, document=document,
+        target_entry_uuid=target_entry_uuid, submission=settings.submission, submission_set_uid=uid,
+        submission_set_entry_uuid=ids.update_submission_set_entry_uuid(root, document.document_id, document.version,
+                                                                       new_status),
+        submission_time=submission_time, new_status=new_status, original_status=original_status,
+    )
+    errors = validate.update_request_errors(request) or update.update_errors(request)
+    if errors:
+        raise PayloadError("METADATA_INVALID", f"document {document.document_id}: ITI-57 request: {'; '.join(errors[:3])}")
+    token = vihf.build_vihf(
+        sign,
+        settings.vihf,
+        finess_geo=site.finess_geo,
+        facility_type=site.healthcare_facility_type,
+        patient_ins_cx=xds.ins_cx(patient),
+        **vihf_subject(settings, [document]),
+    )
+    return PreparedUpdate(uid, request, token)
 
 
 def vihf_subject(settings: Settings, documents: list[Document]) -> dict[str, str]:

@@ -180,3 +180,20 @@ def test_update_ids_are_stable_and_distinct():
                 for d, v, s in [("D", 1, DELETED), ("D", 2, DELETED), ("D", 1, ARCHIVED), ("E", 1, DELETED)]}
     assert len(distinct) == 4 and all(len(u) <= 64 for u in distinct)
     assert ids.update_submission_set_entry_uuid(root, "D", 1, DELETED).startswith("urn:uuid:")
+
+
+def test_prepare_gives_a_validated_request_and_its_vihf(tmp_path, sign_credential):
+    from connector import prepare
+
+    settings = make_settings(tmp_path)
+    site, patient, document = settings.structure.sites[0], make_patient(), make_document(version=2)
+    prepared = prepare.withdrawal(settings, sign_credential, site=site, patient=patient, document=document,
+                                  target_entry_uuid=TARGET, submission_time=WHEN)
+    again = prepare.withdrawal(settings, sign_credential, site=site, patient=patient, document=document,
+                               target_entry_uuid=TARGET, submission_time=WHEN)
+    assert etree.tostring(prepared.request) == etree.tostring(again.request)  # a resend is the same request
+    assert prepared.submission_set_uid == ids.update_submission_set_unique_id("1.2.250.1.999.42", "DOC0001", 2, DELETED)
+    assert update.parse_update(prepared.request).changes == (update.StatusChange(TARGET, APPROVED, DELETED),)
+    attributes = {a.get("Name"): a for a in prepared.vihf.iter("{urn:oasis:names:tc:SAML:2.0:assertion}Attribute")}
+    resource = attributes["urn:oasis:names:tc:xacml:2.0:resource:resource-id"]
+    assert "".join(resource.itertext()).strip() == xds.ins_cx(patient)

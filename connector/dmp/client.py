@@ -1,4 +1,5 @@
-"""The DMP client: ITI-41 (MTOM over mutual TLS) and ITI-18 reconciliation, each call ending in an Outcome.
+"""The DMP client: ITI-41 (MTOM over mutual TLS), ITI-57 availability updates, ITI-18 queries (reconciliation,
+entries and their status), each call ending in an Outcome (or None when a query got no answer).
 
 Nothing here raises for a transport or DMP problem: every exchange is classified (outcome.py), and
 whether the request had left when it failed decides between "transient, not sent" and "unknown".
@@ -60,6 +61,40 @@ class DmpClient:
         )
         return dataclasses.replace(result, message_id=message_id)
 
+    def update_document_set(self, request: etree._Element, vihf: etree._Element) -> outcome.Outcome:
+        """Send one ITI-57 Update Document Set (`payload.update`: withdraw or archive an entry) to the registry,
+        as a plain SOAP 1.2 message, and classify the reply like an ITI-41's (an unknown outcome is settled with
+        `get_documents` before anything is resent)."""
+        url = self.settings.registry_url
+        message_id, headers, body = iti57_message(url, request, vihf)
+        try:
+            reply = self.session.post(url, data=body, headers=headers, timeout=self.timeout)
+            result = outcome.classify_response(
+                reply.status_code, reply.headers.get("Content-Type"), reply.content, sent=True
+            )
+        except requests.RequestException as exc:
+            result = outcome.classify_response(None, None, None, exc, sent=outcome.request_was_sent(exc))
+        log.info(
+            "ITI-57 %s: %s (%s) %s", message_id, result.kind, result.status,
+            ", ".join(e.code for e in result.errors) or "",
+        )
+        return dataclasses.replace(result, message_id=message_id)
+
+    def get_documents(
+        self, *, unique_ids=(), entry_uuids=(), patient_ins_cx: str, vihf: etree._Element
+    ) -> list[iti18.RegistryEntry] | None:
+        """ITI-18 GetDocuments by uniqueIds or by entryUUIDs (one of the two): the entries the DMP holds among
+        them with their entryUUID, uniqueId and availability status ([] if none), or None if the query failed
+        (no answer: never guess)."""
+        try:
+            return iti18.get_documents(
+                self.session, self.settings.registry_url, self.timeout, unique_ids=unique_ids,
+                entry_uuids=entry_uuids, patient_ins_cx=patient_ins_cx, vihf=vihf,
+            )
+        except iti18.Iti18Error as exc:
+            log.warning("ITI-18 GetDocuments failed: %s", exc)
+            return None
+
     def find_submission_set(self, submission_set_uid: str, patient_ins_cx: str, vihf: etree._Element) -> bool | None:
         """ITI-18: True if the DMP holds the submission set, False if not, None if the query failed."""
         try:
@@ -69,6 +104,14 @@ class DmpClient:
         except iti18.Iti18Error as exc:
             log.warning("ITI-18 for submission set %s failed: %s", submission_set_uid, exc)
             return None
+
+
+def iti57_message(url: str, request: etree._Element, vihf: etree._Element) -> tuple[str, dict[str, str], bytes]:
+    """(MessageID, HTTP headers, body) of an ITI-57 request exactly as it is POSTed to `url`."""
+    message_id = f"urn:uuid:{uuid.uuid4()}"
+    env = soap.envelope(request, action=soap.ITI57_ACTION, to=url, security=[vihf], message_id=message_id)
+    content_type = f'application/soap+xml; charset=UTF-8; action="{soap.ITI57_ACTION}"'
+    return message_id, {"Content-Type": content_type, "Accept": ACCEPT}, soap.to_bytes(env)
 
 
 def iti41_message(

@@ -1,6 +1,9 @@
-"""ITI-18 Registry Stored Query: is a submission set (by uniqueId) already in the DMP?
+"""ITI-18 Registry Stored Query: is a submission set (by uniqueId) already in the DMP? Which entries, in which
+availability status, does the DMP hold for these document uniqueIds or entryUUIDs?
 
-Used to reconcile an "unknown" or "duplicate" ITI-41 outcome. zeep builds the AdhocQueryRequest from
+GetSubmissionSetAndContents reconciles an "unknown" or "duplicate" ITI-41 outcome. GetDocuments gives the
+entryUUID the registry gave a document version (the target of a replacement's RPLC) and its availability
+status (Approved, Deprecated, Deleted, Archived: settles an unknown replacement or withdrawal). zeep builds the AdhocQueryRequest from
 the IHE WSDL (SOAP 1.2 binding) and posts it over the connector's mutual-TLS session; our own
 WS-Addressing and wsse:Security (VIHF) headers are passed as raw elements (zeep's WSA plugin adds
 no mustUnderstand nor ReplyTo, and uses the WSDL's placeholder address). The reply is read with lxml
@@ -13,6 +16,7 @@ import copy
 import logging
 import threading
 import warnings
+from dataclasses import dataclass
 
 import requests
 import zeep
@@ -20,11 +24,15 @@ import zeep.transports
 from lxml import etree
 
 from connector.dmp import mtom, outcome, soap
+from connector.payload.lifecycle import short_status
 from connector.resources import schemas_dir
 
 log = logging.getLogger(__name__)
 
 GET_SUBMISSION_SET_AND_CONTENTS = "urn:uuid:e8e3cb2c-e39c-46b9-99e4-c12f57260b83"
+GET_DOCUMENTS = "urn:uuid:5c4f972b-d56b-40ac-a5fc-c8ca9b40b9d4"
+DE_UNIQUE_ID_SCHEME = "urn:uuid:2e82c1f6-a085-4c72-9da3-8640a32e42ab"
+DE_PATIENT_ID_SCHEME = "urn:uuid:58a6f841-87b3-4a3e-92fd-a8ffeff98427"
 SUBMISSION_SET_CLASSIFICATION = "urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd"
 SS_UNIQUE_ID_SCHEME = "urn:uuid:96fdda7c-d067-4183-912e-bf5ee74998a8"
 SS_PATIENT_ID_SCHEME = "urn:uuid:6b5aea1a-874d-4603-a4bc-96a0a7b38446"
@@ -108,6 +116,15 @@ def post_stored_query(
     session: requests.Session, registry_url: str, timeout, submission_set_uid: str, vihf: etree._Element
 ) -> requests.Response:
     """POST GetSubmissionSetAndContents for one submission-set uniqueId; returns the raw HTTP response."""
+    return post_query(session, registry_url, timeout, GET_SUBMISSION_SET_AND_CONTENTS,
+                      {"$XDSSubmissionSetUniqueId": [submission_set_uid]}, vihf)
+
+
+def post_query(
+    session: requests.Session, registry_url: str, timeout, query_id: str, slots: dict[str, list[str]],
+    vihf: etree._Element,
+) -> requests.Response:
+    """POST one stored query (LeafClass), each slot's values as the list `('a','b')`; the raw HTTP response."""
     headers = _headers(registry_url, vihf)
     client = zeep.Client(_registry_wsdl(), transport=_Transport(session, timeout),
                          settings=zeep.Settings(raw_response=True, strict=True), plugins=[_IntactSecurity(headers)])
@@ -115,12 +132,17 @@ def post_stored_query(
     return getattr(service, _OPERATION)(
         ResponseOption={"returnType": "LeafClass", "returnComposedObjects": True},
         AdhocQuery={
-            "id": GET_SUBMISSION_SET_AND_CONTENTS,
-            "Slot": [{"name": "$XDSSubmissionSetUniqueId",
-                      "ValueList": {"_value_1": [{"Value": f"('{submission_set_uid}')"}]}}],
+            "id": query_id,
+            "Slot": [{"name": name, "ValueList": {"_value_1": [{"Value": _value_list(values)}]}}
+                     for name, values in slots.items()],
         },
         _soapheaders=headers,
     )
+
+
+def _value_list(values: list[str]) -> str:
+    """A stored-query list parameter: `('a','b')` (IHE ITI TF-2a 3.18.4.1.2.3.5); a quote is doubled."""
+    return "(" + ",".join("'" + v.replace("'", "''") + "'" for v in values) + ")"
 
 
 def submission_set_found(response: etree._Element, submission_set_uid: str, patient_ins_cx: str | None) -> bool:
@@ -144,20 +166,75 @@ def find_submission_set(
 ) -> bool:
     """True if the registry holds the submission set, False if the query succeeded without it.
     Raises Iti18Error (with the classified outcome) when the query itself failed."""
+    body = _answer(lambda: post_stored_query(session, registry_url, timeout, submission_set_uid, vihf))
+    found = submission_set_found(body, submission_set_uid, patient_ins_cx)
+    log.info("ITI-18: submission set %s %s", submission_set_uid, "found" if found else "not found")
+    return found
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One DocumentEntry as the registry holds it."""
+
+    entry_uuid: str  # the registry's id of the entry (targetObject of an RPLC or an ITI-57 update)
+    unique_id: str | None  # XDSDocumentEntry.uniqueId (the CDA id)
+    status: str | None  # availability status URN (lifecycle.APPROVED, DEPRECATED, DELETED, ARCHIVED)
+    patient_id: str | None  # XDSDocumentEntry.patientId (CX)
+
+    @property
+    def availability(self) -> str | None:
+        """`Approved`, `Deprecated`, `Deleted` or `Archived`."""
+        return short_status(self.status)
+
+
+def document_entries(response: etree._Element) -> list[RegistryEntry]:
+    """The DocumentEntries (ExtrinsicObjects) of a query:AdhocQueryResponse, in its order."""
+    entries = []
+    for eo in response.iterfind("rim:RegistryObjectList/rim:ExtrinsicObject", soap.NS):
+        ids = {e.get("identificationScheme"): e.get("value") for e in eo.iterfind("rim:ExternalIdentifier", soap.NS)}
+        entries.append(RegistryEntry(eo.get("id"), ids.get(DE_UNIQUE_ID_SCHEME), eo.get("status") or None,
+                                     ids.get(DE_PATIENT_ID_SCHEME)))
+    return entries
+
+
+def get_documents(
+    session: requests.Session, registry_url: str, timeout, *, unique_ids=(), entry_uuids=(),
+    patient_ins_cx: str | None, vihf: etree._Element,
+) -> list[RegistryEntry]:
+    """ITI-18 GetDocuments by uniqueId or by entryUUID (exactly one of the two lists): the entries the registry
+    holds among them, with their status ([] when it holds none). An entry of another patient than
+    `patient_ins_cx` is an error. Raises Iti18Error (with the classified outcome) when the query itself failed."""
+    if bool(unique_ids) == bool(entry_uuids):
+        raise ValueError("GetDocuments takes uniqueIds or entryUUIDs, not both nor none")
+    slot, wanted = (("$XDSDocumentEntryUniqueId", list(unique_ids)) if unique_ids
+                    else ("$XDSDocumentEntryEntryUUID", list(entry_uuids)))
+    body = _answer(lambda: post_query(session, registry_url, timeout, GET_DOCUMENTS, {slot: wanted}, vihf))
+    entries = []
+    for entry in document_entries(body):
+        if (entry.unique_id if unique_ids else entry.entry_uuid) not in wanted:
+            continue  # not asked for: ignored rather than trusted
+        if patient_ins_cx and entry.patient_id not in (None, patient_ins_cx):
+            raise Iti18Error(outcome.Outcome(outcome.PERMANENT, "Success", (),
+                                             f"entry {entry.entry_uuid} is registered for another patient"))
+        entries.append(entry)
+    log.info("ITI-18 GetDocuments: %d of %d found (%s)", len(entries), len(wanted),
+             ", ".join(f"{e.unique_id} {e.availability}" for e in entries) or "none")
+    return entries
+
+
+def _answer(post) -> etree._Element:
+    """The body child of a successful query reply; Iti18Error with the classified outcome otherwise."""
     try:
-        reply = post_stored_query(session, registry_url, timeout, submission_set_uid, vihf)
+        reply = post()
     except requests.RequestException as exc:
         raise Iti18Error(outcome.classify_response(None, None, None, exc, sent=outcome.request_was_sent(exc))) from None
     result = outcome.classify_response(reply.status_code, reply.headers.get("Content-Type"), reply.content, sent=True)
     if not result.accepted:
         raise Iti18Error(result)
     try:
-        body = soap.body_child(_parse(reply))
+        return soap.body_child(_parse(reply))
     except (soap.SoapError, mtom.MtomError) as exc:  # classify_response parsed it already: not expected
         raise Iti18Error(outcome.Outcome(outcome.UNKNOWN, reply.status_code, (), str(exc))) from None
-    found = submission_set_found(body, submission_set_uid, patient_ins_cx)
-    log.info("ITI-18: submission set %s %s", submission_set_uid, "found" if found else "not found")
-    return found
 
 
 def _parse(reply: requests.Response) -> etree._Element:

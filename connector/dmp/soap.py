@@ -27,6 +27,7 @@ NS = {"soap": SOAP12, "wsa": WSA, "wsse": WSSE, "xop": XOP, "xdsb": XDSB, "rs": 
 ANONYMOUS = "http://www.w3.org/2005/08/addressing/anonymous"
 ITI41_ACTION = "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b"
 ITI18_ACTION = "urn:ihe:iti:2007:RegistryStoredQuery"
+ITI57_ACTION = "urn:ihe:iti:2010:UpdateDocumentSet"  # GIE TD3.3c / TD3.3d, registry WSDL of the GIE's annex
 
 STATUS_PREFIX = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:"
 SEVERITY_PREFIX = "urn:oasis:names:tc:ebxml-regrep:ErrorSeverityType:"
