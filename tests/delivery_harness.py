@@ -128,28 +128,52 @@ class Folder:
     def ledger_url(self) -> str:
         return ledger_url(self.cfg)
 
-    def configure(self, base_url: str, **tables: dict) -> Path:
-        """(Re)write the configuration for `base_url`; `tables` add or override TOML tables, e.g.
-        ledger={"url": ..., "instance": "a"}, **{"dmp.retry": {"deferred_min_minutes": 0}}."""
-        from connector.actions import demo
-
-        # validation.process off: DMP_TEST_NO_SCHEMATRON only reaches the run's own process.
+    def configure(self, base_url: str, *, path: Path | None = None, **tables: dict | None) -> Path:
+        """(Re)write the configuration (`cfg`, or `path`) for `base_url` (see `write_config`), with the delivery
+        tests' defaults: short in-run waits, the schematron in the run's own process (DMP_TEST_NO_SCHEMATRON only
+        reaches it)."""
         merged = {"dmp.retry": {"in_run_wait_initial": 0.05, "in_run_wait_max": 0.2}, "validation": {"process": False}}
         for name, values in tables.items():
-            merged.setdefault(name, {}).update(values)
-        text = re.sub(r"\[dmp\.retry\]\n(?:[^\[\n].*\n)*", "", demo.config_text(base_url))
-        for name, values in merged.items():
-            header, block = f"[{name}]\n", "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
-            if header in text:  # the keys given replace the demo's own
-                start = text.index(header) + len(header)
-                end = text.find("\n[", start) + 1 or len(text)
-                kept = [line for line in text[start:end].splitlines(keepends=True)
-                        if line.split("=", 1)[0].strip() not in values]
-                text = text[:start] + block + "".join(kept) + text[end:]
-            else:
-                text += f"\n{header}{block}"
-        self.cfg.write_text(text, encoding="utf-8")
-        return self.cfg
+            merged[name] = None if values is None else {**merged.get(name, {}), **values}
+        return write_config(path or self.cfg, base_url, **merged)
+
+
+# --- the one way the tests write a configuration ---------------------------------------------------
+
+
+def write_config(path: Path, base_url: str = PLACEHOLDER_URL, **tables: dict | None) -> Path:
+    """Write the product's own configuration (`dmp-connector demo`'s: sample store, test PKI, sandbox) to `path`,
+    changed by `tables`: `name={key: value}` replaces or adds those keys of [name] (the table is added if
+    missing; a value None removes the key), `name=None` removes the table; "" is the top level. E.g. ledger={"url": ...},
+    **{"dmp.retry": {"deferred_min_minutes": 0}, "certificates.sign": None}. Relative paths are read from
+    `path`'s folder."""
+    from connector.actions import demo
+
+    text = demo.config_text(base_url)
+    for name, values in tables.items():
+        text = _set_table(text, name, values)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# Without the test PKI (commands that neither send nor check certificates): **NO_PKI.
+NO_PKI = {"certificates.auth_cli": None, "certificates.sign": None, "dmp": {"ca_bundle": None}}
+
+
+def _set_table(text: str, name: str, values: dict | None) -> str:
+    if name:
+        header = f"[{name}]\n"
+        if header not in text:
+            return text if values is None else text + f"\n{header}" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
+        start = text.index(header) + len(header)
+    else:
+        header, start = "", 0
+    end = text.find("\n[", start) + 1 or len(text)
+    if values is None:
+        return text[:start - len(header)] + text[end:]
+    kept = [line for line in text[start:end].splitlines(keepends=True) if line.split("=", 1)[0].strip() not in values]
+    given = "".join(f"{k} = {_toml(v)}\n" for k, v in values.items() if v is not None)  # None: the key goes
+    return text[:start] + given + "".join(kept) + text[end:]
 
 
 def _toml(value) -> str:
@@ -157,6 +181,8 @@ def _toml(value) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -32,8 +32,3 @@ def sign_credential(pki) -> Credential:
 def auth_credential(pki) -> Credential:
     return load_credential(auth_settings(pki))
 
-
-def swap_certificate(config_text: str, purpose: str, p12, password_file) -> str:
-    """A demo configuration (`dmp-connector demo` writes pki/<purpose>.p12) using another PKCS#12 for `purpose`."""
-    return (config_text.replace(f'p12 = "pki/{purpose}.p12"', f'p12 = "{p12}"')
-            .replace(f'password_file = "pki/{purpose}.password"', f'password_file = "{password_file}"'))

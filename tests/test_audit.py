@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from conftest import settings_dict
+import delivery_harness as h
 from connector.actions import audit
 from connector.cli import main
 from connector.ledger.repo import open_ledger
@@ -99,9 +99,7 @@ def test_purge_respects_the_retention(ledger):
 
 
 def test_cli_export_to_file(ledger, tmp_path):
-    data = settings_dict(tmp_path)
-    config = tmp_path / "c.toml"
-    config.write_text(_toml(data), encoding="utf-8")
+    config = h.write_config(tmp_path / "c.toml", **h.NO_PKI, ledger={"url": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"})
     out = tmp_path / "audit.csv"
     result = CliRunner().invoke(main, ["audit", "export", "--config", str(config), "--since", "2026-11-19",
                                        "--format", "csv", "--out", str(out)])
@@ -110,17 +108,3 @@ def test_cli_export_to_file(ledger, tmp_path):
     assert [r["submission_set_uid"] for r in rows] == ["1.2.3.3", "1.2.3.3"]
     bad = CliRunner().invoke(main, ["audit", "export", "--config", str(config), "--since", "19/11/2026"])
     assert bad.exit_code == 2
-
-
-def _toml(data: dict, prefix: str = "") -> str:
-    """Just enough TOML for the test settings (tables, arrays of tables, strings)."""
-    scalars, tables = [], []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables.append(f"\n[{prefix}{key}]\n" + _toml(value, f"{prefix}{key}."))
-        elif isinstance(value, list) and value and isinstance(value[0], dict):
-            for item in value:
-                tables.append(f"\n[[{prefix}{key}]]\n" + _toml(item, f"{prefix}{key}."))
-        else:
-            scalars.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(scalars) + "".join(tables) + "\n"

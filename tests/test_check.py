@@ -9,7 +9,7 @@ from connector.cli import EXIT_ATTENTION, EXIT_CERTIFICATE, main
 from connector.sandbox import server
 from connector.trust import certs
 from connector.trust.pki import create_test_pki, issue_bad_p12
-from pki_fixtures import swap_certificate
+import delivery_harness as h
 
 
 def _check(config):
@@ -32,15 +32,14 @@ def test_check_passes_against_the_sandbox_then_names_each_problem(tmp_path):
         now = dt.datetime.now(dt.timezone.utc)
         p12, password = issue_bad_p12(pki, tmp_path / "expired.p12", "sign",
                                       not_before=now - dt.timedelta(days=400), not_after=now - dt.timedelta(days=2))
-        text = config.read_text(encoding="utf-8")
-        config.write_text(swap_certificate(text, "sign", p12, password), encoding="utf-8")
+        h.write_config(config, sandbox.url, **{"certificates.sign": {"p12": str(p12), "password_file": str(password)}})
         expired = _check(config)
         assert expired.exit_code == EXIT_CERTIFICATE
         assert "[FAIL] sign" in expired.output and "expired" in expired.output
 
         # A certificate from another CA for TLS: the DMP refuses the handshake.
         p12, password = issue_bad_p12(pki, tmp_path / "other.p12", "auth_cli", other_ca=True)
-        config.write_text(swap_certificate(text, "auth_cli", p12, password), encoding="utf-8")
+        h.write_config(config, sandbox.url, **{"certificates.auth_cli": {"p12": str(p12), "password_file": str(password)}})
         other = _check(config)
         assert other.exit_code in (EXIT_ATTENTION, EXIT_CERTIFICATE)
         assert "[FAIL] auth_cli" in other.output and "does not chain" in other.output
@@ -61,7 +60,7 @@ def test_check_fails_a_schedule_the_daemon_could_not_follow(tmp_path):
     """A cron expression with five fields that APScheduler still refuses (minute 61) passes the load-time check;
     `check` asks the scheduler itself."""
     config = demo.prepare_folder(tmp_path, "https://127.0.0.1:1/si-dmp-server/v2/services")
-    config.write_text(config.read_text(encoding="utf-8") + '\n[schedule]\ncron = "61 2 * * *"\n', encoding="utf-8")
+    h.write_config(config, schedule={"cron": "61 2 * * *"})
     result = _check(config)
     assert result.exit_code == EXIT_ATTENTION
     assert "[FAIL] schedule" in result.output and "schedule.cron" in result.output
@@ -74,8 +73,7 @@ def test_check_refuses_production_pointed_at_a_test_server(tmp_path):
     demo.prepare_folder(tmp_path, "https://127.0.0.1:1/si-dmp-server/v2/services")
     with server.serve(pki_dir=tmp_path / "pki", state_path=tmp_path / "sandbox.sqlite3", fast=True) as sandbox:
         config = demo.prepare_folder(tmp_path, sandbox.url)
-        config.write_text(config.read_text(encoding="utf-8").replace('environment = "test"', 'environment = "production"'),
-                          encoding="utf-8")
+        h.write_config(config, sandbox.url, dmp={"environment": "production"})
         result = _check(config)
         assert result.exit_code == EXIT_ATTENTION, result.output
         env_lines = [line for line in result.output.splitlines() if line.startswith("[FAIL] environ")]

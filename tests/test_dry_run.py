@@ -4,36 +4,15 @@ import json
 
 from click.testing import CliRunner
 
+import delivery_harness as h
 from connector import samples
 from connector.cli import EXIT_CONFIG, EXIT_UNAVAILABLE, main
 
 
-def _config(tmp_path, store_dir, extra=""):
-    path = tmp_path / "config.toml"
-    path.write_text(f"""
-state_dir = "{tmp_path / 'state'}"
-[structure]
-finess_ej = "0B0999999"
-oid_root = "1.2.250.1.999.42"
-[[structure.sites]]
-finess_geo = "0B0999998"
-name = "Site A"
-healthcare_facility_type = "SA01"
-practice_setting = "ETABLISSEMENT"
-[[structure.sites]]
-finess_geo = "0B0999997"
-name = "Site B"
-healthcare_facility_type = "SA07"
-practice_setting = "ETABLISSEMENT"
-[store]
-url = "sqlite:///{store_dir / 'store.sqlite3'}"
-content_root = "{store_dir}"
-[dmp]
-base_url = "https://127.0.0.1:1/si-dmp-server/v2/services"
-environment = "test"
-{extra}
-""", encoding="utf-8")
-    return path
+def _config(tmp_path, store_dir):
+    """The product's configuration over the store in `store_dir`, without certificates (a dry run needs none)."""
+    return h.write_config(tmp_path / "config.toml", **h.NO_PKI,
+                          store={"url": f"sqlite:///{store_dir / 'store.sqlite3'}", "content_root": str(store_dir)})
 
 
 def test_dry_run_json_matches_expected_decisions(tmp_path):

@@ -3,6 +3,7 @@
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+import delivery_harness as h
 from connector import config, samples
 from connector.actions import demo, run as run_action
 from connector.cli import main
@@ -56,23 +57,20 @@ def test_run_refuses_to_start_with_an_expired_certificate(tmp_path):
     from connector.cli import EXIT_CERTIFICATE
     from connector.trust import certs
     from connector.trust.pki import create_test_pki, issue_bad_p12
-    from pki_fixtures import swap_certificate
 
     pki = create_test_pki(tmp_path / "pki")
     config = _folder(tmp_path)
     now = dt.datetime.now(dt.timezone.utc)
     p12, password = issue_bad_p12(pki, tmp_path / "expired.p12", "auth_cli",
                                   not_before=now - dt.timedelta(days=400), not_after=now - dt.timedelta(days=1))
-    text = config.read_text(encoding="utf-8")
-    config.write_text(swap_certificate(text, "auth_cli", p12, password), encoding="utf-8")
+    h.write_config(config, **{"certificates.auth_cli": {"p12": str(p12), "password_file": str(password)}})
     certs.clear_cache()
     result = CliRunner().invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == EXIT_CERTIFICATE
     assert "expired.p12" in result.output and "expired" in result.output
     # Wrong password: the file is named, the password never.
     (tmp_path / "wrong.pass").write_text("not-the-password")
-    config.write_text(text.replace('password_file = "pki/auth_cli.password"', f'password_file = "{tmp_path / "wrong.pass"}"'),
-                      encoding="utf-8")
+    h.write_config(config, **{"certificates.auth_cli": {"password_file": str(tmp_path / "wrong.pass")}})
     certs.clear_cache()
     result = CliRunner().invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == EXIT_CERTIFICATE and "auth_cli.p12" in result.output
@@ -99,11 +97,8 @@ def test_a_deferred_submission_whose_patient_opposed_meanwhile_is_withdrawn_not_
     state = tmp_path / "sandbox.sqlite3"
 
     def configure(url):  # one attempt per run, deferred submissions due at once
-        cfg = _folder(tmp_path, url)
-        text = cfg.read_text(encoding="utf-8")
-        cfg.write_text(text.replace("[dmp.retry]\n", "[dmp.retry]\nin_run_attempts = 1\ndeferred_min_minutes = 0.0\n"),
-                       encoding="utf-8")
-        return config.load(cfg)
+        return config.load(h.write_config(_folder(tmp_path, url), url,
+                                          **{"dmp.retry": {"in_run_attempts": 1, "deferred_min_minutes": 0.0}}))
 
     with server.serve(pki_dir=tmp_path / "pki", state_path=state, fast=True, fail_rate=1.0, seed=1) as down:
         first = run_action.run(configure(down.url))

@@ -16,9 +16,8 @@ def _two_instances(tmp_path, pg_url: str, documents: int, lease_minutes: float =
 def _configs(folder, base_url: str, pg_url: str, lease_minutes: float):
     cfgs = {}
     for name in ("a", "b"):
-        folder.configure(base_url, ledger={"url": pg_url, "instance": f"instance-{name}", "lease_minutes": lease_minutes})
-        cfgs[name] = folder.path / f"{name}.toml"
-        cfgs[name].write_text(folder.cfg.read_text(encoding="utf-8"), encoding="utf-8")
+        cfgs[name] = folder.configure(base_url, path=folder.path / f"{name}.toml" if name == "b" else None,  # a: folder.cfg
+                                      ledger={"url": pg_url, "instance": f"instance-{name}", "lease_minutes": lease_minutes})
     return cfgs
 
 

@@ -13,8 +13,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from test_audit import _toml
-from conftest import settings_dict
+import delivery_harness as h
 from connector.actions import status
 from connector.cli import main
 from connector.ledger.repo import open_ledger, utcnow
@@ -183,9 +182,7 @@ def test_problems(report):
 
 
 def _config(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text(_toml(settings_dict(tmp_path)), encoding="utf-8")
-    return str(path)
+    return str(h.write_config(tmp_path / "c.toml", **h.NO_PKI, ledger={"url": f"sqlite:///{tmp_path / 'ledger.sqlite3'}"}))
 
 
 def test_check_exit_codes(tmp_path):
