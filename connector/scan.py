@@ -132,7 +132,9 @@ def _decide(item, states: dict[tuple[str, int], DocState], fed_versions: dict[st
     warning = None
     if _pdfa_due(doc, settings, load_content):
         try:
-            found = pdfa.problems(data if load_content else store.content(doc))
+            found = pdfa.problems(data if load_content else store.content(doc, limit))
+        except ContentRefused as exc:  # the file changed since its probe
+            return Decision(**base, reason=exc.reason, detail=exc.detail)
         except OSError as exc:
             return Decision(**base, reason=rules.Reason.CONTENT_MISSING,
                             detail=f"content unreadable: {exc.strerror or type(exc).__name__}")

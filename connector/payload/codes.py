@@ -121,10 +121,17 @@ def dmp_class_code(type_code: str | None) -> Code | None:
     return class_code(mapped) if mapped else None
 
 
+@cache
+def _content_types() -> dict[str, tuple[Code, ...]]:
+    found: dict[str, tuple[Code, ...]] = {}
+    for r in dmp_terminology(CONTENT_TYPES).rows:
+        found[r["code"]] = found.get(r["code"], ()) + (Code(r["code"], r["code_system"], r["display"]),)
+    return found
+
+
 def content_types(code: str | None) -> list[Code]:
     """Every JDV_J59 contentTypeCode spelled `code` (J59 joins four code systems: `11` is in two of them)."""
-    return [Code(r["code"], r["code_system"], r["display"])
-            for r in dmp_terminology(CONTENT_TYPES).rows if code and r["code"] == code]
+    return list(_content_types().get(code, ())) if code else []
 
 
 def is_content_type(code: str | None, code_system: str | None) -> bool:
