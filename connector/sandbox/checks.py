@@ -27,6 +27,30 @@ codes are not public, so IHE ITI TF-3 Table 4.2.4.1-2 codes are used):
 | (state) document uniqueId reused with another hash      | XDSNonIdenticalHash            |
 | (state) unknown patient / DMP fermé                     | XDSUnknownPatientId            |
 | (faults) injected busy                                  | XDSRegistryBusy                |
+| (state) RPLC target: unknown entryUUID                  | UnresolvedReferenceException   |
+| (state) RPLC target: not Approved (Deprecated, Deleted, | XDSRegistryDeprecatedDocument- |
+|   Archived)                                             |   Error                        |
+| (state) RPLC target of another patient                  | XDSPatientIdDoesNotMatch       |
+
+ITI-57 Update Document Set (availability status: Deleted / Archived), `check_update`:
+
+| check                                                   | errorCode                      |
+|---------------------------------------------------------|--------------------------------|
+| WS-Addressing, body element, VIHF                       | XDSRegistryError (VIHF: as     |
+|                                                         |   above, codeContext "VIHF")   |
+| ebRS schema (GIE annex; nested objects may omit their   | XDSRegistryMetadataError       |
+|   owner's id, as the GIE's TD3.3c/d do), update_errors  |                                |
+| NewStatus not Deleted / Archived                        | XDSMetadataUpdateOperationError|
+| VIHF resource-id ≠ SS patientId                         | XDSPatientIdDoesNotMatch       |
+| (state) SS uniqueId reused                              | XDSDuplicateUniqueIdInRegistry |
+| (state) unknown entryUUID                               | UnresolvedReferenceException   |
+| (state) entry of another patient than the SS's          | XDSPatientIDReconciliationError|
+| (state) VIHF structure ≠ the entry's author structure   | XDSMetadataUpdateError         |
+|   (only the author structure may delete or archive)     |                                |
+| (state) current status ≠ OriginalStatus, or Deleted     | XDSMetadataUpdateError         |
+
+The DMP's own codes are not public: these are IHE's (ITI TF-3 Table 4.2.4.1-2, ITI-57's metadata update
+codes) and ebRS's (UnresolvedReferenceException).
 
 Validators not importable yet (other modules still being written) are skipped and listed in `SKIPPED`.
 """
@@ -44,6 +68,7 @@ from lxml import etree
 
 from connector.dmp import soap
 from connector.payload import codes as dmp_codes
+from connector.payload import update as iti57
 from connector.payload.xds_read import attachments_by_entry
 
 log = logging.getLogger(__name__)
@@ -64,6 +89,12 @@ DE_AUTHOR = "urn:uuid:93606bcf-9494-43ec-9b4e-a7748d1a838d"
 DE_CLASS_CODE = "urn:uuid:41a5887f-8865-4c09-adf7-e362475b143a"
 DE_TYPE_CODE = "urn:uuid:f0306f51-975f-434e-a61c-c59651d33983"
 SIGNATURE_CLASS = "urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1"
+RPLC = "urn:ihe:iti:2007:AssociationType:RPLC"
+UPDATE_AVAILABILITY_STATUS = "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus"
+WITHDRAWAL_STATUSES = ("urn:asip:ci-sis:2010:StatusType:Deleted", "urn:asip:ci-sis:2010:StatusType:Archived")
+# The GIE's own ITI-57 examples omit the owner's id on objects nested in the SubmissionSet (ebRIM requires it):
+# the DMP accepts them, so the sandbox does too.
+_NESTED_OWNER_OMITTED = re.compile(r"The attribute '(classifiedObject|registryObject)' is required but missing")
 
 VIHF_REQUIRED = (
     "VIHF_Version",
@@ -122,6 +153,7 @@ class Entry:
     set_id: str | None = None
     version: str | None = None
     content: bytes = field(default=b"", repr=False)
+    replaces: str | None = None  # entryUUID of the entry this one replaces (RPLC association)
 
 
 @dataclass(frozen=True)
@@ -310,6 +342,56 @@ def _without_attachments(request: etree._Element) -> etree._ElementTree:
     return tree
 
 
+# --- ITI-57 Update Document Set ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """What an ITI-57 request asks: move `target` from `original` to `new` (status URNs)."""
+
+    target: str
+    original: str
+    new: str
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    uid: str
+    entry_uuid: str
+    patient: str
+    structure: str | None  # the VIHF's Identifiant_Structure: who asks
+    changes: tuple[StatusUpdate, ...]
+
+
+def check_update(env: etree._Element, settings: CheckSettings) -> tuple[UpdateRequest | None, list[RegistryError]]:
+    """(what an ITI-57 request asks, what is wrong with it); the request is None when it cannot be read."""
+    request = body_request(env)
+    errors = [RegistryError("XDSRegistryError", e.context, e.location, e.check)
+              for e in addressing_errors(env, soap.ITI57_ACTION)]
+    if request.tag != f"{{{soap.LCM}}}SubmitObjectsRequest":
+        return None, errors + [RegistryError("XDSRegistryError", f"élément {request.tag} inattendu", check="soap.body")]
+    vihf, vihf_errors = vihf_check(env, settings.ca_cert_pem)
+    errors += [RegistryError("XDSRegistryError", e.context, e.location, e.check) for e in vihf_errors]
+    if schema_errors := _validator("connector.payload.validate", "update_request_errors"):
+        messages = [m for m in schema_errors(request) if not _NESTED_OWNER_OMITTED.search(m)]
+        errors += _errors("XDSRegistryMetadataError", "iti57.schema", "schéma ebRS", messages)
+        if messages:
+            return None, errors
+    for message in iti57.update_errors(request):
+        code = "XDSMetadataUpdateOperationError" if "NewStatus" in message else "XDSRegistryMetadataError"
+        errors.append(RegistryError(code, f"mise à jour: {message}", check="iti57.metadata"))
+    view = iti57.parse_update(request)
+    if not view.submission_set_uid or not view.patient_id:
+        return None, errors + [RegistryError("XDSRegistryMetadataError", "lot sans uniqueId ou patientId",
+                                             check="iti57.read")]
+    if vihf and vihf.get(RESOURCE_ID) != view.patient_id:
+        errors.append(RegistryError("XDSPatientIdDoesNotMatch", "resource-id du VIHF différent du patientId du lot",
+                                    view.submission_set_uid, "patient.vihf"))
+    changes = tuple(StatusUpdate(c.entry_uuid, c.original_status or "", c.new_status or "") for c in view.changes)
+    return UpdateRequest(view.submission_set_uid, view.submission_set_entry_uuid or "", view.patient_id,
+                         vihf.get("Identifiant_Structure") if vihf else None, changes), errors
+
+
 # --- reading the ebRIM metadata -----------------------------------------------------------------
 
 
@@ -353,6 +435,8 @@ def read_submission(request: etree._Element, documents: dict[str, bytes]) -> Sub
     uid, patient = _external_id(package, SS_UNIQUE_ID), _external_id(package, SS_PATIENT_ID)
     if not uid or not patient:
         raise ValueError("lot de soumission sans uniqueId ou patientId")
+    replaced = {a.get("sourceObject"): a.get("targetObject") for a in objects.findall(f"{RIM}Association")
+                if a.get("associationType") == RPLC}
     entries = []
     for obj in objects.findall(f"{RIM}ExtrinsicObject"):
         eid = obj.get("id") or ""
@@ -375,6 +459,7 @@ def read_submission(request: etree._Element, documents: dict[str, bytes]) -> Sub
                 set_id=set_id,
                 version=version,
                 content=content,
+                replaces=replaced.get(eid),
             )
         )
     institutions = _institution_ids(package, SS_AUTHOR)

@@ -3,6 +3,8 @@
 The headline number is `duplicate_deliveries`: a document uniqueId stored more than once (an identical
 re-registration the DMP accepted), plus `same_document_other_uid`: one producer document (CDA setId and
 versionNumber) stored under two uniqueIds. Both must stay at 0 for a connector that never feeds twice.
+The corrections lifecycle: `replacements` (RPLC applied), `withdrawals` (entries moved to Deleted by ITI-57),
+`archivals` (to Archived), and `statuses`: how many document entries are in each availability status.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from connector.sandbox.state import SandboxState
+from connector.sandbox.state import DELETED, SandboxState
+
+ARCHIVED = "urn:asip:ci-sis:2010:StatusType:Archived"
 
 
 def report(state_path: Path | str) -> dict:
@@ -47,6 +51,11 @@ def _counts(q) -> dict:
         "duplicates": duplicates,
         "same_document_other_uid": other_uid,
         "per_patient": {r["patient"]: r["n"] for r in q(f"SELECT patient, count(*) AS n {docs} GROUP BY patient")},
+        "replacements": q("SELECT count(*) AS n FROM lifecycle WHERE kind = 'replacement'")[0]["n"],
+        "withdrawals": q(f"SELECT count(*) AS n FROM lifecycle WHERE kind = 'status' AND new_status = '{DELETED}'")[0]["n"],
+        "archivals": q(f"SELECT count(*) AS n FROM lifecycle WHERE kind = 'status' AND new_status = '{ARCHIVED}'")[0]["n"],
+        "statuses": {r["status"].rsplit(":", 1)[-1]: r["n"] for r in
+                     q(f"SELECT status, count(*) AS n {docs} AND duplicate = 0 GROUP BY status ORDER BY status")},
         "injected_faults": {
             f"{r['service']} {r['kind']}": r["n"]
             for r in q("SELECT service, kind, count(*) AS n FROM injected_faults GROUP BY service, kind ORDER BY 1, 2")
@@ -78,6 +87,9 @@ def render_text(rep: dict) -> str:
     lines += [f"  {d['uid']}: {d['deliveries']} deliveries (submission sets {d['submissions']})" for d in rep["duplicates"]]
     lines.append(f"same document under another uniqueId: {len(rep['same_document_other_uid'])}")
     lines += [f"  setId {d['set_id']} v{d['version']}: {', '.join(d['uids'])}" for d in rep["same_document_other_uid"]]
+    statuses = ", ".join(f"{status} {n}" for status, n in rep["statuses"].items()) or "none"
+    lines.append(f"replacements: {rep['replacements']}, withdrawals: {rep['withdrawals']}, archivals: {rep['archivals']}"
+                 f" (entries: {statuses})")
     lines.append(f"patients: {len(rep['per_patient'])}")
     lines += [f"  {_patient_label(p)}: {n} documents" for p, n in sorted(rep["per_patient"].items())]
     lines.append(f"injected faults: {sum(rep['injected_faults'].values())}")

@@ -5,8 +5,11 @@ Routes (under /si-dmp-server/v2/services, as the real DMP):
 - POST …/repository: ITI-41 Provide and Register Document Set-b, MTOM only; answered in MTOM with a
   RegistryResponse (Success, or Failure with the RegistryErrors of `checks` and `state`).
 - POST …/registry: ITI-18 Registry Stored Query: GetSubmissionSetAndContents (by
-  $XDSSubmissionSetUniqueId or $XDSSubmissionSetEntryUUID) and FindDocuments (by patient); answered
-  only for the patient named by the VIHF, as the DMP would.
+  $XDSSubmissionSetUniqueId or $XDSSubmissionSetEntryUUID), FindDocuments (by patient, optionally
+  $XDSDocumentEntryStatus) and GetDocuments (by $XDSDocumentEntryUniqueId or $XDSDocumentEntryEntryUUID);
+  answered only for the patient named by the VIHF, as the DMP would; each entry with its availability
+  status. And ITI-57 Update Document Set (an lcm:SubmitObjectsRequest: UpdateAvailabilityStatus to Deleted or
+  Archived, see `checks.check_update` and `state`), answered with a RegistryResponse.
 A message that is not MTOM (ITI-41), not SOAP 1.2 or not XML gets a SOAP 1.2 fault (HTTP 400/500).
 """
 
@@ -39,7 +42,9 @@ REPOSITORY_PATH = BASE_PATH + "/repository"
 REGISTRY_PATH = BASE_PATH + "/registry"
 ITI41_RESPONSE_ACTION = "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-bResponse"
 ITI18_RESPONSE_ACTION = "urn:ihe:iti:2007:RegistryStoredQueryResponse"
+ITI57_RESPONSE_ACTION = "urn:ihe:iti:2010:UpdateDocumentSet-Response"
 GET_SUBMISSION_SET_AND_CONTENTS = "urn:uuid:e8e3cb2c-e39c-46b9-99e4-c12f57260b83"
+GET_DOCUMENTS = "urn:uuid:5c4f972b-d56b-40ac-a5fc-c8ca9b40b9d4"
 FIND_DOCUMENTS = "urn:uuid:14d4debf-8f97-4251-9a74-a90016b0af0d"
 DOCUMENT_ENTRY_TYPE = "urn:uuid:7edca82f-054d-47f2-a032-9b2a5b5186c1"
 HAS_MEMBER = "urn:oasis:names:tc:ebxml-regrep:AssociationType:HasMember"
@@ -85,6 +90,8 @@ class SandboxDmp:
                 return self._failure(path, message_id, [busy])
             if path == REPOSITORY_PATH:
                 return self._provide_and_register(env, documents, message_id)
+            if checks.body_request(env).tag == f"{{{soap.LCM}}}SubmitObjectsRequest":
+                return self._update_document_set(env, message_id)
             return self._stored_query(env, message_id)
         except SoapFault as exc:
             log.info("SOAP fault %s on %s: %s", exc.code, path.rsplit("/", 1)[-1], exc.reason)
@@ -145,6 +152,25 @@ class SandboxDmp:
         env = _response(body, ITI18_RESPONSE_ACTION, message_id)
         return Reply(200, SOAP_CONTENT_TYPE.format(ITI18_RESPONSE_ACTION), soap.to_bytes(env))
 
+    # --- ITI-57 ------------------------------------------------------------------------------
+
+    def _update_document_set(self, env: etree._Element, message_id: str | None) -> Reply:
+        request, errors = checks.check_update(env, self.settings)
+        if not errors:
+            errors = self.state.update(request)
+        if errors:
+            self.state.reject(errors, request=message_id, submission_uid=request.uid if request else None)
+            log.info("ITI-57 refused: %s", ", ".join(sorted({e.code for e in errors})))
+            triples = [(e.code, e.context, e.location or None, e.severity) for e in errors]
+            return self._update_reply(message_id, soap.registry_response("Failure", triples))
+        log.info("ITI-57 applied: submission set %s (%d change(s))", request.uid, len(request.changes))
+        return self._update_reply(message_id, soap.registry_response("Success"))
+
+    @staticmethod
+    def _update_reply(message_id: str | None, body: etree._Element) -> Reply:
+        env = _response(body, ITI57_RESPONSE_ACTION, message_id)
+        return Reply(200, SOAP_CONTENT_TYPE.format(ITI57_RESPONSE_ACTION), soap.to_bytes(env))
+
     # --- ITI-18 ------------------------------------------------------------------------------
 
     def _stored_query(self, env: etree._Element, message_id: str | None) -> Reply:
@@ -155,7 +181,7 @@ class SandboxDmp:
         query = request.find(f"{{{soap.RIM}}}AdhocQuery")
         if request.tag != f"{{{soap.QUERY}}}AdhocQueryRequest" or query is None:
             errors.append(_error("XDSRegistryError", "query:AdhocQueryRequest/rim:AdhocQuery attendu", "soap.body"))
-        elif query.get("id") not in (GET_SUBMISSION_SET_AND_CONTENTS, FIND_DOCUMENTS):
+        elif query.get("id") not in (GET_SUBMISSION_SET_AND_CONTENTS, FIND_DOCUMENTS, GET_DOCUMENTS):
             errors.append(_error("XDSUnknownStoredQuery", f"requête {query.get('id')} non prise en charge", "iti18.query"))
         if errors:
             self.state.reject(errors, request=message_id, submission_uid=None)
@@ -170,6 +196,17 @@ class SandboxDmp:
                 error = _error("XDSPatientIdDoesNotMatch", "patient différent du resource-id du VIHF", "iti18.patient")
                 return self._failure(REGISTRY_PATH, message_id, [error])
             documents = self.state.documents_of(wanted)
+            if statuses := slots.get("$XDSDocumentEntryStatus"):
+                documents = [d for d in documents if d["status"] in statuses]
+            return self._registry_reply(message_id, _query_response("Success", None, documents, leaf))
+        if query.get("id") == GET_DOCUMENTS:
+            unique_ids = slots.get("$XDSDocumentEntryUniqueId") or []
+            entry_uuids = slots.get("$XDSDocumentEntryEntryUUID") or []
+            if bool(unique_ids) == bool(entry_uuids):
+                error = _error("XDSStoredQueryParamNumber",
+                               "$XDSDocumentEntryUniqueId ou $XDSDocumentEntryEntryUUID requis (un seul)", "iti18.param")
+                return self._failure(REGISTRY_PATH, message_id, [error])
+            documents = self.state.entries(patient=patient, unique_ids=unique_ids, entry_uuids=entry_uuids)
             return self._registry_reply(message_id, _query_response("Success", None, documents, leaf))
         submission = None
         if uid := (slots.get("$XDSSubmissionSetUniqueId") or [None])[0]:
@@ -230,7 +267,7 @@ def _query_response(status, submission=None, documents=(), leaf=True, errors=())
         return resp
     for doc in members:
         eo = _rim(objects, "ExtrinsicObject", id=doc["entry_uuid"], mimeType="text/xml",
-                  objectType=DOCUMENT_ENTRY_TYPE, status=APPROVED)
+                  objectType=DOCUMENT_ENTRY_TYPE, status=doc.get("status") or APPROVED)
         _slot(eo, "hash", doc["hash"])
         _slot(eo, "size", str(doc["size"]))
         _slot(eo, "repositoryUniqueId", DMP_REPOSITORY_UID)

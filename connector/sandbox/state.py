@@ -9,7 +9,16 @@ Registry rules applied when a checked submission is stored, all in one transacti
 - a document uniqueId already received with the same hash → accepted (IHE: identical re-registration),
   stored again and flagged `duplicate` — the benchmark's "duplicate delivery" that must stay at 0;
 - the patient's DMP: absent → created active when `auto_create_patients` and the INS has a test OID,
-  XDSUnknownPatientId otherwise; closed → XDSUnknownPatientId "DMP fermé".
+  XDSUnknownPatientId otherwise; closed → XDSUnknownPatientId "DMP fermé";
+- an entry replacing another (RPLC): the target must exist (UnresolvedReferenceException), be the same
+  patient's (XDSPatientIdDoesNotMatch) and Approved (XDSRegistryDeprecatedDocumentError); it becomes Deprecated.
+
+Availability updates (ITI-57, `update`), all in one transaction: the submission-set uniqueId is new
+(XDSDuplicateUniqueIdInRegistry), each target exists (UnresolvedReferenceException), is the submission set's
+patient's (XDSPatientIDReconciliationError), was fed by the structure asking (XDSMetadataUpdateError: only the
+author structure may delete or archive), and is in OriginalStatus and not Deleted (XDSMetadataUpdateError).
+Every document carries its availability status (Approved, Deprecated, Deleted, Archived); `lifecycle` journals
+each replacement and status change for the report.
 """
 
 from __future__ import annotations
@@ -21,7 +30,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from connector.sandbox.checks import RegistryError, Submission
+from connector.sandbox.checks import RegistryError, Submission, UpdateRequest
+
+APPROVED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
+DEPRECATED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated"
+DELETED = "urn:asip:ci-sis:2010:StatusType:Deleted"
 
 # INS assigning authorities of fictitious patients: test NIR and demonstration NIR.
 TEST_INS_OIDS = ("1.2.250.1.213.1.4.10", "1.2.250.1.213.1.4.11")
@@ -57,7 +70,8 @@ CREATE TABLE IF NOT EXISTS documents (
     version TEXT,
     duplicate INTEGER NOT NULL DEFAULT 0,
     stored_at TEXT NOT NULL,
-    content BLOB
+    content BLOB,
+    status TEXT NOT NULL DEFAULT 'urn:oasis:names:tc:ebxml-regrep:StatusType:Approved'
 );
 CREATE INDEX IF NOT EXISTS documents_uid ON documents(uid);
 CREATE INDEX IF NOT EXISTS documents_patient ON documents(patient);
@@ -71,6 +85,22 @@ CREATE TABLE IF NOT EXISTS rejections (
     context TEXT,
     location TEXT,
     submission_uid TEXT
+);
+CREATE TABLE IF NOT EXISTS updates (          -- ITI-57 submission sets received and applied
+    uid TEXT PRIMARY KEY,
+    entry_uuid TEXT,
+    patient TEXT NOT NULL,
+    structure TEXT,
+    received_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lifecycle (        -- each replacement and availability change, in order
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,               -- replacement | status
+    target TEXT NOT NULL,             -- entryUUID whose status changed
+    old_status TEXT NOT NULL,
+    new_status TEXT NOT NULL,
+    cause TEXT NOT NULL               -- the replacing entry's entryUUID, or the ITI-57 submission set uniqueId
 );
 CREATE TABLE IF NOT EXISTS injected_faults (
     id INTEGER PRIMARY KEY,
@@ -108,6 +138,9 @@ class SandboxState:
         with self._read() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(documents)")}
+            if "status" not in columns:  # a state file from before availability statuses: all were Approved
+                db.execute(f"ALTER TABLE documents ADD COLUMN status TEXT NOT NULL DEFAULT '{APPROVED}'")
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:  # (re)opened on first use, so a closed state can still be read
@@ -204,6 +237,7 @@ class SandboxState:
                     )
                 elif hashes:
                     duplicates.add(entry.uid)
+            replaced = self._replacement_targets(db, submission, errors)
             if errors:  # roll back, an auto-created patient too: nothing of a refused request stays
                 raise _Refused(errors)
             now = _now()
@@ -224,6 +258,99 @@ class SandboxState:
                     for e in submission.entries
                 ],
             )  # fmt: skip
+            for entry, target in replaced:
+                self._set_status(db, target, DEPRECATED, "replacement", entry.entry_uuid, now)
+
+    def _replacement_targets(self, db: sqlite3.Connection, submission: Submission, errors: list[RegistryError]):
+        """[(entry, target row)] of the submission's RPLC associations; what refuses one goes to `errors`."""
+        found = []
+        for entry in submission.entries:
+            if not entry.replaces:
+                continue
+            target = _entry(db, entry.replaces)
+            if target is None:
+                errors.append(RegistryError("UnresolvedReferenceException", "RPLC: entrée remplacée inconnue",
+                                            entry.replaces, check="replace.unknown"))
+            elif target["patient"] != submission.patient:
+                errors.append(RegistryError("XDSPatientIdDoesNotMatch", "RPLC: entrée remplacée d'un autre patient",
+                                            entry.replaces, check="replace.patient"))
+            elif target["status"] != APPROVED:
+                errors.append(RegistryError(
+                    "XDSRegistryDeprecatedDocumentError",
+                    f"RPLC: entrée remplacée au statut {target['status'].rsplit(':', 1)[-1]}, pas Approved",
+                    entry.replaces, check="replace.not_approved"))
+            else:
+                found.append((entry, target))
+        return found
+
+    @staticmethod
+    def _set_status(db: sqlite3.Connection, target: sqlite3.Row, status: str, kind: str, cause: str, now: str) -> None:
+        db.execute("UPDATE documents SET status = ? WHERE entry_uuid = ? AND is_signature = 0", (status, target["entry_uuid"]))
+        db.execute("INSERT INTO lifecycle (at, kind, target, old_status, new_status, cause) VALUES (?, ?, ?, ?, ?, ?)",
+                   (now, kind, target["entry_uuid"], target["status"], status, cause))
+
+    # --- ITI-57 availability updates -------------------------------------------------------------
+
+    def update(self, request: UpdateRequest) -> list[RegistryError]:
+        """Apply a checked ITI-57 request all-or-nothing; the registry errors that refused it, else []."""
+        try:
+            self._update(request)
+        except _Refused as refused:
+            return refused.errors
+        return []
+
+    def _update(self, request: UpdateRequest) -> None:
+        with self._transaction() as db:
+            errors = [e for e in self._patient_errors(db, request.patient) if e.code == "XDSUnknownPatientId"]
+            if db.execute("SELECT 1 FROM updates WHERE uid = ?", (request.uid,)).fetchone():
+                errors.append(RegistryError("XDSDuplicateUniqueIdInRegistry", "uniqueId du lot de soumission déjà reçu",
+                                            request.uid, check="duplicate.submission_set"))
+            targets = []
+            for change in request.changes:
+                target = _entry(db, change.target)
+                if target is None:
+                    errors.append(RegistryError("UnresolvedReferenceException", "entrée inconnue", change.target,
+                                                check="update.unknown"))
+                elif target["patient"] != request.patient:
+                    errors.append(RegistryError("XDSPatientIDReconciliationError", "entrée d'un autre patient que le lot",
+                                                change.target, check="update.patient"))
+                elif request.structure is None or target["finess"] != request.structure:
+                    errors.append(RegistryError("XDSMetadataUpdateError",
+                                                "seule la structure auteur du document peut le supprimer ou l'archiver",
+                                                change.target, check="update.author_structure"))
+                elif target["status"] != change.original or target["status"] == DELETED:
+                    errors.append(RegistryError(
+                        "XDSMetadataUpdateError",
+                        f"statut actuel {target['status'].rsplit(':', 1)[-1]}, OriginalStatus "
+                        f"{change.original.rsplit(':', 1)[-1]}", change.target, check="update.status"))
+                else:
+                    targets.append((change, target))
+            if errors:
+                raise _Refused(errors)
+            now = _now()
+            db.execute("INSERT INTO updates (uid, entry_uuid, patient, structure, received_at) VALUES (?, ?, ?, ?, ?)",
+                       (request.uid, request.entry_uuid, request.patient, request.structure, now))
+            for change, target in targets:
+                self._set_status(db, target, change.new, "status", request.uid, now)
+
+    def entries(self, *, patient: str | None, unique_ids=(), entry_uuids=()) -> list[dict]:
+        """The document entries (first delivery of each, no signature) with these uniqueIds or entryUUIDs, of
+        `patient` when given (ITI-18 GetDocuments)."""
+        column, wanted = ("uid", list(unique_ids)) if unique_ids else ("entry_uuid", list(entry_uuids))
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT * FROM documents WHERE {column} IN ({marks}) AND duplicate = 0 AND is_signature = 0"
+                " ORDER BY id", wanted).fetchall()
+        return [_document(r) for r in rows if patient is None or r["patient"] == patient]
+
+    def status_of(self, entry_uuid: str) -> str | None:
+        """The availability status of an entry (its first delivery), None if unknown."""
+        with self._read() as db:
+            row = _entry(db, entry_uuid)
+        return row["status"] if row else None
 
     def reject(self, errors: list[RegistryError], *, request: str | None, submission_uid: str | None) -> None:
         with self._transaction() as db:
@@ -262,6 +389,12 @@ class SandboxState:
         """Read-only access for the report."""
         with self._read() as db:
             return db.execute(sql, params).fetchall()
+
+
+def _entry(db: sqlite3.Connection, entry_uuid: str) -> sqlite3.Row | None:
+    """The first delivery of a document entry (not a signature) by its entryUUID."""
+    return db.execute("SELECT * FROM documents WHERE entry_uuid = ? AND is_signature = 0 AND duplicate = 0"
+                      " ORDER BY id LIMIT 1", (entry_uuid,)).fetchone()
 
 
 def _document(row: sqlite3.Row) -> dict:
