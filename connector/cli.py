@@ -102,8 +102,9 @@ def run(settings, dry_run: bool, fmt: str) -> None:
     summary = _run_now(settings)
     click.echo(summary.text() if fmt == "text" else json.dumps(summary.as_dict(), ensure_ascii=False, indent=1))
     if summary.counts["error"]:  # a defect to report, whatever else the run did
-        fail(f"{summary.counts['error']} document(s) hit an unexpected error while being delivered "
-             "(INTERNAL_ERROR: see the log)", EXIT_ATTENTION)
+        click.echo(f"error: {summary.counts['error']} document(s) hit an unexpected error while being delivered "
+             "(INTERNAL_ERROR: see the log)", err=True)
+    sys.exit(summary.exit_code)  # 6 TLS refused, 4 DMP unreachable, 1 failures: see the README
 
 
 def _run_now(settings, **options):
@@ -154,7 +155,10 @@ def replay(settings, failed, reason, site, since, run_id, document_id, dry_run) 
     from connector.actions import replay as action
     from connector.actions.context import open_settings_ledger
 
+    from connector.actions.context import describe_url
+
     ledger = open_settings_ledger(settings)
+    click.echo(f"ledger {describe_url(ledger.engine)}")
     filters = action.Filters(failed, reason, site, since, run_id, document_id)
     rows = action.matching(ledger, filters)
     for r in rows:
@@ -170,6 +174,7 @@ def replay(settings, failed, reason, site, since, run_id, document_id, dry_run) 
     for key, (state, why) in action.states_of(ledger, keys).items():
         click.echo(printable(f"{key[0]} v{key[1]}: {state}{' ' + why if why else ''}"))
     click.echo(summary.text())
+    sys.exit(summary.exit_code)
 
 
 @main.command()
@@ -195,7 +200,19 @@ def _set_held(settings, document_id, version, held: bool) -> None:
     from connector.actions.context import open_settings_ledger
     from connector.ledger.schema import FED
 
-    ledger = open_settings_ledger(settings)
+    from connector.actions.context import describe_url
+    from connector.ledger.repo import LedgerMissing
+
+    try:
+        ledger = open_settings_ledger(settings)
+        click.echo(f"ledger {describe_url(ledger.engine)}")
+    except LedgerMissing as exc:
+        if not held:
+            raise
+        # a hold before the first run is what identity vigilance needs: the ledger is created for it, loudly
+        ledger = open_settings_ledger(settings, create=True)
+        click.echo(f"ledger {describe_url(ledger.engine)} created for this hold ({exc}): if the service's ledger "
+                   "is elsewhere, this is not its configuration", err=True)
     what = f"{document_id}{'' if version is None else f' v{version}'}"
     seen = {k: s for k, s in ledger.states([(document_id, v) for v in _versions(ledger, document_id, version)]).items()
             if s.state is not None}
@@ -228,6 +245,30 @@ def _versions(ledger, document_id: str, version) -> list[int]:
         return list(conn.execute(sa.select(documents.c.version).where(documents.c.document_id == document_id)).scalars())
 
 
+# --- write-back ---------------------------------------------------------------------------------
+
+
+@main.command("write-back")
+@with_settings
+@click.option("--all", "everything", is_flag=True, help="Rewrite the row of every FED and FAILED document.")
+def write_back(settings, everything: bool) -> None:
+    """Write the store's dmp_feed_status from the ledger: the rows a failed write-back missed (every run also
+    retries them), or with --all every row."""
+    from connector.actions.context import describe_url, open_settings_ledger, open_store
+    from connector.actions.write_back import retry_write_backs
+
+    ledger = open_settings_ledger(settings)
+    click.echo(f"ledger {describe_url(ledger.engine)}")
+    store = open_store(settings)
+    if not store.write_back_enabled:
+        fail("store.write_back = false: the connector never writes dmp_feed_status", EXIT_ATTENTION)
+    store.ensure_write_back_table()
+    written, error = retry_write_backs(ledger, store, everything=everything)
+    if error:
+        fail(f"dmp_feed_status: {written} row(s) written, then: {error}", EXIT_UNAVAILABLE)
+    click.echo(f"dmp_feed_status: {written} row(s) written")
+
+
 # --- status ------------------------------------------------------------------------------------
 
 
@@ -236,16 +277,26 @@ def _versions(ledger, document_id: str, version) -> list[int]:
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv", "html"]), default=None,
               help="Report format (default text; with --check or --prometheus alone, no report is printed).")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Only documents first seen, runs started and feeds since DATE.")
-@click.option("--check", is_flag=True, help="Exit 1, saying why, if documents FAILED or the last successful run is too old.")
-@click.option("--max-age-hours", type=float, default=26, show_default=True, help="With --check: oldest acceptable success.")
+@click.option("--check", is_flag=True,
+              help="Monitoring plugin: one status line with perfdata; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.")
+@click.option("--max-age-hours", type=float, default=None,
+              help="With --check: oldest acceptable successful run (default monitoring.last_success_warning_hours).")
 @click.option("--prometheus", type=click.Path(dir_okay=False, path_type=Path),
               help="Write node-exporter textfile metrics to FILE (atomically).")
-def status(settings, fmt, since, check: bool, max_age_hours: float, prometheus) -> None:
+def status(settings, fmt, since, check: bool, max_age_hours, prometheus) -> None:
     """Summarise the ledger: last runs, documents by state and reason, failures, feeding indicators."""
+    import dataclasses
+
     from connector.actions import status as action
     from connector.actions.context import open_settings_ledger
 
-    ledger = open_settings_ledger(settings)
+    try:
+        ledger = open_settings_ledger(settings)
+    except LedgerError as exc:
+        if check:  # the check itself cannot tell: UNKNOWN, on stdout as monitoring reads it
+            click.echo(f"DMP-CONNECTOR UNKNOWN - {exc}")
+            sys.exit(action.UNKNOWN)
+        raise
     report = action.collect(ledger, since=since.date() if since else None)
     if fmt or not (check or prometheus):
         text = action.render(report, fmt or "text")
@@ -255,12 +306,16 @@ def status(settings, fmt, since, check: bool, max_age_hours: float, prometheus) 
     if prometheus:
         action.write_prometheus(whole, prometheus)
     if check:
-        found = action.problems(whole, max_age_hours=max_age_hours)
-        for why in found:
-            click.echo(printable(f"CHECK: {why}"), err=True)
-        if found:
-            sys.exit(EXIT_ATTENTION)
-        click.echo("CHECK: ok", err=True)
+        monitoring = settings.monitoring
+        if max_age_hours is not None:
+            monitoring = dataclasses.replace(monitoring, last_success_warning_hours=max_age_hours,
+                                             last_success_critical_hours=max(max_age_hours,
+                                                                             monitoring.last_success_critical_hours))
+        found = action.health(whole, monitoring, sites=tuple(s.finess_geo for s in settings.structure.sites))
+        click.echo(printable(found.status_line()))
+        for level, why in found.reasons:  # the plugin's long output: one reason a line
+            click.echo(printable(f"{action.LEVELS[level]}: {why}"))
+        sys.exit(found.level)
 
 
 # --- daemon and audit trail --------------------------------------------------------------------

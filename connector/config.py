@@ -170,6 +170,24 @@ class VihfSettings:
 
 
 @dataclass(frozen=True)
+class MonitoringSettings:
+    """What `status --check` (and a run's exit code) raise, and from when. Levels follow the monitoring-plugin
+    conventions: WARNING needs a human today, CRITICAL now."""
+
+    # skips that mean a configuration problem here (a FINESS typo: every document SITE_UNKNOWN); empty them
+    # where another instance feeds the other sites of a shared store
+    attention_skip_reasons: tuple[str, ...] = ("SITE_UNKNOWN", "TYPE_NOT_ALLOWED")
+    deferred_warning_hours: float = 24.0  # a deferred document first tried longer ago than this
+    deferred_critical_hours: float = 72.0
+    submitting_stranded_minutes: float = 120.0  # SUBMITTING with no run in progress for longer than this
+    last_success_warning_hours: float = 26.0  # a nightly run plus its randomized delay and a slow night
+    last_success_critical_hours: float = 50.0  # two nights missed
+    certificate_warning_days: float = 30.0
+    certificate_critical_days: float = 7.0
+    failed_critical: int = 0  # FAILED documents are a WARNING; this many or more a CRITICAL (0: never)
+
+
+@dataclass(frozen=True)
 class Settings:
     source: Path | None
     state_dir: Path
@@ -186,6 +204,7 @@ class Settings:
     schedule: str = "0 2 * * *"
     timezone: str = "Europe/Paris"
     audit_retention_days: int = 183
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -251,6 +270,7 @@ def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> S
         schedule=r.string("schedule.cron", "0 2 * * *", pattern=CRON_RE, what="a 5-field cron expression"),
         timezone=_timezone(r),
         audit_retention_days=r.integer("audit.retention_days", 183, minimum=1),
+        monitoring=_monitoring(r),
     )
     r.reject_unknown()
     return settings
@@ -347,6 +367,25 @@ def _dmp(r: _Reader) -> DmpSettings:
         max_in_flight=r.integer("dmp.max_in_flight", 4, minimum=1),
         retry=retry,
     )
+
+
+def _monitoring(r: _Reader) -> MonitoringSettings:
+    d = MonitoringSettings()
+    m = MonitoringSettings(
+        attention_skip_reasons=tuple(r.str_list("monitoring.attention_skip_reasons", list(d.attention_skip_reasons))),
+        **{name: r.number(f"monitoring.{name}", getattr(d, name)) for name in (
+            "deferred_warning_hours", "deferred_critical_hours", "submitting_stranded_minutes",
+            "last_success_warning_hours", "last_success_critical_hours", "certificate_warning_days",
+            "certificate_critical_days")},
+        failed_critical=r.integer("monitoring.failed_critical", d.failed_critical, minimum=0),
+    )
+    for warning, critical in (("deferred_warning_hours", "deferred_critical_hours"),
+                              ("last_success_warning_hours", "last_success_critical_hours")):
+        if getattr(m, critical) < getattr(m, warning):
+            raise ConfigError(f"monitoring.{critical}: must be at least monitoring.{warning}")
+    if m.certificate_critical_days > m.certificate_warning_days:
+        raise ConfigError("monitoring.certificate_critical_days: must be at most monitoring.certificate_warning_days")
+    return m
 
 
 def _certificates(r: _Reader) -> Certificates | None:

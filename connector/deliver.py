@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import dataclass
 
 import tenacity
@@ -33,6 +34,8 @@ EXPIRED = "EXPIRED"
 UNKNOWN_OUTCOME = "UNKNOWN_OUTCOME"
 TRANSIENT = "TRANSIENT_ERROR"
 INTERNAL_ERROR = "INTERNAL_ERROR"  # an unexpected error while delivering: a defect of ours, or the ledger failing
+DMP_UNREACHABLE = "DMP_UNREACHABLE"  # nothing reached the DMP: connection refused, timed out, name unknown
+TLS_REFUSED = "TLS_REFUSED"  # the TLS handshake failed (certificate not trusted either way, host name, version)
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,17 @@ class Result:
     state: str  # FED, DEFERRED, FAILED
     outcome: str  # accepted, accepted_with_warnings, reconciled, transient, permanent, unknown, expired
     error_code: str | None = None
+    cause: str | None = None  # "unreachable" or "tls" when the DMP could not be reached (Outcome.cause)
+    message: str | None = None
 
 
 class Deliverer:
     def __init__(self, settings: Settings, ledger: Ledger, store: Store, client: DmpClient, run_id: int):
         self.settings, self.ledger, self.store, self.client, self.run_id = settings, ledger, store, client, run_id
+        # Set when a submission could not reach the DMP after its in-run retries: the run takes no new patient
+        # (every one would wait through the same retries) and exits with the DMP's unavailability.
+        self.down: Result | None = None
+        self.write_back_failures = 0  # documents whose dmp_feed_status row could not be written in this run
 
     def deliver(self, record: SubmissionRecord, prepared: Prepared, patient: Patient,
                 withdraw: tuple[str, str] | None = None) -> Result:
@@ -76,9 +85,14 @@ class Deliverer:
                 break
             # Not in the DMP: resend at once, with the very same ids (once in this run).
         if outcome.kind in ("transient", "unknown"):
-            return self._defer(record, prepared, outcome, UNKNOWN_OUTCOME if outcome.kind == "unknown" else TRANSIENT)
+            reason = (UNKNOWN_OUTCOME if outcome.kind == "unknown" else
+                      {"tls": TLS_REFUSED, "unreachable": DMP_UNREACHABLE}.get(outcome.cause, TRANSIENT))
+            result = self._defer(record, prepared, outcome, reason)
+            if outcome.cause and self.down is None:
+                self.down = result
+            return result
         code = _first_code(outcome) or "DMP_REJECTED"
-        return self._settle(record, prepared, Result(FAILED, "permanent", code), outcome.message)
+        return self._settle(record, prepared, Result(FAILED, "permanent", code), cause_of(outcome))
 
     def deliver_or_settle(self, record: SubmissionRecord, prepared: Prepared, patient: Patient,
                           withdraw: tuple[str, str] | None = None) -> Result:
@@ -96,7 +110,7 @@ class Deliverer:
     # --- steps -----------------------------------------------------------------------------
 
     def _settle_unexpected(self, record: SubmissionRecord, prepared: Prepared, exc: Exception) -> None:
-        message = f"unexpected error while delivering: {_short_error(exc)}"
+        message = f"unexpected error while delivering: {short_error(exc)}"
         try:
             if self.ledger.submission_error_code(record.id) == INTERNAL_ERROR:
                 self._settle(record, prepared, Result(FAILED, "error", INTERNAL_ERROR), message)
@@ -116,15 +130,21 @@ class Deliverer:
             testhooks.point("before_send")
             outcome = self.client.provide_and_register(prepared.request, prepared.attachments, prepared.vihf)
             testhooks.point("after_send")
-            self._audit("ITI-41", record, prepared, outcome.kind, _first_code(outcome), outcome.message)
-            log.info("submission %s (%d documents): %s%s", record.submission_set_uid, len(record.documents),
-                     outcome.kind, f" {_first_code(outcome)}" if _first_code(outcome) else "")
+            self._audit("ITI-41", record, prepared, outcome.kind, _first_code(outcome), cause_of(outcome))
+            if not outcome.accepted:
+                log.warning("submission %s (%d documents): ITI-41 attempt %d of %d: %s: %s",
+                            record.submission_set_uid, len(record.documents), attempts[0] + 1, r.in_run_attempts,
+                            outcome.kind, cause_of(outcome))
+            attempts[0] += 1
             return outcome
+
+        attempts = [0]
 
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(r.in_run_attempts),
             wait=tenacity.wait_random_exponential(multiplier=r.in_run_wait_initial, max=r.in_run_wait_max),
-            retry=tenacity.retry_if_result(lambda o: o.kind == "transient"),
+            # a failed TLS handshake is a configuration problem: trying again in seconds cannot change it
+            retry=tenacity.retry_if_result(lambda o: o.kind == "transient" and o.cause != "tls"),
             retry_error_callback=lambda state: state.outcome.result(),
             reraise=True,
         )
@@ -145,19 +165,28 @@ class Deliverer:
         first = self.ledger.first_attempt_at(record.id) or now
         if now - first >= dt.timedelta(days=r.lifetime_days):
             return self._settle(record, prepared, Result(FAILED, "expired", EXPIRED),
-                                f"still failing after {r.lifetime_days:g} days: {outcome.message}")
+                                f"still failing after {r.lifetime_days:g} days: {cause_of(outcome)}")
         attempts = max(1, self.ledger.submission(record.id).attempts // max(1, r.in_run_attempts))
         delay = min(r.deferred_max_minutes, r.deferred_min_minutes * 2 ** (attempts - 1))
+        message = cause_of(outcome)
+        next_at = now + dt.timedelta(minutes=delay)
         self.ledger.settle_submission(record.id, state=DEFERRED, outcome=outcome.kind, error_code=_first_code(outcome),
-                                      error_message=outcome.message, reason=reason,
-                                      next_attempt_at=now + dt.timedelta(minutes=delay))
-        return Result(DEFERRED, outcome.kind, _first_code(outcome))
+                                      error_message=message, reason=reason, next_attempt_at=next_at)
+        log.warning("submission %s (%d documents): DEFERRED %s until %s UTC: %s", record.submission_set_uid,
+                    len(record.documents), reason, f"{next_at:%Y-%m-%d %H:%M}", message)
+        return Result(DEFERRED, outcome.kind, _first_code(outcome) or reason, outcome.cause, message)
 
     def _settle(self, record: SubmissionRecord, prepared: Prepared, result: Result, message: str | None) -> Result:
         testhooks.point("before_settle")
         self.ledger.settle_submission(record.id, state=result.state, outcome=result.outcome, error_code=result.error_code,
                                       error_message=message, reason=None if result.state == FED else result.error_code)
         testhooks.point("after_settle")
+        if result.state == FAILED:
+            log.error("submission %s (%d documents): FAILED %s: %s", record.submission_set_uid,
+                      len(record.documents), result.error_code, message)
+        else:
+            log.info("submission %s (%d documents): %s (%s)%s", record.submission_set_uid, len(record.documents),
+                     result.state, result.outcome, f": {message}" if message else "")
         self._write_back(record, result, message)
         return result
 
@@ -172,8 +201,12 @@ class Deliverer:
         ]
         try:
             self.store.write_back(rows)
-        except Exception as exc:  # the ledger is the source of truth; the marker is rewritten by `status --write-back`
-            log.warning("write-back to the store failed for submission %s: %s", record.submission_set_uid, exc)
+        except Exception as exc:  # the ledger is the source of truth: the rows are rewritten from it later
+            error = short_error(exc)
+            self.ledger.write_back_failed([(d.document_id, d.version) for d in record.documents], error)
+            self.write_back_failures += len(record.documents)  # read once the senders are done
+            log.warning("submission %s: dmp_feed_status not written (%s); retried by the next run, or now with "
+                        "`dmp-connector write-back`", record.submission_set_uid, error)
 
     def _audit(self, action, record: SubmissionRecord, prepared: Prepared, outcome, code=None, message=None) -> None:
         self.ledger.audit(run_id=self.run_id, action=action, outcome=outcome, finess_geo=record.finess_geo,
@@ -186,8 +219,21 @@ def _no_reply() -> Outcome:
     return Outcome(kind="unknown", status=None, errors=(), message="ITI-18 could not tell whether it was received")
 
 
-def _short_error(exc: BaseException) -> str:
-    """The exception's class and first line, without the SQL and parameters SQLAlchemy appends (a row's values)."""
+_LONG_NUMBER = re.compile(r"\d{13,}")  # an INS (NIR/NIA: 13 digits + key) echoed in a DMP message
+
+
+def cause_of(outcome: Outcome) -> str:
+    """What an outcome's log line and ledger detail say: the exception (class and message) or the DMP's error
+    codes with their context (e.g. "Failure: XDSUnknownPatientId: DMP fermé"), never a patient's INS."""
+    if not outcome.errors:
+        return _LONG_NUMBER.sub("[number]", outcome.message)
+    details = "; ".join(f"{e.code}: {e.context}" if e.context else e.code for e in outcome.errors)
+    return _LONG_NUMBER.sub("[number]", f"{outcome.status or outcome.kind}: {details}")
+
+
+def short_error(exc: BaseException) -> str:
+    """An exception's class and first line, without the SQL statement and parameters SQLAlchemy appends
+    (they may hold a document's values)."""
     inner = getattr(exc, "orig", None) or exc
     text = (str(inner).splitlines() or [""])[0][:300]
     return f"{type(inner).__name__}: {text}" if text else type(inner).__name__

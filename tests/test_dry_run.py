@@ -29,9 +29,10 @@ def test_dry_run_json_matches_expected_decisions(tmp_path):
     activities = {r["document_id"]: r["content_type_code"] for r in rows if r["patient_id"] == "IPP-001"}
     assert activities == {"DOC-001": "03", "DOC-002": "07", "DOC-003": "97", "DOC-004": "97"}
     assert {r["content_type_code"] for r in rows if r["reason"]} == {None}
-    # Nothing recorded by a dry run.
+    # Nothing recorded by a dry run: not even an empty ledger, which status does not create either.
     status = CliRunner().invoke(main, ["status", "--format", "json", "--config", str(_config(tmp_path, store_dir))])
-    assert json.loads(status.output)["documents_by_state"]["SKIPPED"] == 0
+    assert status.exit_code == 4 and "error: no ledger at " in status.output
+    assert not (tmp_path / "state" / "ledger.sqlite3").exists()
 
 
 def test_dry_run_text_names_each_reason(tmp_path):

@@ -14,9 +14,9 @@ from connector.cli import main
 CLOSED = "XDSUnknownPatientId"
 
 
-def _cli(cfg, *args):
+def _cli(cfg, *args, code=0):
     result = CliRunner().invoke(main, [*args, "--config", str(cfg)])
-    assert result.exit_code == 0, (args, result.output, result.exception)
+    assert result.exit_code == code, (args, result.output, result.exception)
     return result.output
 
 
@@ -41,7 +41,10 @@ def test_replay_after_correction_dry_run_hold_and_release(tmp_path):
         url = folder.ledger_url
         sb.state.set_patient(ins_cx, "closed")  # the patient closed their DMP
 
-        _cli(cfg, "run")
+        # a closed DMP is a permanent refusal: FAILED, logged at ERROR with the DMP's own words, exit 1
+        out = _cli(cfg, "run", code=1)
+        assert "ERROR connector.deliver: submission" in out and "FAILED XDSUnknownPatientId: Failure: XDSUnknownPatientId: DMP fermé" in out
+        assert "needs a human: 2 document(s) failed" in out
         states = h.ledger_states(url)
         assert {k: states[k] for k in closed_docs} == {k: ("FAILED", CLOSED) for k in closed_docs}
         assert states[("HELD-1", 1)] == ("SKIPPED", "DOCUMENT_NOT_VALIDATED")

@@ -15,7 +15,9 @@ from click.testing import CliRunner
 
 import delivery_harness as h
 from connector.actions import status
+from connector import __version__
 from connector.cli import main
+from connector.config import MonitoringSettings
 from connector.ledger.repo import open_ledger, utcnow
 from connector.ledger.schema import documents, runs
 from connector.report import prometheus
@@ -164,7 +166,14 @@ def test_prometheus_textfile(report, tmp_path):
     lines = path.read_text().splitlines()
     samples = {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in lines if not line.startswith("#")}
     assert samples['dmp_connector_documents{state="FED"}'] == "4"
-    assert samples[f'dmp_connector_fed_total{{site="{A}"}}'] == "3"
+    assert samples[f'dmp_connector_fed_documents{{site="{A}"}}'] == "3"
+    assert "# TYPE dmp_connector_fed_documents gauge" in lines and not any(" counter" in line for line in lines)
+    assert samples[f'dmp_connector_build_info{{version="{__version__}"}}'] == "1"
+    assert samples["dmp_connector_oldest_deferred_age_seconds"] == str(int((NOW - D19).total_seconds()))
+    assert samples["dmp_connector_write_back_failures"] == "0"
+    assert samples["dmp_connector_last_run_status"] == "2"  # the last run failed
+    assert samples["dmp_connector_last_run_timestamp_seconds"] == str(
+        int(dt.datetime(2026, 11, 20, 2, 0, tzinfo=dt.UTC).timestamp()))
     assert samples[f'dmp_connector_feeding_ratio{{site="{B}"}}'] == "0.3333"
     assert samples["dmp_connector_failed_documents"] == "1"
     assert samples["dmp_connector_last_success_timestamp_seconds"] == str(
@@ -173,12 +182,61 @@ def test_prometheus_textfile(report, tmp_path):
     assert prometheus.to_prometheus(report).endswith("\n")
 
 
-def test_problems(report):
-    assert status.problems(report, now=NOW) == [
-        "1 document(s) FAILED and need a human (see `dmp-connector status`)",
-        "last successful run finished 2026-11-19 02:05 UTC, more than 26 hours ago"]
-    assert status.problems(report, now=NOW, max_age_hours=48) == [
-        "1 document(s) FAILED and need a human (see `dmp-connector status`)"]
+def test_health_levels_and_reasons(report):
+    found = status.health(report, now=NOW)
+    assert found.level == status.CRITICAL
+    assert found.reasons == [
+        (status.CRITICAL, "run #2 failed: see its log"),
+        (status.WARNING, "1 document(s) FAILED and need a human (`dmp-connector status`, then replay)"),
+        (status.WARNING, "documents DEFERRED for 34 hours (first tried 2026-11-19 02:10 UTC)"),
+        (status.WARNING, "last successful run finished 2026-11-19 02:05 UTC, more than 26 hours ago")]
+    relaxed = MonitoringSettings(deferred_warning_hours=48, deferred_critical_hours=72, last_success_warning_hours=48)
+    assert [why for _, why in status.health(report, relaxed, now=NOW).reasons][1:] == [
+        "1 document(s) FAILED and need a human (`dmp-connector status`, then replay)"]
+    line = found.status_line()
+    assert line.startswith("DMP-CONNECTOR CRITICAL - run #2 failed: see its log; 1 document(s) FAILED")
+    perf = line.split(" | ", 1)[1].split()
+    assert "failed=1;1;;0" in perf and "deferred=1;;;0" in perf and "oldest_deferred_age=121800s;86400;259200;0" in perf
+    assert "\n" not in line
+
+
+def test_health_raises_every_cause_a_human_must_see(tmp_path):
+    """DMP unreachable or TLS refused in the last run, stranded SUBMITTING, certificates expiring (30 / 7 days),
+    SITE_UNKNOWN / TYPE_NOT_ALLOWED skips in the last run, write-back failures: each names its cause."""
+    now = utcnow()
+    ledger = _ledger(tmp_path / "l.sqlite3", [
+        _doc(1, A, "11490-0", "SUBMITTING", now - dt.timedelta(hours=5), updated_at=now - dt.timedelta(hours=5)),
+        _doc(2, A, "11490-0", "FED", now, fed=now)], [
+        dict(mode="run", status="done", started_at=now - dt.timedelta(hours=2), finished_at=now - dt.timedelta(hours=2),
+             counts={"fed": 1}, message=None),
+        dict(mode="run", status="unreachable", started_at=now, finished_at=now, counts={"deferred": 3, "skipped:SITE_UNKNOWN": 9,
+                                                                                   "newly_skipped:SITE_UNKNOWN": 7},
+             message="not sent: ConnectionError: [Errno 111] Connection refused")])
+    ledger.record_certificates({"auth_cli": now + dt.timedelta(days=4), "sign": now + dt.timedelta(days=20)})
+    ledger.write_back_failed([("DOC-002", 1)], "InsufficientPrivilege: permission denied for table dmp_feed_status")
+    found = status.health(status.collect(ledger), now=now)
+    assert found.level == status.CRITICAL
+    assert [(status.LEVELS[level], why) for level, why in found.reasons] == [
+        ("CRITICAL", "DMP unreachable in run #2: not sent: ConnectionError: [Errno 111] Connection refused"),
+        ("CRITICAL", f"certificate auth_cli expires in 4 day(s) ({now + dt.timedelta(days=4):%Y-%m-%d} UTC)"),
+        ("WARNING", "1 document(s) SUBMITTING for 5.0 hours: no run settled them (the next run will, by ITI-18)"),
+        ("WARNING", f"certificate sign expires in 20 day(s) ({now + dt.timedelta(days=20):%Y-%m-%d} UTC)"),
+        ("WARNING", "run #2 newly skipped 7 document(s) SITE_UNKNOWN (their FINESS géo is not in structure.sites: a typo?)"),
+        ("WARNING", f"1 dmp_feed_status row(s) not written since {now:%Y-%m-%d %H:%M} UTC (`dmp-connector write-back`)")]
+    assert "auth_cli_expiry_days=4.0;30:;7:" in found.status_line()
+    metrics = prometheus.to_prometheus(status.collect(ledger))
+    assert f'dmp_connector_certificate_expiry_timestamp_seconds{{purpose="auth_cli"}} ' \
+           f'{int((now + dt.timedelta(days=4)).replace(tzinfo=dt.UTC).timestamp())}' in metrics
+    assert "dmp_connector_write_back_failures 1" in metrics and "dmp_connector_last_run_status 4" in metrics
+    with ledger.engine.begin() as conn:
+        conn.execute(sa.update(runs).where(runs.c.id == 2).values(status="tls_refused", message="not sent: SSLError"))
+    assert status.health(status.collect(ledger), now=now).reasons[0] == (
+        status.CRITICAL, "TLS with the DMP refused in run #2 (a configuration problem): not sent: SSLError")
+    quiet = MonitoringSettings(attention_skip_reasons=(), certificate_warning_days=3, certificate_critical_days=1,
+                               submitting_stranded_minutes=600)
+    assert [why for _, why in status.health(status.collect(ledger), quiet, now=now).reasons] == [
+        "TLS with the DMP refused in run #2 (a configuration problem): not sent: SSLError",
+        f"1 dmp_feed_status row(s) not written since {now:%Y-%m-%d %H:%M} UTC (`dmp-connector write-back`)"]
 
 
 def _config(tmp_path):
@@ -186,23 +244,35 @@ def _config(tmp_path):
 
 
 def test_check_exit_codes(tmp_path):
+    """status --check as a monitoring plugin: one status line on stdout with perfdata, 0 OK, 1 WARNING,
+    2 CRITICAL, 3 UNKNOWN (the ledger cannot be read)."""
     recent = utcnow() - dt.timedelta(hours=3)
-    healthy = [r for r in ROWS if r["state"] != "FAILED"]
+    healthy = [r for r in ROWS if r["state"] not in ("FAILED", "DEFERRED")]
     ledger = _ledger(tmp_path / "ledger.sqlite3", healthy,
                      [dict(mode="run", status="done", started_at=recent, finished_at=recent, counts={})])
     runner, config = CliRunner(), _config(tmp_path)
     ok = runner.invoke(main, ["status", "--config", config, "--check", "--prometheus", str(tmp_path / "m.prom")])
     assert ok.exit_code == 0, ok.output
-    assert "CHECK: ok" in ok.output and "Documents by state" not in ok.output
+    assert ok.stdout.splitlines()[0].startswith("DMP-CONNECTOR OK - feeding normally | failed=0;1;;0 ")
+    assert "Documents by state" not in ok.output
     assert (tmp_path / "m.prom").is_file()
     stale = runner.invoke(main, ["status", "--config", config, "--check", "--max-age-hours", "2"])
-    assert stale.exit_code == 1 and "more than 2 hours ago" in stale.output
+    assert stale.exit_code == 1 and stale.stdout.startswith("DMP-CONNECTOR WARNING - last successful run finished")
+    assert "more than 2 hours ago" in stale.stdout
     with ledger.engine.begin() as conn:
         conn.execute(sa.insert(documents), [r for r in ROWS if r["state"] == "FAILED"])
     failed = runner.invoke(main, ["status", "--config", config, "--check", "--format", "html"])
     assert failed.exit_code == 1 and "FAILED and need a human" in failed.output and "<svg" in failed.output
+    with ledger.engine.begin() as conn:
+        conn.execute(sa.insert(runs).values(mode="run", status="unreachable", started_at=utcnow(), finished_at=utcnow(),
+                                            counts={}, message="not sent: ConnectionError: refused"))
+    down = runner.invoke(main, ["status", "--config", config, "--check"])
+    assert down.exit_code == 2 and down.stdout.startswith("DMP-CONNECTOR CRITICAL - DMP unreachable in run #2: ")
     for fmt in ("text", "json", "csv", "html"):
         assert runner.invoke(main, ["status", "--config", config, "--format", fmt, "--since", "2026-11-19"]).exit_code == 0
+    (tmp_path / "ledger.sqlite3").unlink()
+    gone = runner.invoke(main, ["status", "--config", config, "--check"])
+    assert gone.exit_code == 3 and gone.stdout.startswith("DMP-CONNECTOR UNKNOWN - ")
 
 
 def _plans(ledger, **kw) -> list[tuple[str, list[str]]]:
@@ -244,5 +314,5 @@ def test_postgresql_gives_the_same_figures(tmp_path, pg_url, since):
         conn.execute(sa.insert(documents), ROWS)
         conn.execute(sa.insert(runs), RUNS)
     expected = status.collect(_ledger(tmp_path / "ledger.sqlite3"), since=since, now=NOW)
-    assert status.collect(pg, since=since, now=NOW) == expected
+    assert {**status.collect(pg, since=since, now=NOW), "ledger": None} == {**expected, "ledger": None}
     pg.engine.dispose()

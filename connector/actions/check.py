@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from connector.actions.context import open_settings_ledger, open_store
 from connector.config import Settings
-from connector.ledger.repo import LedgerError
+from connector.ledger.repo import LedgerError, LedgerMissing
 from connector.store import StoreError
 
 
@@ -38,7 +38,13 @@ def run_checks(settings: Settings) -> list[Check]:
     checks.append(_homologation(settings))
     checks.append(_opens("store", open_store, settings, StoreError,
                          "reachable, dmp_patient and dmp_document have every column of the contract"))
-    checks.append(_opens("ledger", open_settings_ledger, settings, LedgerError, "reachable, schema up to date"))
+    if checks[-1].level == "ok" and settings.store.write_back:
+        checks.append(_write_access(settings))
+    try:
+        checks.append(_opens("ledger", open_settings_ledger, settings, LedgerError,
+                             f"{settings.ledger.url.split('://')[0]} ledger reachable, schema up to date"))
+    except LedgerMissing as exc:
+        checks.append(Check("warning", "ledger", f"{exc} (the first run creates it)"))
     checks.append(_schedule(settings))
     credentials = _certificates(settings, checks)
     peer = None
@@ -115,9 +121,35 @@ def _opens(name: str, open_it, settings: Settings, error: type[Exception], ok: s
     """A database check: opening it checks reachability and its tables (the error says what is wrong)."""
     try:
         open_it(settings)
+    except LedgerMissing:
+        raise
     except error as exc:
         return Check("error", name, str(exc))
     return Check("ok", name, ok)
+
+
+def _write_access(settings: Settings) -> Check:
+    """Write a probe row to dmp_feed_status (creating the table if needed) in a transaction rolled back: the
+    store user's rights are known now, not at the first write-back of a run."""
+    import sqlalchemy as sa
+
+    from connector.deliver import short_error
+    from connector.store import dmp_feed_status
+
+    store = open_store(settings)
+    try:
+        with store.engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                dmp_feed_status.create(conn, checkfirst=True)
+                conn.execute(sa.insert(dmp_feed_status).values(document_id="dmp-connector check", version=0,
+                                                                status="FED"))
+            finally:
+                transaction.rollback()
+    except Exception as exc:
+        return Check("error", "store", f"cannot write dmp_feed_status ({short_error(exc)}): grant the store user "
+                                       "INSERT and UPDATE on it, or set store.write_back = false")
+    return Check("ok", "store", "dmp_feed_status writable (probe row rolled back)")
 
 
 def _certificates(settings: Settings, checks: list[Check]) -> dict:

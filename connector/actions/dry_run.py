@@ -9,12 +9,16 @@ from typing import Iterator
 from connector.actions.context import open_settings_ledger, open_store
 from connector.config import Settings
 from connector.payload import activity, xds
+from connector.ledger.repo import LedgerMissing
 from connector.scan import Decision, scan
 
 
 def decisions(settings: Settings) -> Iterator[Decision]:
     store = open_store(settings)
-    ledger = open_settings_ledger(settings)
+    try:
+        ledger = open_settings_ledger(settings)
+    except LedgerMissing:  # before the first run: the rules alone decide (nothing was fed, held or failed yet)
+        ledger = None
     for group in scan(store, ledger, settings, load_content=False):
         yield from group
 

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 
 from connector import prepare, rules, testhooks
 from connector.actions.audit import purge as purge_audit
-from connector.actions.context import open_settings_ledger, open_store
+from connector.actions.context import describe_url, open_settings_ledger, open_store
 from connector.actions.rebuild import refuse_a_lost_ledger
+from connector.actions.write_back import retry_write_backs
 from connector.config import ConfigError, Settings
-from connector.deliver import Deliverer, Result
+from connector.deliver import Deliverer, Result, short_error
 from connector.errors import LedgerError
 from connector.dmp.client import DmpClient
 from connector.logs import RunProgress, StopRequested
@@ -40,6 +41,10 @@ BUILD_ERROR = "BUILD_ERROR"  # an unexpected error while building a request: a d
 LOOKAHEAD = 2  # patients whose CDAs are being checked while the main thread submits the one before
 
 
+_SKIP_HINTS = {"SITE_UNKNOWN": " (FINESS géo not in structure.sites: a typo?)",
+               "TYPE_NOT_ALLOWED": " (type code outside JDV_J07 or rules.allowed_type_codes)"}
+
+
 @dataclass
 class Summary:
     run_id: int
@@ -49,32 +54,79 @@ class Summary:
     counts: collections.Counter = field(default_factory=collections.Counter)
     skipped: collections.Counter = field(default_factory=collections.Counter)
     warnings: collections.Counter = field(default_factory=collections.Counter)  # eligible documents warned about
+    newly_skipped: collections.Counter = field(default_factory=collections.Counter)  # recorded anew by this run
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    unreachable: str | None = None  # the first cause, when the DMP could not be reached (connection)
+    tls_refused: str | None = None  # the first cause, when the TLS handshake with the DMP failed
+    attention_reasons: tuple[str, ...] = ()  # skip reasons that need a human here (monitoring.attention_skip_reasons)
+    write_back_failures: int = 0  # documents whose dmp_feed_status row could not be written (retried next run)
 
     def add(self, key: str, n: int = 1) -> None:
         with self.lock:
             self.counts[key] += n
 
+    @property
+    def status(self) -> str:
+        """As recorded in the ledger's runs: done, or why the DMP could not be reached."""
+        return "tls_refused" if self.tls_refused else "unreachable" if self.unreachable else "done"
+
+    @property
+    def attention(self) -> list[str]:
+        """What a human must look at after this run (the reasons of exit code 1)."""
+        found = []
+        if self.counts["failed"] or self.counts["error"]:
+            found.append(f"{self.counts['failed'] + self.counts['error']} document(s) failed")
+        found += [f"{self.newly_skipped[r]} document(s) newly skipped {r}{_SKIP_HINTS.get(r, '')}"
+                  for r in self.attention_reasons if self.newly_skipped[r]]
+        if self.write_back_failures:
+            found.append(f"{self.write_back_failures} dmp_feed_status row(s) not written (retried by the next run)")
+        return found
+
+    @property
+    def exit_code(self) -> int:
+        """The README's exit codes: 6 TLS with the DMP refused, 4 DMP unreachable, 1 something needs a human."""
+        return 6 if self.tls_refused else 4 if self.unreachable else 1 if self.attention else 0
+
+    @property
+    def documents(self) -> dict:
+        """Every count, zeros included (a JSON reader gets the same keys whatever happened)."""
+        c = self.counts
+        return {k: c[k] for k in ("fed", "deferred", "failed", "withdrawn", "claimed_elsewhere", "error")}
+
     def as_dict(self) -> dict:
-        return {"run_id": self.run_id, "mode": self.mode, "duration_s": round(self.duration, 3),
-                "documents": dict(self.counts), "skipped_by_reason": dict(self.skipped),
-                "warnings_by_reason": dict(self.warnings)}
+        return {"run_id": self.run_id, "mode": self.mode, "status": self.status, "exit_code": self.exit_code,
+                "duration_s": round(self.duration, 3), "documents": self.documents,
+                "skipped": sum(self.skipped.values()), "skipped_by_reason": dict(sorted(self.skipped.items())),
+                "warnings_by_reason": dict(sorted(self.warnings.items())),
+                "dmp_unreachable": self.unreachable, "tls_refused": self.tls_refused, "attention": self.attention}
+
+    def headline(self) -> str:
+        c = self.counts
+        return (f"run #{self.run_id} {self.status} in {self.duration:.1f}s: {c['fed']} fed, {c['deferred']} deferred, "
+                f"{c['failed'] + c['error']} failed, {sum(self.skipped.values())} skipped")
 
     def text(self) -> str:
-        c = self.counts
-        lines = [f"run #{self.run_id} finished in {self.duration:.1f}s: "
-                 f"{c['fed']} fed, {c['deferred']} deferred, {c['failed']} failed, {sum(self.skipped.values())} skipped"]
+        lines = [self.headline()]
         lines += [f"  skipped {reason:<24} {n}" for reason, n in sorted(self.skipped.items())]
         lines += [f"  warning {reason:<24} {n}" for reason, n in sorted(self.warnings.items())]
+        if self.tls_refused:
+            lines.append(f"  TLS with the DMP refused: {self.tls_refused}")
+        if self.unreachable:
+            lines.append(f"  DMP unreachable: {self.unreachable}")
+        lines += [f"  needs a human: {a}" for a in self.attention]
         return "\n".join(lines)
 
 
 def run(settings: Settings, *, mode: str = "run", progress=None, under_lock=None) -> Summary:
     """`under_lock(ledger)`, if given, runs once the lock is held, before the run (replay's requeue: changing
     the queue while another run works on it would race that run)."""
-    ledger = open_settings_ledger(settings)
+    ledger = open_settings_ledger(settings, create=True)
     store = open_store(settings)
-    store.ensure_write_back_table()
+    try:
+        store.ensure_write_back_table()
+    except Exception as exc:  # feeding goes on: the rows are written once it exists (write-back retries)
+        log.error("dmp_feed_status cannot be created in the store (%s): create it, or set store.write_back = false",
+                  short_error(exc))
     with run_lock(ledger, settings.state_dir, settings.ledger.instance):
         refuse_a_lost_ledger(ledger, store)  # a ledger that has fed nothing over a store fed already
         if under_lock is not None:
@@ -87,16 +139,20 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
         raise ConfigError("certificates: missing ([certificates.auth_cli] and [certificates.sign] are needed to run)")
     sign = _usable_credential(settings.certificates.sign, "sign")
     auth = _usable_credential(settings.certificates.auth_cli, "auth_cli")
+    ledger.record_certificates({purpose: c.certificate.not_valid_after_utc.replace(tzinfo=None)
+                                for purpose, c in (("auth_cli", auth), ("sign", sign))})
     client = DmpClient(settings.dmp, auth, settings.certificates.auth_cli.password())
     purge_audit(ledger, settings.audit_retention_days)
-    summary = Summary(ledger.start_run(mode), mode)
-    log.info("run %d started (%s)", summary.run_id, mode)
+    summary = Summary(ledger.start_run(mode), mode, attention_reasons=settings.monitoring.attention_skip_reasons)
+    log.info("run %d started (%s): instance %s, configuration %s, ledger %s, store %s", summary.run_id, mode,
+             settings.ledger.instance, settings.source or "(defaults)", describe_url(ledger.engine), describe_url(store.engine))
+    retry_write_backs(ledger, store)
     deliverer = Deliverer(settings, ledger, store, client, summary.run_id)
     # One submission set prepared ahead of the senders: queuing more held more memory (100,000 store: peak
     # 154 -> 148 MB) and fed no faster, the main thread that prepares being the bottleneck.
     slots = threading.BoundedSemaphore(settings.dmp.max_in_flight + 1)
     owner, lease = settings.ledger.instance, dt.timedelta(minutes=settings.ledger.lease_minutes)
-    status = "done"
+    status, failure = "done", None
     checker = SchematronProcess() if settings.validation.process and settings.validation.schematron != "off" else None
     try:
         with ThreadPoolExecutor(settings.dmp.max_in_flight, thread_name_prefix="send") as pool:
@@ -106,8 +162,10 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
                 future = pool.submit(deliverer.deliver_or_settle, record, prepared, patient, withdraw)
                 future.add_done_callback(lambda f: (slots.release(), _count(summary, record, f), progress.settled(summary)))
 
-            while claimed := ledger.claim_open_submissions(owner, lease, summary.run_id):
+            while not deliverer.down and (claimed := ledger.claim_open_submissions(owner, lease, summary.run_id)):
                 for sub_id in claimed:
+                    if deliverer.down:  # the others keep their lease: this instance takes them back next run
+                        break
                     _resume(settings, ledger, store, sign, summary, ledger.submission(sub_id), submit, checker)
             # A patient's CDAs are checked by the schematron process while the main thread finishes the
             # patients before it. Asked to stop, it takes no new patient and finishes those it has taken.
@@ -119,6 +177,10 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
 
             try:
                 for group in scan(store, ledger, settings):
+                    if deliverer.down:
+                        log.error("the DMP cannot be reached (%s): no new patient is taken; the next run goes on",
+                                  deliverer.down.message)
+                        break
                     progress.patient(summary)  # may raise StopRequested (daemon stopping)
                     started.append(_start_patient(settings, ledger, summary, group, checker))
                     finish(keep=LOOKAHEAD if checker else 0)  # without that process, nothing to wait for
@@ -129,18 +191,32 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
     except StopRequested:
         status = "interrupted"  # asked to stop (SIGTERM): what is open is settled by the next run
         raise
-    except BaseException:
-        status = "failed"
+    except BaseException as exc:
+        status, failure = "failed", short_error(exc)
         raise
     finally:
+        summary.write_back_failures = deliverer.write_back_failures
         if checker is not None:
             checker.close()
         progress.close(summary)
         summary.duration = time.monotonic() - summary.started
+        if status == "done":
+            status = summary.status
+        message = failure or summary.tls_refused or summary.unreachable
         ledger.finish_run(summary.run_id, status, {**summary.counts, **{f"skipped:{k}": v for k, v in summary.skipped.items()},
-                                                   **{f"warning:{k}": v for k, v in summary.warnings.items()}})
-        log.info("run %d %s in %.1fs: %s", summary.run_id, status, summary.duration, dict(summary.counts))
+                                                   **{f"newly_skipped:{k}": v for k, v in summary.newly_skipped.items()},
+                                                   **{f"warning:{k}": v for k, v in summary.warnings.items()}},
+                          message=message and message[:1000])
+        _log_end(summary, status)
     return summary
+
+
+def _log_end(summary: Summary, status: str) -> None:
+    """The run's human summary line, at the level of what it found; then what needs a human, one line each."""
+    level = logging.ERROR if status != "done" else logging.WARNING if summary.attention else logging.INFO
+    log.log(level, "%s", summary.headline().replace(f" {summary.status} ", f" {status} ", 1))
+    for what in summary.attention:
+        log.warning("needs a human: %s", what)
 
 
 def _usable_credential(cert_settings, purpose: str):
@@ -168,6 +244,10 @@ def _count(summary: Summary, record: SubmissionRecord, future) -> None:
                       record.submission_set_uid)
         summary.add("error", len(record.documents))
         return
+    if result.cause == "tls" and summary.tls_refused is None:
+        summary.tls_refused = result.message
+    elif result.cause == "unreachable" and summary.unreachable is None:
+        summary.unreachable = result.message
     summary.add({"FED": "fed", "DEFERRED": "deferred", "FAILED": "failed", "SKIPPED": "withdrawn"}[result.state],
                 len(record.documents))
 
@@ -189,7 +269,7 @@ def _start_patient(settings, ledger: Ledger, summary: Summary, group: list[Decis
                                  state=SKIPPED, reason=d.reason, detail=d.detail,
                                  finess_geo=d.document.finess_geo if d.document else None,
                                  type_code=d.document.type_code if d.document else None))
-    ledger.record_decisions(rows, summary.run_id)
+    summary.newly_skipped.update(ledger.record_decisions(rows, summary.run_id))
     return prepare.start_patient(settings, [d for d in group if d.eligible], checker)
 
 

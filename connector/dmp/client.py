@@ -55,10 +55,8 @@ class DmpClient:
             )
         except requests.RequestException as exc:
             result = outcome.classify_response(None, None, None, exc, sent=outcome.request_was_sent(exc))
-        log.info(
-            "ITI-41 %s: %s (%s) %s", message_id, result.kind, result.status,
-            ", ".join(e.code for e in result.errors) or "",
-        )
+        # The submission's outcome is logged by deliver.py, with its cause, at the level it deserves.
+        log.debug("ITI-41 %s: %s (%s): %s", message_id, result.kind, result.status, result.message)
         return dataclasses.replace(result, message_id=message_id)
 
     def update_document_set(self, request: etree._Element, vihf: etree._Element) -> outcome.Outcome:

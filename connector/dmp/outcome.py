@@ -80,6 +80,10 @@ class Outcome:
     message: str = ""
     sent: bool = True  # False: the request never reached the DMP (nothing to reconcile)
     message_id: str | None = None  # WS-Addressing MessageID of the request, for the audit trail
+    # Why nothing reached the DMP: "unreachable" (name resolution, connection refused or timed out) or "tls" (the
+    # TLS handshake failed either way: server certificate not trusted, wrong host name, protocol version, our
+    # certificate refused). Those are configuration or outage problems a human must see at once.
+    cause: str | None = None
 
     @property
     def accepted(self) -> bool:
@@ -108,10 +112,15 @@ def classify_response(
     if exc is not None:
         reason = describe_exception(exc)
         if not sent:
+            tls = _is_tls_failure(exc)
             if _TLS_REFUSED_HINTS.search(reason):
                 reason += (" (the server ended the TLS handshake: check that the AUTH_CLI certificate is"
                            " valid and issued by a CA the DMP trusts)")
-            return Outcome(TRANSIENT, http_status, message=f"not sent: {reason}", sent=False)
+            elif tls:
+                reason += (" (TLS handshake with the DMP failed: check dmp.base_url's host name, dmp.ca_bundle"
+                           " and that the server speaks TLS 1.2 or later)")
+            return Outcome(TRANSIENT, http_status, message=f"not sent: {reason}", sent=False,
+                           cause="tls" if tls else "unreachable")
         return Outcome(UNKNOWN, http_status, message=f"sent, no usable reply: {reason}")
 
     root = _parse(content_type, body or b"")
@@ -151,6 +160,24 @@ _NOT_SENT = (
     ssl.SSLError,
     ConnectionRefusedError,
 )
+
+
+def _chain(exc: BaseException):
+    """`exc` and every exception it wraps (args, urllib3's reason, __cause__), each once."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        stack += [a for a in (*e.args, getattr(e, "reason", None), e.__cause__) if isinstance(a, BaseException)]
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    return any(isinstance(e, (ssl.SSLError, requests.exceptions.SSLError, urllib3.exceptions.SSLError))
+               for e in _chain(exc))
 
 
 def request_was_sent(exc: BaseException) -> bool:

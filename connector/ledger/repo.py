@@ -6,6 +6,7 @@ after) is its own committed transaction, so a crash at any point leaves a state 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import functools
@@ -56,7 +57,7 @@ _SETTLE_DOCUMENTS = sa.update(_D).where(_D.c.submission_id == sa.bindparam("sub_
     reason=sa.bindparam("reason"), detail=sa.bindparam("detail"),
     fed_at=sa.func.coalesce(sa.bindparam("fed_at", type_=_D.c.fed_at.type), _D.c.fed_at))
 _AUDIT = sa.insert(audit)
-_DOCUMENT_STATES = sa.select(_D.c.document_id, _D.c.version, _D.c.state).where(
+_DOCUMENT_STATES = sa.select(_D.c.document_id, _D.c.version, _D.c.state, _D.c.reason).where(
     _D.c.document_id.in_(sa.bindparam("ids", expanding=True)))
 _UPDATE_DECISION = sa.update(_D).where(_D.c.document_id == sa.bindparam("key_id"),
                                        _D.c.version == sa.bindparam("key_version"))
@@ -119,13 +120,21 @@ class SubmissionRecord:
 BUSY_TIMEOUT_MS = 30000  # how long a SQLite ledger write waits for another process's write lock
 
 
-def open_ledger(url: str, *, auto_migrate: bool | None = None) -> "Ledger":
+class LedgerMissing(LedgerError):
+    """No ledger where the configuration says it is (a command that reads it never creates an empty one)."""
+
+
+def open_ledger(url: str, *, auto_migrate: bool | None = None, create: bool = True) -> "Ledger":
     """Connect; SQLite ledgers are created and migrated automatically, PostgreSQL ones need `db upgrade`.
-    Whatever makes the ledger unusable, now or later in the command, is a LedgerError of one line."""
+    Whatever makes the ledger unusable, now or later in the command, is a LedgerError of one line.
+    `create=False` (every command but `run`, `daemon` and `db upgrade`): a missing ledger is an error naming
+    where it was looked for, never a new empty one reporting zeros."""
     is_sqlite = url.startswith("sqlite")
     new_file = None
     if is_sqlite and "///" in url and not url.endswith(":memory:"):
         path = Path(url.split("///", 1)[1])
+        if not create and not path.exists():
+            raise LedgerMissing(f"no ledger at {path}: wrong configuration (ledger.url, state_dir), or no run yet")
         _check_sqlite_file(path)
         new_file = None if path.exists() else path
     try:
@@ -137,6 +146,9 @@ def open_ledger(url: str, *, auto_migrate: bool | None = None) -> "Ledger":
     sa.event.listen(engine, "handle_error", _ledger_error)
     try:
         current = migrate.current(engine)
+        if current is None and not create:
+            raise LedgerMissing(f"no ledger in {engine.url.render_as_string(hide_password=True)}: wrong configuration "
+                                "(ledger.url), or no `dmp-connector db upgrade` / run yet")
         if current != migrate.head():
             if auto_migrate if auto_migrate is not None else is_sqlite:
                 migrate.upgrade(engine)
@@ -247,15 +259,19 @@ class Ledger:
         """Whether any hold exists (one indexed probe; most ledgers have none)."""
         return conn.execute(sa.select(holds.c.id).limit(1)).first() is not None
 
-    def record_decisions(self, rows: list[dict], run_id: int) -> None:
+    def record_decisions(self, rows: list[dict], run_id: int) -> collections.Counter:
         """Upsert the scan's decisions: SKIPPED (with reason) or PENDING. Never touches a document that is
-        FED, SUBMITTING or FAILED: those states are only left through a submission outcome or a replay."""
+        FED, SUBMITTING or FAILED: those states are only left through a submission outcome or a replay.
+        Returns the skip reasons recorded anew (a new document, or one whose reason changed), by reason."""
+        fresh: collections.Counter = collections.Counter()
         if not rows:
-            return
+            return fresh
         now = utcnow()
         with self.engine.begin() as conn:
             ids = sorted({r["document_id"] for r in rows})
-            existing = {(r.document_id, r.version): r.state for r in conn.execute(_DOCUMENT_STATES, dict(ids=ids))}
+            found = conn.execute(_DOCUMENT_STATES, dict(ids=ids)).all()
+            existing = {(r.document_id, r.version): r.state for r in found}
+            before = {(r.document_id, r.version): r.reason for r in found}
             new, changed = [], []
             for row in rows:
                 key = (row["document_id"], row["version"])
@@ -269,10 +285,15 @@ class Ledger:
                     existing[key] == DEFERRED and row["state"] == PENDING
                 ):
                     changed.append(dict(key_id=key[0], key_version=key[1], **values))
+                else:
+                    continue
+                if row["state"] == SKIPPED and (key not in existing or before[key] != row.get("reason")):
+                    fresh[row.get("reason")] += 1
             if new:  # one statement each, executed for many rows
                 conn.execute(self._insert_new, new)
             if changed:
                 conn.execute(_UPDATE_DECISION, changed)
+        return fresh
 
     @functools.cached_property
     def _insert_new(self):
@@ -475,7 +496,8 @@ class Ledger:
             for document_id, version in keys:
                 conn.execute(sa.delete(w).where(w.c.document_id == document_id, w.c.version == version))
 
-    def write_back_rows(self, *, pending_only: bool = True, limit: int | None = None) -> list[dict]:
+    def write_back_rows(self, *, pending_only: bool = True, limit: int | None = None,
+                        after: tuple[str, int] | None = None) -> list[dict]:
         """dmp_feed_status rows as the ledger says they should be: the pending ones, or every FED and FAILED
         document (`dmp-connector write-back --all`)."""
         d, sd, w = documents, submission_documents, write_back_pending
@@ -487,6 +509,8 @@ class Ledger:
             query = query.join(w, (w.c.document_id == d.c.document_id) & (w.c.version == d.c.version))
         else:
             query = query.where(d.c.state.in_([FED, FAILED]))
+        if after is not None:
+            query = query.where(sa.tuple_(d.c.document_id, d.c.version) > sa.tuple_(*after))
         query = query.order_by(d.c.document_id, d.c.version).limit(limit)
         with self.engine.connect() as conn:
             return [dict(document_id=r.document_id, version=r.version, status=r.state,

@@ -15,7 +15,9 @@ import datetime as dt
 import sqlalchemy as sa
 
 from connector.ledger.repo import Ledger, utcnow
-from connector.ledger.schema import DEFERRED, FAILED, FED, PENDING, SKIPPED, STATES, SUBMITTING, documents, runs
+from connector.ledger.schema import (
+    DEFERRED, FAILED, FED, PENDING, SKIPPED, STATES, SUBMITTING, certificates, documents, runs, write_back_pending,
+)
 
 # A document the connector is, was or will be trying to feed: the feeding rate's denominator.
 ELIGIBLE_STATES = (FED, DEFERRED, FAILED, SUBMITTING, PENDING)
@@ -42,6 +44,9 @@ def collect(ledger: Ledger, *, since: dt.date | None = None, now: dt.datetime | 
                 sa.select(fed_day, sa.func.count()).where(fed_day >= since_day).group_by(fed_day)
             ).all()
         oldest_deferred = conn.execute(sa.select(sa.func.min(d.c.first_attempt_at)).where(d.c.state == DEFERRED)).scalar()
+        oldest_submitting = conn.execute(sa.select(sa.func.min(d.c.updated_at)).where(d.c.state == SUBMITTING)).scalar()
+        pending = conn.execute(sa.select(sa.func.count(), sa.func.min(write_back_pending.c.since))).one()
+        expiry = {r.purpose: r.not_after for r in conn.execute(sa.select(certificates.c.purpose, certificates.c.not_after))}
         failed_total = conn.execute(sa.select(sa.func.count()).where(d.c.state == FAILED)).scalar()
         failed = [dict(r._mapping) for r in conn.execute(
             sa.select(d.c.document_id, d.c.version, d.c.finess_geo, d.c.type_code, d.c.reason, d.c.detail,
@@ -52,7 +57,8 @@ def collect(ledger: Ledger, *, since: dt.date | None = None, now: dt.datetime | 
                       d.c.next_attempt_at)
             .where(d.c.state == DEFERRED).order_by(d.c.next_attempt_at).limit(failures))]
         recent = [_run(r) for r in conn.execute(
-            sa.select(runs.c.id, runs.c.mode, runs.c.status, runs.c.started_at, runs.c.finished_at, runs.c.counts)
+            sa.select(runs.c.id, runs.c.mode, runs.c.status, runs.c.started_at, runs.c.finished_at, runs.c.counts,
+                      runs.c.message)
             .where(*([runs.c.started_at >= start] if since else []))
             .order_by(runs.c.id.desc()).limit(last_runs))]
         last_success = conn.execute(
@@ -69,12 +75,17 @@ def collect(ledger: Ledger, *, since: dt.date | None = None, now: dt.datetime | 
         if reason is not None:
             by_reason[(state, reason)] += n
     return {
+        "ledger": ledger.engine.url.render_as_string(hide_password=True),
         "generated_at": now or utcnow(),
         "since": since,
         "documents_by_state": {s: by_state.get(s, 0) for s in STATES},
         "documents_by_reason": [{"state": s, "reason": r, "count": n}
                                 for (s, r), n in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))],
         "oldest_deferred_since": oldest_deferred,
+        "oldest_submitting_since": oldest_submitting,  # a SUBMITTING document's last change (stranded if old)
+        "write_back_pending": pending[0],
+        "write_back_pending_since": pending[1],
+        "certificate_expiry": expiry,  # as the last run loaded them (status never loads the certificates)
         "failed_total": failed_total,
         "failed": failed,
         "deferred": deferred,

@@ -19,7 +19,12 @@ def _ts(value: dt.datetime | None) -> int:
     return calendar.timegm(value.timetuple()) if value else 0  # naive UTC -> epoch seconds
 
 
+# The last run's status as one label-free number (alert on `> 0`); the same codes as `run`'s exit, where there is one.
+RUN_STATUS = {"done": 0, "interrupted": 1, "failed": 2, "unreachable": 4, "tls_refused": 6, "running": 9}
+
+
 def to_prometheus(report: dict) -> str:
+    from connector import __version__
     out: list[str] = []
 
     def metric(name, kind, help_, samples):
@@ -27,14 +32,16 @@ def to_prometheus(report: dict) -> str:
         out.append(f"# TYPE {name} {kind}")
         out.extend(f"{name}{_labels(**labels)} {value}" for labels, value in samples)
 
+    metric("dmp_connector_build_info", "gauge", "The connector's version (always 1).", [({"version": __version__}, 1)])
     metric("dmp_connector_documents", "gauge", "Documents in the ledger by state.",
            [({"state": s}, n) for s, n in report["documents_by_state"].items()])
     metric("dmp_connector_documents_by_reason", "gauge", "Documents by state and reason (skips, deferrals, failures).",
            [({"state": r["state"], "reason": r["reason"]}, r["count"]) for r in report["documents_by_reason"]])
     sites = report["indicators"]["by_site"]
-    metric("dmp_connector_fed_total", "counter", "Documents fed to the DMP, per site (FINESS géo).",
+    # gauges: a document's state changes (an eligible one may become skipped, the ledger purged): never counters
+    metric("dmp_connector_fed_documents", "gauge", "Documents fed to the DMP, per site (FINESS géo).",
            [({"site": r["key"] or ""}, r["fed"]) for r in sites])
-    metric("dmp_connector_eligible_total", "counter", "Documents eligible for feeding, per site.",
+    metric("dmp_connector_eligible_documents", "gauge", "Documents eligible for feeding, per site.",
            [({"site": r["key"] or ""}, r["eligible"]) for r in sites])
     metric("dmp_connector_feeding_ratio", "gauge", "Fed / eligible, per site (SUN-ES feeding rate).",
            [({"site": r["key"] or ""}, r["feeding_rate"]) for r in sites if r["feeding_rate"] is not None])
@@ -42,12 +49,25 @@ def to_prometheus(report: dict) -> str:
            [({}, report.get("failed_total", len(report["failed"])))])
     metric("dmp_connector_oldest_deferred_timestamp_seconds", "gauge",
            "First attempt of the oldest deferred document (0: none).", [({}, _ts(report["oldest_deferred_since"]))])
+    oldest = report["oldest_deferred_since"]
+    metric("dmp_connector_oldest_deferred_age_seconds", "gauge", "Age of the oldest deferred document (0: none).",
+           [({}, int((report["generated_at"] - oldest).total_seconds()) if oldest else 0)])
+    metric("dmp_connector_submitting_documents", "gauge", "Documents SUBMITTING (stranded if no run is going on).",
+           [({}, report["documents_by_state"].get("SUBMITTING", 0))])
+    metric("dmp_connector_write_back_failures", "gauge",
+           "Documents whose dmp_feed_status row could not be written yet (retried by every run).",
+           [({}, report.get("write_back_pending", 0))])
+    metric("dmp_connector_certificate_expiry_timestamp_seconds", "gauge",
+           "notAfter of each certificate, as the last run loaded it.",
+           [({"purpose": p}, _ts(t)) for p, t in sorted(report.get("certificate_expiry", {}).items())])
     metric("dmp_connector_last_success_timestamp_seconds", "gauge",
            "End of the last successful run (0: never).", [({}, _ts(report.get("last_success_at")))])
     if report["last_runs"]:
         last = report["last_runs"][0]
         metric("dmp_connector_last_run_timestamp_seconds", "gauge", "Start of the last run.",
-               [({"status": last["status"]}, _ts(last["started_at"]))])
+               [({}, _ts(last["started_at"]))])
+        metric("dmp_connector_last_run_status", "gauge", "The last run's end: " + ", ".join(
+            f"{code} {name}" for name, code in RUN_STATUS.items()) + ".", [({}, RUN_STATUS.get(last["status"], 9))])
         if last.get("duration_s") is not None:
             metric("dmp_connector_last_run_duration_seconds", "gauge", "Duration of the last finished run.",
                    [({}, last["duration_s"])])

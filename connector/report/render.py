@@ -26,7 +26,7 @@ def _iso(value):
 
 
 def to_text(report: dict) -> str:
-    lines = []
+    lines = [f"Ledger: {report['ledger']}"] if report.get("ledger") else []
     if report.get("since"):
         lines.append(f"Since {report['since']} (documents first seen, runs started, feeds)")
     lines.append("Documents by state:")
@@ -42,8 +42,8 @@ def to_text(report: dict) -> str:
         lines += [f"  {f['document_id']} v{f['version']}  {f['reason']}  {f['detail'] or ''}" for f in report["failed"]]
     if report["deferred"]:
         lines.append("Deferred:")
-        lines += [f"  {f['document_id']} v{f['version']}  {f['reason'] or ''}  attempts {f['attempts']}, "
-                  f"next {f['next_attempt_at']} UTC" for f in report["deferred"]]
+        lines += [f"  {f['document_id']} v{f['version']}  {f['reason'] or ''}  {f['detail'] or ''}  attempts "
+                  f"{f['attempts']}, next {f['next_attempt_at']} UTC" for f in report["deferred"]]
     for key, _label, title in INDICATOR_SECTIONS:
         rows = report.get("indicators", {}).get(key)
         if rows:
@@ -57,6 +57,8 @@ def to_text(report: dict) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in (r["counts"] or {}).items())
         took = f"{r['duration_s']:.1f}s" if r.get("duration_s") is not None else "running"
         lines.append(f"  #{r['id']} {r['mode']:<8} {r['status']:<8} {r['started_at']} UTC  {took}  {counts}")
+        if r.get("message"):
+            lines.append(f"      {r['message']}")
     if not report["last_runs"]:
         lines.append("  (none yet)")
     if report.get("last_success_at"):
