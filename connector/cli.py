@@ -40,13 +40,25 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+CONFIG_KEY = "dmp_connector.config"
+CONFIG_HELP = (f"TOML configuration file (default: ${config.ENV_VAR}, else {config.INSTALLED_PATH}); "
+               "before or after the command.")
+
+
+def _remember_config(ctx, _param, value):
+    if value is not None:
+        ctx.meta[CONFIG_KEY] = value
+    return value
+
+
 def with_settings(func):
     """Adds --config to a command and hands it loaded settings; configuration errors end the command cleanly."""
 
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                  envvar=config.ENV_VAR, help=f"TOML configuration file (or ${config.ENV_VAR}).")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help=CONFIG_HELP)
     @functools.wraps(func)
     def wrapper(config_path, **kwargs):
+        # --config after the subcommand, else before it, else $DMP_CONNECTOR_CONFIG, else the installed file
+        config_path = config_path or click.get_current_context().meta.get(CONFIG_KEY)
         try:
             settings = config.load(config_path)
         except config.ConfigError as exc:
@@ -60,8 +72,10 @@ def with_settings(func):
     return wrapper
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dmp-connector")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), expose_value=False, is_eager=True,
+              callback=_remember_config, help=CONFIG_HELP)
 @click.option("--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 @click.option("--log-json", is_flag=True, help="Log JSON lines (journald, ELK) instead of text.")
 def main(log_level: str, log_json: bool) -> None:
@@ -150,7 +164,9 @@ def _run_now(settings, **options):
 @click.option("--run", "run_id", type=int, help="Only documents last handled by this run.")
 @click.option("--document", "document_id", help="Only this document id.")
 @click.option("--dry-run", is_flag=True, help="List what would be requeued; change nothing.")
-def replay(settings, failed, reason, site, since, run_id, document_id, dry_run) -> None:
+@click.option("--no-run", is_flag=True, help="Requeue only (no certificate needed): the next run feeds them, e.g. "
+                                              "`systemctl start dmp-connector-run`.")
+def replay(settings, failed, reason, site, since, run_id, document_id, dry_run, no_run) -> None:
     """Requeue failed documents (after correction) and run now; print what happened to each."""
     from connector.actions import replay as action
     from connector.actions.context import open_settings_ledger
@@ -166,6 +182,17 @@ def replay(settings, failed, reason, site, since, run_id, document_id, dry_run) 
                              f"({r['state']} {r['reason'] or ''})"))
     if dry_run or not rows:
         click.echo(f"{len(rows)} document(s) {'would be ' if dry_run else ''}requeued")
+        return
+    if no_run:
+        from connector.runlock import AlreadyRunning, run_lock
+
+        try:
+            with run_lock(ledger, settings.state_dir, settings.ledger.instance):
+                action.requeue(ledger, action.matching(ledger, filters))
+        except AlreadyRunning as exc:
+            fail(str(exc), EXIT_LOCKED)
+        click.echo(f"{len(rows)} document(s) requeued: the next run feeds them "
+                   "(as the service: `systemctl start dmp-connector-run`)")
         return
     # requeued under the run's lock (matched again there: a run may have settled some meanwhile), then run
     summary = _run_now(settings, mode="replay",

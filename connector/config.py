@@ -210,16 +210,24 @@ class Settings:
 # --- loading ---------------------------------------------------------------------------------
 
 
+INSTALLED_PATH = Path("/etc/dmp-connector/dmp-connector.toml")  # where the README's installation puts it
+
+
 def default_path() -> Path | None:
+    """$DMP_CONNECTOR_CONFIG, else the installed configuration if it exists (a day-2 command from a root shell
+    reads what the service reads)."""
     env = os.environ.get(ENV_VAR)
-    return Path(env) if env else None
+    if env:
+        return Path(env)
+    return INSTALLED_PATH if INSTALLED_PATH.is_file() else None
 
 
 def load(path: Path | str | None) -> Settings:
-    """Read and validate the TOML file at `path` (or $DMP_CONNECTOR_CONFIG)."""
+    """Read and validate the TOML file at `path` (--config), else $DMP_CONNECTOR_CONFIG, else
+    /etc/dmp-connector/dmp-connector.toml."""
     path = Path(path) if path else default_path()
     if path is None:
-        raise ConfigError(f"no configuration given: use --config PATH or set {ENV_VAR}")
+        raise ConfigError(f"no configuration given: use --config PATH, set {ENV_VAR}, or install {INSTALLED_PATH}")
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -393,9 +401,11 @@ def _certificates(r: _Reader) -> Certificates | None:
         return None
 
     def one(name: str) -> CertificateSettings:
+        # A path under a variable that is not set (${CREDENTIALS_DIRECTORY} outside the service) is checked only
+        # by the commands that read the certificates: `status`, `hold`, `replay --dry-run`… work from a shell.
         return CertificateSettings(
-            p12=r.path(f"certificates.{name}.p12", must_exist=True),
-            password_file=r.path(f"certificates.{name}.password_file", must_exist=True),
+            p12=r.path(f"certificates.{name}.p12", must_exist="unless-unset"),
+            password_file=r.path(f"certificates.{name}.password_file", must_exist="unless-unset"),
         )
 
     return Certificates(auth_cli=one("auth_cli"), sign=one("sign"))
@@ -559,6 +569,8 @@ class _Reader:
             raise self._fail(key, f"must be a path, got {value!r}")
         p = Path(os.path.expandvars(value)).expanduser()
         p = p if p.is_absolute() else self.base / p
+        if must_exist == "unless-unset" and "$" in str(p):
+            return p
         if must_exist and not p.exists():
             raise self._fail(key, f"{p} does not exist")
         return p

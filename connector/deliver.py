@@ -134,7 +134,8 @@ class Deliverer:
             if not outcome.accepted:
                 log.warning("submission %s (%d documents): ITI-41 attempt %d of %d: %s: %s",
                             record.submission_set_uid, len(record.documents), attempts[0] + 1, r.in_run_attempts,
-                            outcome.kind, cause_of(outcome))
+                            outcome.kind, cause_of(outcome),
+                            extra=self._fields(record, outcome.kind, _first_code(outcome)))
             attempts[0] += 1
             return outcome
 
@@ -173,7 +174,8 @@ class Deliverer:
         self.ledger.settle_submission(record.id, state=DEFERRED, outcome=outcome.kind, error_code=_first_code(outcome),
                                       error_message=message, reason=reason, next_attempt_at=next_at)
         log.warning("submission %s (%d documents): DEFERRED %s until %s UTC: %s", record.submission_set_uid,
-                    len(record.documents), reason, f"{next_at:%Y-%m-%d %H:%M}", message)
+                    len(record.documents), reason, f"{next_at:%Y-%m-%d %H:%M}", message,
+                    extra=self._fields(record, outcome.kind, _first_code(outcome) or reason, DEFERRED))
         return Result(DEFERRED, outcome.kind, _first_code(outcome) or reason, outcome.cause, message)
 
     def _settle(self, record: SubmissionRecord, prepared: Prepared, result: Result, message: str | None) -> Result:
@@ -183,10 +185,12 @@ class Deliverer:
         testhooks.point("after_settle")
         if result.state == FAILED:
             log.error("submission %s (%d documents): FAILED %s: %s", record.submission_set_uid,
-                      len(record.documents), result.error_code, message)
+                      len(record.documents), result.error_code, message,
+                      extra=self._fields(record, result.outcome, result.error_code, result.state))
         else:
             log.info("submission %s (%d documents): %s (%s)%s", record.submission_set_uid, len(record.documents),
-                     result.state, result.outcome, f": {message}" if message else "")
+                     result.state, result.outcome, f": {message}" if message else "",
+                     extra=self._fields(record, result.outcome, result.error_code, result.state))
         self._write_back(record, result, message)
         return result
 
@@ -207,6 +211,11 @@ class Deliverer:
             self.write_back_failures += len(record.documents)  # read once the senders are done
             log.warning("submission %s: dmp_feed_status not written (%s); retried by the next run, or now with "
                         "`dmp-connector write-back`", record.submission_set_uid, error)
+
+    def _fields(self, record: SubmissionRecord, outcome: str, error_code: str | None, state: str | None = None) -> dict:
+        """The JSON log fields of a submission's line (logs.FIELDS)."""
+        return dict(run_id=self.run_id, submission=record.submission_set_uid, outcome=outcome, error_code=error_code,
+                    state=state)
 
     def _audit(self, action, record: SubmissionRecord, prepared: Prepared, outcome, code=None, message=None) -> None:
         self.ledger.audit(run_id=self.run_id, action=action, outcome=outcome, finess_geo=record.finess_geo,

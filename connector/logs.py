@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -20,9 +21,40 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": printable(record.getMessage()),
         }
+        entry.update({k: getattr(record, k) for k in FIELDS if getattr(record, k, None) is not None})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+# Fields a log record may carry (`extra=`), written as JSON fields: `jq 'select(.outcome == "transient")'`.
+FIELDS = ("run_id", "submission", "outcome", "error_code", "state")
+
+# syslog priorities of the levels: under journald, a "<N>" prefix on each line sets the entry's priority, so that
+# `journalctl -p warning` shows the connector's warnings and errors (sd-daemon(3)).
+PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JournalPrefix(logging.Formatter):
+    """Wraps a formatter: every line of a record (a traceback's too) starts with its syslog priority."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{PRIORITIES.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in self.inner.format(record).splitlines())
+
+
+def _stderr_is_journal() -> bool:
+    """systemd sets JOURNAL_STREAM=device:inode of the journal stream it connected to stdout/stderr."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stream == f"{st.st_dev}:{st.st_ino}"
 
 
 class TextFormatter(logging.Formatter):
@@ -38,7 +70,8 @@ QUIET_LIBRARIES = ("urllib3", "zeep", "signxml", "xmlschema", "alembic", "apsche
 
 def setup(level: str = "INFO", json_lines: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter = JsonFormatter() if json_lines else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(JournalPrefix(formatter) if _stderr_is_journal() else formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

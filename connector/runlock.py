@@ -29,7 +29,8 @@ def run_lock(ledger: Ledger, state_dir: Path, instance: str = "dmp-connector"):
             schema = conn.execute(sa.text("SELECT current_schema()")).scalar()
             key = zlib.crc32(f"dmp-connector run {schema} {instance}".encode()) & 0x7FFFFFFF
             if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
-                raise AlreadyRunning(f"another run of instance {instance} holds its lock (PostgreSQL advisory lock)")
+                raise AlreadyRunning(f"another run of instance {instance} holds its lock (PostgreSQL advisory lock)"
+                                     f"{_holder(ledger)}")
             conn.commit()
             try:
                 yield
@@ -45,7 +46,7 @@ def run_lock(ledger: Ledger, state_dir: Path, instance: str = "dmp-connector"):
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise AlreadyRunning(f"another dmp-connector run holds the lock {path}") from None
+        raise AlreadyRunning(f"another dmp-connector run holds the lock {path}{_holder(ledger)}") from None
     try:
         yield
     finally:
@@ -57,3 +58,18 @@ def _sqlite_lock_path(ledger: Ledger, state_dir: Path) -> Path:
     if database and database != ":memory:":
         return Path(database).with_suffix(".run.lock")
     return state_dir / "run.lock"
+
+
+def _holder(ledger: Ledger) -> str:
+    """Who holds the lock, as the ledger's runs say: the latest run still running (its pid, host, start)."""
+    from connector.ledger.schema import runs
+
+    try:
+        with ledger.engine.connect() as conn:
+            r = conn.execute(sa.select(runs.c.id, runs.c.mode, runs.c.pid, runs.c.host, runs.c.started_at)
+                             .where(runs.c.status == "running").order_by(runs.c.id.desc()).limit(1)).first()
+    except sa.exc.SQLAlchemyError:
+        return ""
+    if r is None:  # it holds the lock but has not recorded its run yet (or is a replay requeuing)
+        return ""
+    return f": {r.mode} #{r.id}, pid {r.pid} on {r.host}, started {r.started_at:%Y-%m-%d %H:%M:%S} UTC"

@@ -53,7 +53,9 @@ def _typed(row: dict) -> dict:
     out = {k: (v if v != "" else None) for k, v in row.items()}
     out["id"] = int(out["id"])
     out["run_id"] = int(out["run_id"]) if out["run_id"] else None
-    out["at"] = dt.datetime.fromisoformat(out["at"])
+    at = dt.datetime.fromisoformat(out["at"])
+    assert at.utcoffset() == dt.timedelta(0), "every time carries its zone (UTC)"
+    out["at"] = at.replace(tzinfo=None)
     return out
 
 
@@ -72,7 +74,8 @@ def test_json_round_trip(ledger):
     assert audit.export(ledger, buf, fmt="json") == 4
     back = json.loads(buf.getvalue())
     for row in back:
-        row["at"] = dt.datetime.fromisoformat(row["at"])
+        assert row["at"].endswith("+00:00")
+        row["at"] = dt.datetime.fromisoformat(row["at"]).replace(tzinfo=None)
     assert back == _expected(ledger)
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from connector import config
 from conftest import settings_dict
+from test_audit import _toml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,3 +120,41 @@ def test_zero_delays_stay_allowed(tmp_path):
     data = settings_dict(tmp_path)
     data["dmp"]["retry"] = {"deferred_min_minutes": 0, "deferred_max_minutes": 0, "in_run_wait_initial": 0}
     assert config.from_dict(data, base=tmp_path).dmp.retry.deferred_min_minutes == 0
+
+
+def test_the_cli_finds_the_configuration_before_or_after_the_command_env_or_installed(tmp_path, monkeypatch):
+    """`--config` before or after the subcommand, else $DMP_CONNECTOR_CONFIG, else the installed file; `status`
+    does not read the certificates (their `${CREDENTIALS_DIRECTORY}` paths outside the service), `run` says why
+    it cannot."""
+    from click.testing import CliRunner
+
+    from connector.cli import main
+    from connector.ledger.repo import open_ledger
+
+    from connector import samples
+
+    data = settings_dict(tmp_path)
+    data["store"] = {"url": f"sqlite:///{samples.create_sample_store(tmp_path / 'samples')}",
+                     "content_root": str(tmp_path / "samples")}
+    data["certificates"] = {name: {"p12": f"${{CREDENTIALS_DIRECTORY}}/{name}.p12",
+                                   "password_file": f"${{CREDENTIALS_DIRECTORY}}/{name}.pass"} for name in ("auth_cli", "sign")}
+    cfg = tmp_path / "installed.toml"
+    cfg.write_text(_toml(data), encoding="utf-8")
+    open_ledger(data["ledger"]["url"])  # the service's ledger exists
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv(config.ENV_VAR, raising=False)
+    runner = CliRunner()
+    monkeypatch.setattr(config, "INSTALLED_PATH", tmp_path / "absent.toml")
+    none = runner.invoke(main, ["status"])
+    assert none.exit_code == 3 and "no configuration given" in none.output
+    for argv in (["--config", str(cfg), "status"], ["status", "--config", str(cfg)]):
+        result = runner.invoke(main, argv)
+        assert result.exit_code == 0, (argv, result.output)
+        assert f"Ledger: {data['ledger']['url']}" in result.output
+    assert runner.invoke(main, ["status"], env={config.ENV_VAR: str(cfg)}).exit_code == 0
+    monkeypatch.setattr(config, "INSTALLED_PATH", cfg)
+    assert runner.invoke(main, ["status", "-h"]).exit_code == 0
+    assert runner.invoke(main, ["status"]).exit_code == 0
+    run = runner.invoke(main, ["run"])
+    assert run.exit_code == 6 and "a variable in the path is not set" in run.output
+    assert "systemctl start dmp-connector-run" in run.output

@@ -25,6 +25,7 @@ def test_second_concurrent_run_exits_locked_and_a_killed_run_does_not_block(tmp_
             second = h.run_cli(folder.cfg)
             assert second.returncode == EXIT_LOCKED, (second.returncode, second.stderr[-2000:])
             assert "another" in second.stderr and "lock" in second.stderr
+            assert f": run #1, pid {first.proc.pid} on " in second.stderr, "the message names the holder"
             assert first.proc.poll() is None  # the first one is still working, undisturbed
             assert h.ledger_rows(url, "SELECT count(*) AS n FROM runs")[0].n == 1  # the second recorded nothing
         finally:

@@ -123,7 +123,7 @@ def _closed_patient_failed(tmp_path, sb, folder) -> tuple[set, set]:
         closed = {(r[0], 1) for r in db.execute("SELECT document_id FROM dmp_document WHERE patient_id = ?", (pid,))}
         other = {(r[0], 1) for r in db.execute("SELECT document_id FROM dmp_document WHERE patient_id != ?", (pid,))}
     sb.state.set_patient(ins.ins_cx(matricule, h.TEST_INS_OID), "closed")
-    _cli(folder.cfg, "run")
+    _cli(folder.cfg, "run", code=1)  # FAILED documents: a human is needed
     assert {k: h.ledger_states(folder.ledger_url)[k] for k in closed} == {k: ("FAILED", CLOSED) for k in closed}
     sb.state.set_patient(ins.ins_cx(matricule, h.TEST_INS_OID), "active")
     return closed, other
@@ -150,4 +150,22 @@ def test_replay_while_a_run_holds_the_lock_changes_nothing_and_exits_locked(tmp_
         assert h.ledger_rows(folder.ledger_url, "SELECT * FROM submissions ORDER BY id") == submissions
         out = _cli(folder.cfg, "replay", "--reason", CLOSED)  # the run over, the replay goes through
         assert all(f"{d} v1: FED" in out for d, _ in closed), out
+    h.assert_exactly_once(folder, set(keys))
+
+
+def test_replay_no_run_requeues_without_certificates_and_the_next_run_feeds(tmp_path):
+    """`replay --no-run` only requeues (what an operator does from a shell without the service's credentials);
+    the service's next run feeds the documents once."""
+    keys = h.synthetic_store(tmp_path / "store", 4, seed=3, per_patient=(2, 2))
+    folder = h.make_folder(tmp_path)
+    with h.sandbox(folder) as sb:
+        folder.configure(sb.url)
+        closed, _ = _closed_patient_failed(tmp_path, sb, folder)
+        submissions = h.received(folder)["submissions"]
+        out = _cli(folder.cfg, "replay", "--reason", CLOSED, "--no-run")
+        assert "2 document(s) requeued: the next run feeds them (as the service: `systemctl start " \
+               "dmp-connector-run`)" in out
+        assert h.received(folder)["submissions"] == submissions
+        assert {h.ledger_states(folder.ledger_url)[k][0] for k in closed} == {"DEFERRED"}
+        _cli(folder.cfg, "run")
     h.assert_exactly_once(folder, set(keys))

@@ -124,7 +124,7 @@ def test_json(report):
     assert data["documents_by_state"]["FED"] == 4
     assert data["indicators"]["by_site"][0] == {"key": B, "fed": 1, "eligible": 3, "skipped_total": 1,
                                                 "skipped": {"PATIENT_OPPOSED": 1}, "feeding_rate": 0.3333}
-    assert data["last_success_at"] == "2026-11-19T02:05:00"
+    assert data["last_success_at"] == "2026-11-19T02:05:00+00:00"  # the ledger's UTC, with its zone
 
 
 def test_csv(report):
@@ -139,7 +139,7 @@ def test_csv(report):
     assert cells[("type", "18748-4", "feeding_rate")] == ""
     assert cells[("month", "2026-11", "fed")] == "4"
     assert cells[("fed_per_day", "2026-11-18", "fed")] == "2"
-    assert cells[("failed", "DOC-008 v1", "XDSUnknownPatientId")] == "2026-11-19 02:11:00"
+    assert cells[("failed", "DOC-008 v1", "XDSUnknownPatientId")] == "2026-11-19 02:11:00+00:00"
     assert cells[("run", "1", "duration_s")] == "300.0"
 
 

@@ -48,7 +48,8 @@ def entries(ledger: Ledger, since: dt.datetime | None = None, until: dt.datetime
 
 
 def _text(value):
-    return value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value
+    """Times are UTC in the ledger: written with their zone (2026-11-20 09:00:00+00:00)."""
+    return value.replace(tzinfo=dt.UTC).isoformat(sep=" ") if isinstance(value, dt.datetime) else value
 
 
 def write_csv(rows, out: IO[str]) -> int:

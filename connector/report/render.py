@@ -20,7 +20,9 @@ def to_json(report: dict) -> str:
 
 
 def _iso(value):
-    if isinstance(value, (dt.datetime, dt.date)):
+    if isinstance(value, dt.datetime):  # the ledger's times are UTC: said so in every format
+        return value.replace(tzinfo=dt.UTC).isoformat()
+    if isinstance(value, dt.date):
         return value.isoformat()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
@@ -107,5 +109,6 @@ def to_csv(report: dict) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     for section, key, metric, value in csv_rows(report):
-        writer.writerow((section, key, metric, value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value))
+        writer.writerow((section, key, metric,
+                         value.replace(tzinfo=dt.UTC).isoformat(sep=" ") if isinstance(value, dt.datetime) else value))
     return out.getvalue()

@@ -102,7 +102,10 @@ def load_credential(settings: CertificateSettings) -> Credential:
     try:
         key = (p12, p12.stat().st_mtime_ns, settings.password_file.resolve(), _mtime(settings.password_file))
     except OSError as exc:
-        raise CertificateError(f"{settings.p12}: cannot read the PKCS#12 file ({exc.strerror})") from None
+        unset = (" (a variable in the path is not set: under systemd, LoadCredential= sets $CREDENTIALS_DIRECTORY;"
+                 " run what needs the certificates as the service, e.g. `systemctl start dmp-connector-run`)"
+                 if "$" in str(settings.p12) else "")
+        raise CertificateError(f"{settings.p12}: cannot read the PKCS#12 file ({exc.strerror}){unset}") from None
     with _cache_lock:
         cached = _cache.get(key)
         if cached is None:
@@ -125,7 +128,10 @@ def _load(settings: CertificateSettings, p12: Path) -> Credential:
     try:
         data = p12.read_bytes()
     except OSError as exc:
-        raise CertificateError(f"{settings.p12}: cannot read the PKCS#12 file ({exc.strerror})") from None
+        unset = (" (a variable in the path is not set: under systemd, LoadCredential= sets $CREDENTIALS_DIRECTORY;"
+                 " run what needs the certificates as the service, e.g. `systemctl start dmp-connector-run`)"
+                 if "$" in str(settings.p12) else "")
+        raise CertificateError(f"{settings.p12}: cannot read the PKCS#12 file ({exc.strerror}){unset}") from None
     if not data.startswith(b"\x30"):
         raise CertificateError(f"{settings.p12}: not a PKCS#12 (DER) file")
     try:
