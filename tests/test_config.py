@@ -6,7 +6,6 @@ import pytest
 
 from connector import config
 from conftest import settings_dict
-from test_audit import _toml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,16 +130,15 @@ def test_the_cli_finds_the_configuration_before_or_after_the_command_env_or_inst
     from connector.cli import main
     from connector.ledger.repo import open_ledger
 
+    import delivery_harness as h
     from connector import samples
 
-    data = settings_dict(tmp_path)
-    data["store"] = {"url": f"sqlite:///{samples.create_sample_store(tmp_path / 'samples')}",
-                     "content_root": str(tmp_path / "samples")}
-    data["certificates"] = {name: {"p12": f"${{CREDENTIALS_DIRECTORY}}/{name}.p12",
-                                   "password_file": f"${{CREDENTIALS_DIRECTORY}}/{name}.pass"} for name in ("auth_cli", "sign")}
-    cfg = tmp_path / "installed.toml"
-    cfg.write_text(_toml(data), encoding="utf-8")
-    open_ledger(data["ledger"]["url"])  # the service's ledger exists
+    samples.create_sample_store(tmp_path / "store")
+    cfg = h.write_config(tmp_path / "installed.toml", dmp={"ca_bundle": None}, **{
+        f"certificates.{name}": {"p12": f"${{CREDENTIALS_DIRECTORY}}/{name}.p12",
+                                 "password_file": f"${{CREDENTIALS_DIRECTORY}}/{name}.pass"} for name in ("auth_cli", "sign")})
+    ledger_url = config.load(cfg).ledger.url
+    open_ledger(ledger_url)  # the service's ledger exists
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     monkeypatch.delenv(config.ENV_VAR, raising=False)
     runner = CliRunner()
@@ -150,7 +148,7 @@ def test_the_cli_finds_the_configuration_before_or_after_the_command_env_or_inst
     for argv in (["--config", str(cfg), "status"], ["status", "--config", str(cfg)]):
         result = runner.invoke(main, argv)
         assert result.exit_code == 0, (argv, result.output)
-        assert f"Ledger: {data['ledger']['url']}" in result.output
+        assert f"Ledger: {ledger_url}" in result.output
     assert runner.invoke(main, ["status"], env={config.ENV_VAR: str(cfg)}).exit_code == 0
     monkeypatch.setattr(config, "INSTALLED_PATH", cfg)
     assert runner.invoke(main, ["status", "-h"]).exit_code == 0
