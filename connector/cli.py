@@ -325,20 +325,25 @@ def status(settings, fmt, since, check: bool, max_age_hours, prometheus) -> None
             sys.exit(action.UNKNOWN)
         raise
     report = action.collect(ledger, since=since.date() if since else None)
+    monitoring = settings.monitoring
+    if max_age_hours is not None:
+        monitoring = dataclasses.replace(monitoring, last_success_warning_hours=max_age_hours,
+                                         last_success_critical_hours=max(max_age_hours,
+                                                                         monitoring.last_success_critical_hours))
+    sites = tuple(s.finess_geo for s in settings.structure.sites)
     if fmt or not (check or prometheus):
-        text = action.render(report, fmt or "text")
+        # the page's headline is the verdict of --check, on the whole ledger
+        health = action.health(report if not since else action.collect(ledger), monitoring, sites=sites) \
+            if fmt == "html" else None
+        text = action.render(report, fmt or "text", health=health,
+                             site_names={s.finess_geo: s.name for s in settings.structure.sites})
         click.echo(text if fmt in ("json", "html") else printable_lines(text))
     # monitoring (--prometheus, --check) is about the whole ledger, never a period
     whole = (action.collect(ledger) if since else report) if (prometheus or check) else None
     if prometheus:
         action.write_prometheus(whole, prometheus)
     if check:
-        monitoring = settings.monitoring
-        if max_age_hours is not None:
-            monitoring = dataclasses.replace(monitoring, last_success_warning_hours=max_age_hours,
-                                             last_success_critical_hours=max(max_age_hours,
-                                                                             monitoring.last_success_critical_hours))
-        found = action.health(whole, monitoring, sites=tuple(s.finess_geo for s in settings.structure.sites))
+        found = action.health(whole, monitoring, sites=sites)
         click.echo(printable(found.status_line()))
         for level, why in found.reasons:  # the plugin's long output: one reason a line
             click.echo(printable(f"{action.LEVELS[level]}: {why}"))

@@ -159,6 +159,33 @@ def test_html_is_self_contained_with_chart_and_figures(report):
     assert "DOC-008" in doc.text_content() and "XDSUnknownPatientId" in doc.text_content()
 
 
+def test_html_headline_is_the_check_verdict_failures_first_site_names_axes_and_legend(report):
+    """A manager's page: the verdict of `status --check` with its reasons on top, failed and deferred documents
+    before the figures, site names next to FINESS numbers, the chart's axes with dates and values, and the
+    reason codes in plain words."""
+    health = status.health(report, now=NOW)
+    page = status.render(report, "html", health=health, site_names={A: "Hôpital Sainte-Anne", B: "Clinique de l'Étang"})
+    doc = lxml.html.document_fromstring(page)
+    (verdict,) = doc.xpath("//section[@id='verdict']")
+    assert verdict.get("data-level") == "CRITICAL" == status.LEVELS[health.level]
+    assert [li.text_content() for li in verdict.xpath(".//li")] == [
+        f"{status.LEVELS[level]}: {why}" for level, why in health.reasons]
+    headings = [h.text_content() for h in doc.xpath("//h2")]
+    assert headings.index("Failed (1)") < headings.index("Deferred") < headings.index("Documents fed per day")
+    failed_row = [td.text_content() for td in doc.xpath("//h2[.='Failed (1)']/following-sibling::table[1]//tr[td]")[0]]
+    assert failed_row[:4] == ["DOC-008", "1", f"{B} Clinique de l'Étang", "XDSUnknownPatientId"]
+    site_cells = [tr.xpath("./td")[0].text_content() for tr in doc.xpath("//h2[@id='site']/following-sibling::table[1]//tr[td]")]
+    assert f"{A} Hôpital Sainte-Anne" in site_cells
+    svg = doc.xpath("//svg[@id='fed-per-day']")[0]
+    assert [t.text for t in svg.xpath(".//text[@class='x-axis']")] == ["2026-11-18", "2026-11-19", "2026-11-20"]
+    assert [t.text for t in svg.xpath(".//text[@class='y-axis']")] == ["2 documents", "0"]
+    legend = {tr.xpath("./td")[0].text_content(): tr.xpath("./td")[1].text_content()
+              for tr in doc.xpath("//h2[@id='legend']/following-sibling::table[1]//tr[td]")}
+    assert legend["INS_NOT_QUALIFIED"].startswith("the patient's identity is not qualified")
+    assert legend["XDSUnknownPatientId"] == "the patient has no DMP, or closed it"
+    assert set(legend) == {"INS_NOT_QUALIFIED", "PATIENT_OPPOSED", "TRANSIENT", "XDSUnknownPatientId"}
+
+
 def test_prometheus_textfile(report, tmp_path):
     (tmp_path / "textfile").mkdir()
     path = tmp_path / "textfile" / "dmp.prom"

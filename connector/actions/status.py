@@ -24,8 +24,11 @@ def collect(ledger: Ledger, *, since: dt.date | None = None, now: dt.datetime | 
     return figures.collect(ledger, since=since, now=now, last_runs=last_runs, failures=failures)
 
 
-def render(report: dict, fmt: str = "text") -> str:
-    return {"text": renderers.to_text, "json": renderers.to_json, "csv": renderers.to_csv, "html": to_html}[fmt](report)
+def render(report: dict, fmt: str = "text", *, health: "Health | None" = None, site_names: dict | None = None) -> str:
+    """`health` (the page's headline verdict, as `--check`) and the sites' names are for HTML."""
+    if fmt == "html":
+        return to_html(report, health, site_names)
+    return {"text": renderers.to_text, "json": renderers.to_json, "csv": renderers.to_csv}[fmt](report)
 
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3  # the monitoring-plugin exit codes (Nagios, Icinga, Zabbix, Centreon)
