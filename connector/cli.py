@@ -502,6 +502,36 @@ def sandbox_report(state_path: Path, fmt: str) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=1, default=str) if fmt == "json" else report.render_text(data))
 
 
+# --- shipped files ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@click.option("--to", "directory", type=click.Path(file_okay=False, path_type=Path),
+              help="Copy the named files (default: all) into DIRECTORY instead of printing one.")
+def files(names, directory) -> None:
+    """List, print or copy the files the package ships: the systemd units, config.example.toml, README.md."""
+    from importlib import resources
+
+    shipped = resources.files("connector") / "dist"
+    available = sorted(p.name for p in shipped.iterdir() if not p.name.startswith(("_", ".")))
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise click.BadParameter(f"{', '.join(unknown)}: not shipped (there are {', '.join(available)})")
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in names or available:
+            (directory / name).write_bytes((shipped / name).read_bytes())
+            click.echo(f"{directory / name}")
+        return
+    if not names:
+        click.echo("\n".join(available))
+    elif len(names) == 1:
+        click.echo((shipped / names[0]).read_text(encoding="utf-8"), nl=False)
+    else:
+        raise click.UsageError("print one file at a time (or copy several with --to DIR)")
+
+
 # --- samples and database ----------------------------------------------------------------------
 
 
@@ -529,10 +559,25 @@ def db() -> None:
 @with_settings
 def db_upgrade(settings) -> None:
     """Create or migrate the ledger schema (Alembic)."""
+    import sqlalchemy as sa
+
+    from connector.actions.context import describe_url
+    from connector.ledger import migrate
     from connector.ledger.repo import open_ledger
 
-    open_ledger(settings.ledger.url, auto_migrate=True)
-    click.echo("ledger schema is up to date")
+    before = None
+    if not settings.ledger.url.startswith("sqlite") or Path(settings.ledger.url.split("///", 1)[-1]).exists():
+        try:
+            engine = sa.create_engine(settings.ledger.url)
+            before = migrate.current(engine)
+            engine.dispose()
+        except sa.exc.SQLAlchemyError:
+            pass  # said by open_ledger below, in one line
+    ledger = open_ledger(settings.ledger.url, auto_migrate=True)
+    after = migrate.current(ledger.engine)
+    what = (f"created at schema {after}" if before is None else f"already at schema {after}: nothing to do"
+            if before == after else f"migrated from schema {before} to {after}")
+    click.echo(f"ledger {describe_url(ledger.engine)}: {what}")
 
 
 @db.command("rebuild")
