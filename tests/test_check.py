@@ -82,3 +82,14 @@ def test_check_refuses_production_pointed_at_a_test_server(tmp_path):
         assert any("auth_cli" in line and "TEST" in line for line in env_lines), result.output
         config = demo.prepare_folder(tmp_path, sandbox.url)  # back to "test"
         assert "[FAIL] environ" not in _check(config).output
+
+
+def test_check_warns_about_key_and_password_files_other_users_can_read(tmp_path):
+    config = demo.prepare_folder(tmp_path, "https://127.0.0.1:1/si-dmp-server/v2/services")
+    password = tmp_path / "pki" / "sign.password"
+    password.chmod(0o600)
+    (tmp_path / "pki" / "sign.p12").chmod(0o600)
+    assert "sign.password is readable" not in _check(config).output
+    password.chmod(0o644)
+    result = _check(config)
+    assert f"[WARN] sign      {password} is readable by other users (mode 0644): chmod 0600 {password}" in result.output

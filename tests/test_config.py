@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _example_dir(tmp_path):
     text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
     (tmp_path / "pki").mkdir()
-    for name in ("ca.pem", "auth_cli.p12", "auth_cli.pass", "sign.p12", "sign.pass"):
+    for name in ("ca.pem", "auth_cli.p12", "auth_cli.password", "sign.p12", "sign.password"):  # as `sandbox pki` names them
         (tmp_path / "pki" / name).write_bytes(b"x")
     path = tmp_path / "config.toml"
     path.write_text(text, encoding="utf-8")
@@ -156,3 +156,17 @@ def test_the_cli_finds_the_configuration_before_or_after_the_command_env_or_inst
     run = runner.invoke(main, ["run"])
     assert run.exit_code == 6 and "a variable in the path is not set" in run.output
     assert "systemctl start dmp-connector-run" in run.output
+
+
+def test_the_example_configuration_runs_on_what_sandbox_pki_writes(tmp_path):
+    """config.example.toml's certificate files are named as `dmp-connector sandbox pki pki` writes them."""
+    from connector.trust.pki import create_test_pki
+
+    files = create_test_pki(tmp_path / "pki")
+    path = tmp_path / "config.toml"
+    path.write_text((ROOT / "config.example.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    s = config.load(path)
+    assert (s.certificates.auth_cli.p12, s.certificates.auth_cli.password_file) == (files.auth_cli_p12,
+                                                                                     files.auth_cli_password_file)
+    assert (s.certificates.sign.p12, s.certificates.sign.password_file) == (files.sign_p12, files.sign_password_file)
+    assert s.dmp.ca_bundle == files.ca_cert

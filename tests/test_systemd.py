@@ -61,3 +61,21 @@ def test_units_are_commented_and_hardened():
     timer = (UNITS / "dmp-connector-run.timer").read_text()
     assert "Persistent=true" in timer and "RandomizedDelaySec=" in timer and "OnCalendar=*-*-* 02:00" in timer
     assert "Type=oneshot" in (UNITS / "dmp-connector-run.service").read_text()
+
+
+def test_prometheus_drop_in_verifies_and_runs_after_failed_runs_too(unit_dir):
+    """The shipped drop-in writes the metrics after every run (ExecStopPost=: after a failed one too), through
+    ProtectSystem=strict (ReadWritePaths= of the collector's folder only); a run that needs a human fails the unit
+    (only exit 5, the lock held, is a success), so that OnFailure= fires."""
+    text = (UNITS / "dmp-connector-run-prometheus.conf").read_text()
+    assert "ExecStopPost=" + INSTALLED + " status --prometheus " in text and "ExecStartPost" not in text.replace(
+        "ExecStartPost= would", "")
+    assert "ReadWritePaths=/var/lib/prometheus/node-exporter" in text
+    drop_in = unit_dir / "dmp-connector-run.service.d"
+    drop_in.mkdir()
+    (drop_in / "prometheus.conf").write_text(text.replace(INSTALLED, str(unit_dir / "bin" / "dmp-connector")))
+    result = subprocess.run([_analyze(), "verify", "./dmp-connector-run.service"], cwd=unit_dir, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+    service = (UNITS / "dmp-connector-run.service").read_text()
+    assert "\nSuccessExitStatus=5\n" in service

@@ -167,6 +167,11 @@ def _certificates(settings: Settings, checks: list[Check]) -> dict:
             checks.append(Check("error", purpose, str(exc)))
             continue
         loaded[purpose] = cred
+        for path in (cert_settings.p12, cert_settings.password_file):
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:  # the key, or what decrypts it, readable by users other than its owner
+                checks.append(Check("warning", purpose, f"{path} is readable by other users (mode {mode:04o}): "
+                                                        f"chmod 0600 {path}"))
         for finding in check_credential(cred, purpose, ca_bundle=settings.dmp.ca_bundle):
             checks.append(Check(finding.level, purpose, finding.message))
         ej = cred.finess_ej()
