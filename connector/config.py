@@ -115,6 +115,11 @@ class Certificates:
 class RulesSettings:
     allowed_type_codes: tuple[str, ...] = ()  # empty: every code of JDV_J07
     max_document_bytes: int = 20 * 1024 * 1024
+    # A fed document whose store status becomes CANCELLED is withdrawn from the DMP (ITI-57, Deleted; EXI 09/10).
+    withdraw_cancelled: bool = True
+    # EXI 08: a document fed INVISIBLE_PATIENT becomes visible (a replacement without that code) at the
+    # announcement consultation (dmp_document.announced_at), or this many days after it was first fed.
+    unmask_after_days: int = 30
 
 
 @dataclass(frozen=True)
@@ -265,6 +270,8 @@ def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> S
         rules=RulesSettings(
             allowed_type_codes=tuple(r.str_list("rules.allowed_type_codes", [])),
             max_document_bytes=r.integer("rules.max_document_bytes", RulesSettings.max_document_bytes, minimum=1),
+            withdraw_cancelled=r.boolean("rules.withdraw_cancelled", RulesSettings.withdraw_cancelled),
+            unmask_after_days=r.integer("rules.unmask_after_days", RulesSettings.unmask_after_days, minimum=0),
         ),
         submission=_submission(r),
         validation=ValidationSettings(

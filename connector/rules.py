@@ -8,6 +8,8 @@ field to correct and never contains an INS, a name, a birth date or document con
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -16,7 +18,8 @@ from connector import ins
 from connector.config import Settings
 from connector.payload import activity
 from connector.payload.codes import CLASS_MAP, dmp_class_code, is_type_code
-from connector.payload.xds import value_too_long
+from connector.payload.hl7 import LOCAL_TZ
+from connector.payload.xds import confidentiality_codes, value_too_long
 from connector.printable import printable
 from connector.store import Document, Patient
 
@@ -37,6 +40,13 @@ class Reason(StrEnum):
     METADATA_MISSING = "METADATA_MISSING"  # a document field the CDA/XDS metadata requires is missing
     VALUE_TOO_LONG = "VALUE_TOO_LONG"  # a name or title too long for the XDS metadata (ebRIM values: 256 chars)
     REPLACEMENT_NEEDED = "REPLACEMENT_NEEDED"
+    # A document in the DMP that must change there (issue 17): replaced by a new version or with new masking
+    # codes (RPLC), made visible to the patient (EXI 08: a replacement without INVISIBLE_PATIENT), withdrawn.
+    MASKING_CHANGED = "MASKING_CHANGED"
+    UNMASK_DUE = "UNMASK_DUE"
+    WITHDRAWAL_NEEDED = "WITHDRAWAL_NEEDED"
+    WITHDRAWN = "WITHDRAWN"  # withdrawn from the DMP (Deleted): nothing more is sent for it
+    REPLACED = "REPLACED"  # its DMP entry was replaced by a later one (Deprecated)
     CONTENT_MISSING = "CONTENT_MISSING"
     CONTENT_INVALID = "CONTENT_INVALID"
 
@@ -49,6 +59,7 @@ class Skip:
 
 QUALIFIED = "QUAL"
 VALIDATED = "VALIDATED"
+CANCELLED = "CANCELLED"
 SEXES = frozenset({"M", "F", "U"})  # HL7 AdministrativeGender as used by the CDA
 SUPPORTED_MIME_TYPES = ("application/pdf", "text/xml")
 _RPPS = re.compile(r"^[0-9]{11}$")
@@ -275,3 +286,43 @@ def _too_long(document: Document, patient: Patient) -> str | None:
 def _looks_like_xml(content: bytes) -> bool:
     head = content[:PROBE_HEAD].removeprefix(b"\xef\xbb\xbf").lstrip()
     return head.startswith(b"<")
+
+
+# --- corrections of documents already in the DMP (issue 17) ------------------------------------------
+
+
+def masking(document: Document) -> str:
+    """The DMP masking codes of a document as the ledger records them (`MASQUE_PS,INVISIBLE_PATIENT`; "" none)."""
+    return ",".join(c.code for c in confidentiality_codes(document)[1:])
+
+
+def unmask_due_at(document: Document, first_fed_at: dt.datetime | None, settings: Settings) -> dt.datetime | None:
+    """When a document fed INVISIBLE_PATIENT becomes visible to the patient (EXI 08), naive UTC: at the
+    announcement consultation (`announced_at`, local time), else `rules.unmask_after_days` after the document
+    was first fed. None: not invisible to the patient, or never fed."""
+    if not document.invisible_to_patient:
+        return None
+    if document.announced_at is not None:
+        local = document.announced_at.replace(tzinfo=LOCAL_TZ)
+        return local.astimezone(dt.UTC).replace(tzinfo=None)
+    if first_fed_at is None:
+        return None
+    return first_fed_at + dt.timedelta(days=settings.rules.unmask_after_days)
+
+
+def as_sent(document: Document, first_fed_at: dt.datetime | None, settings: Settings, now: dt.datetime) -> Document:
+    """The document as it is to be in the DMP now: INVISIBLE_PATIENT dropped once its unmask is due (the
+    store keeps its flag; the DMP entry is replaced without the code)."""
+    due = unmask_due_at(document, first_fed_at, settings)
+    if due is not None and due <= now:
+        return dataclasses.replace(document, invisible_to_patient=False)
+    return document
+
+
+def with_masking(document: Document, codes: str) -> Document:
+    """The document with the masking flags of `codes` (as `masking` writes them): a journaled entry is rebuilt
+    with the codes it was journaled with, whatever the store's flags say now."""
+    present = set(filter(None, codes.split(",")))
+    return dataclasses.replace(document, mask_professionals="MASQUE_PS" in present,
+                               invisible_to_patient="INVISIBLE_PATIENT" in present,
+                               invisible_to_legal_representatives="INVISIBLE_REPRESENTANTS_LEGAUX" in present)

@@ -6,6 +6,7 @@ store in memory); the ledger says what we already did with each; the rules say w
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Iterator
@@ -14,7 +15,8 @@ from connector import pdfa, rules
 from connector.config import Settings
 from connector.content import content_probe
 from connector.ledger.repo import DocState, Ledger, utcnow
-from connector.ledger.schema import DEFERRED, FAILED, FED, SUBMITTING
+from connector.ledger.schema import (APPROVED, DELETED, DEFERRED, DEPRECATED, FAILED, FED, PENDING, REPLACE, SKIPPED,
+                                     SUBMITTING, WITHDRAW)
 from connector.store import ROW_INVALID, Candidate, ContentRefused, Document, Patient, RowProblem, Store
 
 # Reasons that come from the ledger rather than from the rules.
@@ -36,6 +38,10 @@ class Decision:
     content: bytes | None = None  # loaded for eligible documents only, when asked for
     ledger_state: str | None = None
     warning: str | None = None  # eligible, but something to tell the operator (PDF/A triage): no content in it
+    # A correction of what the DMP holds (issue 17): REPLACE (RPLC of `replaces`: a new version, or this version
+    # with new masking codes) or WITHDRAW (`replaces` is the version withdrawn); None: a first feeding.
+    action: str | None = None
+    replaces: DocState | None = None
 
     @property
     def eligible(self) -> bool:
@@ -61,16 +67,35 @@ def scan(store: Store, ledger: Ledger | None, settings: Settings, *, load_conten
     for batch in _batches(groups, STATES_BATCH):
         keys = [c.document.key for group in batch for c in group if isinstance(c, Candidate)]
         states = ledger.states(keys) if ledger else {}
-        fed_versions: dict[str, list[int]] = {}
-        for (document_id, version), state in states.items():
-            if state.state == FED:
-                fed_versions.setdefault(document_id, []).append(version)
+        dmp = _in_dmp(states)
         for group in batch:
-            latest: dict[str, int] = {}
+            latest: dict[str, Document] = {}
             for c in group:
                 if isinstance(c, Candidate):
-                    latest[c.document.document_id] = max(c.document.version, latest.get(c.document.document_id, 0))
-            yield [_decide(c, states, fed_versions, latest, store, settings, now, load_content) for c in group]
+                    known = latest.get(c.document.document_id)
+                    if known is None or c.document.version > known.version:
+                        latest[c.document.document_id] = c.document
+            yield [_decide(c, states, dmp, latest, store, settings, now, load_content) for c in group]
+
+
+@dataclass(frozen=True)
+class _InDmp:
+    """What the DMP holds of one document id, as the ledger says."""
+
+    approved: DocState | None  # the version Approved there (the highest, should there be two)
+    first_fed_at: object  # when a version of it was first fed (naive UTC), the start of EXI 08's month
+
+
+def _in_dmp(states: dict[tuple[str, int], DocState]) -> dict[str, _InDmp]:
+    found: dict[str, _InDmp] = {}
+    for (document_id, version), state in sorted(states.items()):
+        known = found.get(document_id, _InDmp(None, None))
+        # FED without a status: a DocState of a ledger from before migration 0007 (which sets Approved on FED rows)
+        here = state.dmp_status == APPROVED or (state.state == FED and state.dmp_status is None)
+        approved = state if here else known.approved
+        first = min(filter(None, (known.first_fed_at, state.fed_at)), default=None)
+        found[document_id] = _InDmp(approved, first)
+    return found
 
 
 def _batches(groups: Iterator[list], size: int) -> Iterator[list[list]]:
@@ -90,17 +115,22 @@ def _patient_of(item: Candidate | RowProblem) -> str | None:
     return item.document.patient_id if isinstance(item, Candidate) else item.patient_id
 
 
-def _decide(item, states: dict[tuple[str, int], DocState], fed_versions: dict[str, list[int]], latest: dict[str, int],
+# Whether corrections are sent (replacements, withdrawals). Until then they are reported with their reason.
+CORRECTIONS_SENT = False
+
+
+def _decide(item, states: dict[tuple[str, int], DocState], dmp: dict[str, _InDmp], latest: dict[str, Document],
             store: Store, settings: Settings, now, load_content) -> Decision:
     if isinstance(item, RowProblem):
         return Decision(item.document_id, item.version, item.patient_id, ROW_INVALID, item.message)
     doc, patient = item.document, item.patient
     base = dict(document_id=doc.document_id, version=doc.version, patient_id=doc.patient_id, document=doc, patient=patient)
     state = states.get(doc.key)
+    in_dmp = dmp.get(doc.document_id, _InDmp(None, None))
     if state is not None:
         base["ledger_state"] = state.state
-        if state.state == FED:
-            return Decision(**base, reason=rules.Reason.ALREADY_FED, detail="fed earlier")
+        if state.state == FED or (state.dmp_status is not None and state.state in (PENDING, SKIPPED)):
+            return _in_the_dmp(base, doc, state, latest[doc.document_id], in_dmp, store, settings, now, load_content)
         if state.held:
             return Decision(**base, reason=HELD, detail="held by an operator; `dmp-connector release` to resume")
         if state.state == FAILED:
@@ -111,10 +141,59 @@ def _decide(item, states: dict[tuple[str, int], DocState], fed_versions: dict[st
             detail = f"next attempt at {state.next_attempt_at:%Y-%m-%d %H:%M} UTC" if state.next_attempt_at else None
             return Decision(**base, reason=NOT_DUE if state.next_attempt_at and state.next_attempt_at > now else IN_PROGRESS,
                             detail=detail)
-    if doc.version < latest[doc.document_id]:
-        return Decision(**base, reason=SUPERSEDED, detail=f"version {latest[doc.document_id]} is in the store")
-    earlier_fed = any(v < doc.version for v in fed_versions.get(doc.document_id, ()))
-    skip = rules.check_record(doc, patient, settings, already_fed=False, earlier_version_fed=earlier_fed)
+    if doc.version < latest[doc.document_id].version:
+        return Decision(**base, reason=SUPERSEDED, detail=f"version {latest[doc.document_id].version} is in the store")
+    replaces = in_dmp.approved if in_dmp.approved is not None and in_dmp.approved.version < doc.version else None
+    if replaces is not None and not CORRECTIONS_SENT:
+        skip = rules.check_record(doc, patient, settings, already_fed=False, earlier_version_fed=True)
+        return Decision(**base, reason=skip.reason, detail=skip.detail)
+    sent = rules.as_sent(doc, in_dmp.first_fed_at, settings, now)
+    if replaces is not None:
+        base.update(action=REPLACE, replaces=replaces)
+    return _feed(base, sent, patient, store, settings, load_content)
+
+
+def _in_the_dmp(base: dict, doc: Document, state: DocState, latest: Document, in_dmp: _InDmp, store: Store,
+                settings: Settings, now, load_content) -> Decision:
+    """A version the DMP holds (or held): a withdrawal if the store cancelled the document, a replacement if its
+    masking changed or its unmask is due, else nothing to do."""
+    Reason = rules.Reason
+    if state.dmp_status == DELETED:
+        return Decision(**base, reason=Reason.WITHDRAWN, detail="withdrawn from the DMP (Deleted)")
+    if state.dmp_status == DEPRECATED:
+        return Decision(**base, reason=Reason.REPLACED, detail="replaced in the DMP by a later entry (Deprecated)")
+    if state.dmp_status != APPROVED:
+        return Decision(**base, reason=Reason.ALREADY_FED, detail="fed earlier")
+    if state.held:
+        return Decision(**base, reason=HELD, detail="held by an operator; `dmp-connector release` to resume")
+    if latest.status == rules.CANCELLED:
+        if not settings.rules.withdraw_cancelled:
+            return Decision(**base, reason=Reason.ALREADY_FED,
+                            detail="cancelled in the store, left in the DMP (rules.withdraw_cancelled = false)")
+        detail = f"version {latest.version} is CANCELLED in the store: withdrawn from the DMP"
+        if not CORRECTIONS_SENT:
+            return Decision(**base, reason=Reason.WITHDRAWAL_NEEDED, detail=detail)
+        return Decision(**base, reason=None, detail=detail, action=WITHDRAW, replaces=state)
+    if doc.version < latest.version:
+        return Decision(**base, reason=Reason.ALREADY_FED, detail=f"fed earlier; version {latest.version} replaces it")
+    sent = rules.as_sent(doc, in_dmp.first_fed_at, settings, now)
+    fed_masking = state.masking if state.masking is not None else rules.masking(doc)  # fed before migration 0007
+    if rules.masking(sent) == fed_masking:
+        return Decision(**base, reason=Reason.ALREADY_FED, detail="fed earlier")
+    unmask = rules.masking(sent) == rules.masking(dataclasses.replace(doc, invisible_to_patient=False)) \
+        and rules.masking(doc) == fed_masking
+    reason = Reason.UNMASK_DUE if unmask else Reason.MASKING_CHANGED
+    if not CORRECTIONS_SENT:
+        return Decision(**base, reason=reason, detail="the DMP entry must be replaced with new masking codes")
+    base.update(action=REPLACE, replaces=state)
+    return _feed(base, sent, base["patient"], store, settings, load_content)
+
+
+def _feed(base: dict, doc: Document, patient: Patient | None, store: Store, settings: Settings,
+          load_content) -> Decision:
+    """The rules and the content checks of a document to send (`doc`: as it is to be in the DMP)."""
+    base = {**base, "document": doc}
+    skip = rules.check_record(doc, patient, settings, already_fed=False)
     if skip is not None:
         return Decision(**base, reason=skip.reason, detail=skip.detail)
     data, error = None, None  # the content, or only its probe (size and bytes at both ends: all the rules look at)

@@ -69,8 +69,11 @@ dmp_document = sa.Table(
     sa.Column("updated_at", sa.DateTime),
     # Optional (a store without it reads NULL): the encounter class I/O/R/N or a JDV_J59 code (payload/activity.py).
     sa.Column("activity", sa.String(64)),
+    # Optional: when the announcement consultation took place (EXI 08): a document fed invisible to the patient
+    # becomes visible then (else `rules.unmask_after_days` after it was fed).
+    sa.Column("announced_at", sa.DateTime),
 )
-OPTIONAL_COLUMNS = frozenset({"activity"})  # dmp_document columns a store may lack
+OPTIONAL_COLUMNS = frozenset({"activity", "announced_at"})  # dmp_document columns a store may lack
 
 dmp_feed_status = sa.Table(
     "dmp_feed_status",
@@ -130,6 +133,7 @@ class Document:
     invisible_to_legal_representatives: bool
     updated_at: dt.datetime | None
     activity: str | None = None  # the encounter class or JDV_J59 code behind the document (optional column)
+    announced_at: dt.datetime | None = None  # the announcement consultation (optional column, EXI 08)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -445,6 +449,7 @@ def _candidate(row) -> Candidate | RowProblem:
             invisible_to_legal_representatives=_bool(row, "invisible_to_legal_representatives"),
             updated_at=_datetime(row, "updated_at"),
             activity=_text(row, "activity"),
+            announced_at=_datetime(row, "announced_at"),
         )
         patient = None
         if row["p_patient_id"] is not None:

@@ -293,7 +293,8 @@ def _journal_and_submit(settings, ledger: Ledger, sign, summary: Summary, batch:
         patient_id=batch.patient.patient_id,
         finess_geo=batch.site.finess_geo,
         submission_time=utcnow(),
-        docs=[SubmissionDoc(d.document_id, d.version, uid, ids.entry_uuid(oid_root, d.document_id, d.version))
+        docs=[SubmissionDoc(d.document_id, d.version, uid, ids.entry_uuid(oid_root, d.document_id, d.version),
+                            masking=rules.masking(d))
               for d, uid, _ in batch.documents],
         run_id=summary.run_id,
         owner=owner,
@@ -338,6 +339,8 @@ def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, reco
         if not isinstance(item, Candidate) or item.patient is None:
             problem = "the document or its patient is no longer in the store"
         else:
+            if doc.masking is not None:  # as journaled (an unmask due since is not in the store's flags)
+                item = Candidate(rules.with_masking(item.document, doc.masking), item.patient)
             skip = rules.check_record(item.document, item.patient, settings, already_fed=False)
             if skip is not None and withdraw is None:
                 withdraw = (skip.reason, f"document {doc.document_id} v{doc.version}: {skip.detail}")

@@ -22,9 +22,13 @@ from connector import private
 from connector.errors import LedgerError
 from connector.ledger import migrate
 from connector.ledger.schema import (
+    APPROVED,
     DEFERRED,
+    DEPRECATED,
     FAILED,
+    FEED,
     FED,
+    REPLACE,
     PENDING,
     SKIPPED,
     SUBMITTING,
@@ -74,7 +78,10 @@ _JOURNAL_DOCUMENTS = (
 _SUBMISSION = sa.select(_S).where(_S.c.id == sa.bindparam("sub_id"))
 _SUBMISSION_DOCUMENTS = (
     sa.select(submission_documents.c.document_id, submission_documents.c.version,
-              submission_documents.c.unique_id, submission_documents.c.entry_uuid)
+              submission_documents.c.unique_id, submission_documents.c.entry_uuid, submission_documents.c.action,
+              submission_documents.c.cda_version, submission_documents.c.masking,
+              submission_documents.c.replaces_version, submission_documents.c.replaces_unique_id,
+              submission_documents.c.replaces_entry_uuid)
     .where(submission_documents.c.submission_id == sa.bindparam("sub_id"))
     .order_by(submission_documents.c.document_id, submission_documents.c.version)
 )
@@ -93,6 +100,13 @@ class DocState:
     held: bool
     next_attempt_at: dt.datetime | None
     submission_id: int | None
+    # Its DMP entry (migration 0007): status there (Approved, Deprecated, Deleted; None: not in the DMP), entryUUID,
+    # the masking codes and CDA versionNumber it carries, when it was fed.
+    dmp_status: str | None = None
+    dmp_entry_uuid: str | None = None
+    masking: str | None = None
+    cda_version: int | None = None
+    fed_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,15 @@ class SubmissionDoc:
     version: int
     unique_id: str
     entry_uuid: str
+    # Migration 0007: what the entry does (FEED, REPLACE, WITHDRAW), the CDA versionNumber and masking codes sent
+    # (None: the store version, the store's flags), and for a replacement or a withdrawal the entry it acts on:
+    # its store version, uniqueId and entryUUID as the registry gave it.
+    action: str = FEED
+    cda_version: int | None = None
+    masking: str | None = None
+    replaces_version: int | None = None
+    replaces_unique_id: str | None = None
+    replaces_entry_uuid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,7 +261,8 @@ class Ledger:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(
-                    d.c.document_id, d.c.version, d.c.state, d.c.reason, d.c.held, d.c.next_attempt_at, d.c.submission_id
+                    d.c.document_id, d.c.version, d.c.state, d.c.reason, d.c.held, d.c.next_attempt_at, d.c.submission_id,
+                    d.c.dmp_status, d.c.dmp_entry_uuid, d.c.masking, d.c.cda_version, d.c.fed_at,
                 ).where(d.c.document_id.in_(ids))
             ).all()
             held = conn.execute(sa.select(holds.c.document_id, holds.c.version)
@@ -406,6 +430,22 @@ class Ledger:
                 sub_id=sub_id, state=state, now=now, next_attempt_at=next_attempt_at,
                 reason=None if state == FED else reason, detail=detail,
                 fed_at=now if state == FED else None))  # a document's fed_at is only ever set by a FED outcome
+            if state == FED:
+                self._record_dmp_entries(conn, sub_id, now)
+
+    @staticmethod
+    def _record_dmp_entries(conn, sub_id: int, now: dt.datetime) -> None:
+        """A FED submission's entries are Approved in the DMP under their ids, with the codes and CDA version sent;
+        the entries they replace are Deprecated there (the registry does so on an accepted RPLC)."""
+        d = documents
+        for row in conn.execute(_SUBMISSION_DOCUMENTS, dict(sub_id=sub_id)).all():
+            doc = SubmissionDoc(*row)
+            if doc.action == REPLACE and doc.replaces_version is not None and doc.replaces_version != doc.version:
+                conn.execute(sa.update(d).where(d.c.document_id == doc.document_id, d.c.version == doc.replaces_version)
+                             .values(dmp_status=DEPRECATED, updated_at=now))
+            conn.execute(sa.update(d).where(d.c.document_id == doc.document_id, d.c.version == doc.version).values(
+                dmp_status=APPROVED, dmp_entry_uuid=doc.entry_uuid, masking=doc.masking,
+                cda_version=doc.cda_version if doc.cda_version is not None else doc.version))
 
     def withdraw_submission(self, sub_id: int, reason: str, detail: str) -> None:
         """A submission whose documents are no longer eligible (opposition, death… since it was journaled) and

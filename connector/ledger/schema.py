@@ -9,6 +9,12 @@ metadata = sa.MetaData()
 PENDING, SUBMITTING, FED, DEFERRED, FAILED, SKIPPED = "PENDING", "SUBMITTING", "FED", "DEFERRED", "FAILED", "SKIPPED"
 STATES = (PENDING, SUBMITTING, FED, DEFERRED, FAILED, SKIPPED)
 
+# A document version's availability status in the DMP (documents.dmp_status; None: not in the DMP).
+APPROVED, DEPRECATED, DELETED = "Approved", "Deprecated", "Deleted"
+# What a journaled entry does (submission_documents.action): a first feeding, a replacement (RPLC: a new
+# version, a masking change or an unmask), a withdrawal (ITI-57, Deleted).
+FEED, REPLACE, WITHDRAW = "FEED", "REPLACE", "WITHDRAW"
+
 runs = sa.Table(
     "runs",
     metadata,
@@ -44,6 +50,12 @@ documents = sa.Table(
     sa.Column("unique_id", sa.String(64)),
     sa.Column("submission_id", sa.Integer, sa.ForeignKey("submissions.id")),
     sa.Column("last_run_id", sa.Integer),
+    # Migration 0007: the version's DMP entry (the registry's entryUUID once looked up, else ours), its status there,
+    # and the masking codes and CDA versionNumber it was fed with (a change of them is sent as a replacement).
+    sa.Column("dmp_entry_uuid", sa.String(64)),
+    sa.Column("dmp_status", sa.String(16)),
+    sa.Column("masking", sa.String(100)),
+    sa.Column("cda_version", sa.Integer),
     sa.Index("ix_documents_state", "state", "next_attempt_at"),
     sa.Index("ix_documents_patient", "patient_id"),
     sa.Index("ix_documents_fed_at", "fed_at"),
@@ -78,6 +90,9 @@ submissions = sa.Table(
     sa.Column("run_id", sa.Integer),
     sa.Column("lease_owner", sa.String(128)),
     sa.Column("lease_until", sa.DateTime),
+    # Migration 0007: ITI-41 (feed, replace) or ITI-57 (withdraw), and a withdrawal's reason (EXI 09/10).
+    sa.Column("kind", sa.String(16), nullable=False, server_default="ITI-41"),
+    sa.Column("note", sa.String(1000)),
     sa.Index("ix_submissions_state", "state"),
 )
 
@@ -89,6 +104,14 @@ submission_documents = sa.Table(
     sa.Column("version", sa.Integer, primary_key=True),
     sa.Column("unique_id", sa.String(64), nullable=False),
     sa.Column("entry_uuid", sa.String(64), nullable=False),
+    # Migration 0007: FEED, REPLACE or WITHDRAW; the CDA versionNumber and masking codes sent; for a replacement,
+    # the store version, uniqueId and registry entryUUID of the entry replaced (a resend rebuilds the same request).
+    sa.Column("action", sa.String(16), nullable=False, server_default=FEED),
+    sa.Column("cda_version", sa.Integer),
+    sa.Column("masking", sa.String(100)),
+    sa.Column("replaces_version", sa.Integer),
+    sa.Column("replaces_unique_id", sa.String(64)),
+    sa.Column("replaces_entry_uuid", sa.String(64)),
 )
 
 # EXI 16: every DMP transaction, append-only.
