@@ -32,7 +32,7 @@ def test_replay_after_correction_dry_run_hold_and_release(tmp_path):
         db.execute("INSERT INTO dmp_document SELECT 'HELD-1', version, patient_id, finess_geo, type_code, title, created_at,"
                    " service_start, service_stop, author_rpps, author_family_name, author_given_name, author_specialty_code,"
                    " legal_authenticator_rpps, 'DRAFT', mime_type, content_path, content, mask_professionals,"
-                   " invisible_to_patient, invisible_to_legal_representatives, updated_at, activity"
+                   " invisible_to_patient, invisible_to_legal_representatives, updated_at, activity, announced_at"
                    " FROM dmp_document WHERE patient_id = ? LIMIT 1", (open_pid,))
     ins_cx = ins.ins_cx(closed_matricule, h.TEST_INS_OID)
 
