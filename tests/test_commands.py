@@ -45,7 +45,7 @@ def test_demo_command_feeds_the_samples_then_nothing_more(tmp_path):
     out = _ok("demo", tmp_path / "demo")
     assert "sandbox DMP listening on https://127.0.0.1:" in out
     fed = len(h.sample_eligible())
-    assert "finished in" in out and f"{fed} fed" in out
+    assert " done in " in out and f"{fed} fed" in out  # the run's summary line
     again = _ok("demo", tmp_path / "demo")
     assert "0 fed" in again  # the ledger and the sandbox kept what was done
 

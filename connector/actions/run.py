@@ -100,10 +100,10 @@ class Summary:
                 "warnings_by_reason": dict(sorted(self.warnings.items())),
                 "dmp_unreachable": self.unreachable, "tls_refused": self.tls_refused, "attention": self.attention}
 
-    def headline(self) -> str:
+    def headline(self, status: str | None = None, mark: str = "#") -> str:
         c = self.counts
-        return (f"run #{self.run_id} {self.status} in {self.duration:.1f}s: {c['fed']} fed, {c['deferred']} deferred, "
-                f"{c['failed'] + c['error']} failed, {sum(self.skipped.values())} skipped")
+        return (f"run {mark}{self.run_id} {status or self.status} in {self.duration:.1f}s: {c['fed']} fed, "
+                f"{c['deferred']} deferred, {c['failed'] + c['error']} failed, {sum(self.skipped.values())} skipped")
 
     def text(self) -> str:
         lines = [self.headline()]
@@ -214,7 +214,7 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
 def _log_end(summary: Summary, status: str) -> None:
     """The run's human summary line, at the level of what it found; then what needs a human, one line each."""
     level = logging.ERROR if status != "done" else logging.WARNING if summary.attention else logging.INFO
-    log.log(level, "%s", summary.headline().replace(f" {summary.status} ", f" {status} ", 1))
+    log.log(level, "%s", summary.headline(status, mark=""))  # "run 12 done in …", as "run 12 started"
     for what in summary.attention:
         log.warning("needs a human: %s", what)
 
