@@ -403,13 +403,20 @@ def audit_export(settings, since, until, fmt: str, out) -> None:
 @click.option("--version", type=int, help="With --document: this version only.")
 @click.option("--all", "all_documents", is_flag=True, help="Export every eligible document.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
-def export(settings, document_id, version, all_documents, out: Path) -> None:
+@click.option("--as-sent", is_flag=True, help="With --document: the submission set as the ledger journaled and sent "
+                                               "it (same ids, time and grouping; new VIHF and signature).")
+def export(settings, document_id, version, all_documents, out: Path, as_sent: bool) -> None:
     """Write the CDA, signature, VIHF and exact SOAP/MTOM request of eligible documents, without sending."""
     from connector.actions import export as action
 
     if bool(document_id) == bool(all_documents):
         raise click.UsageError("give either --document ID or --all")
-    exported, problems = action.export(settings, out, document_id=document_id, version=version)
+    if as_sent and not document_id:
+        raise click.UsageError("--as-sent needs --document ID")
+    if as_sent:
+        exported, problems = action.export_as_sent(settings, out, document_id=document_id, version=version)
+    else:
+        exported, problems = action.export(settings, out, document_id=document_id, version=version)
     for e in exported:
         click.echo(f"{e.folder}: " + ", ".join(f"{d} v{v}" for d, v in e.documents))
     for p in problems:

@@ -145,3 +145,38 @@ def test_each_exported_set_carries_everything_the_gie_example_carries(exported):
         envelope, _ = _request(path)
         request = envelope.find(f".//{XDSB}ProvideAndRegisterDocumentSetRequest")
         assert missing_structure(request) == {}, path.name
+
+
+def test_export_as_sent_reproduces_the_journaled_submission_set(tmp_path):
+    """`export --document` rebuilds what a run would send now, for that document alone (another uniqueId than the
+    set it was fed in, a new time); `export --as-sent` writes the submission set as the ledger journaled and sent
+    it: its uniqueId, its submissionTime, its documents, with a note of what is made anew (VIHF, signature)."""
+    import delivery_harness as h
+    from connector.payload import hl7
+
+    keys = h.synthetic_store(tmp_path / "store", 2, seed=21, per_patient=(2, 2))  # one patient, two documents
+    folder = h.make_folder(tmp_path)
+    with h.sandbox(folder) as sb:
+        cfg = folder.configure(sb.url)
+        assert CliRunner().invoke(main, ["run", "--config", str(cfg)]).exit_code == 0
+    (sent_uid, sent_time), = [(r.submission_set_uid, r.submission_time) for r in
+                              h.ledger_rows(folder.ledger_url, "SELECT submission_set_uid, submission_time FROM submissions")]
+    first, second = sorted(d for d, _ in keys)
+    now = CliRunner().invoke(main, ["export", "--document", first, "--out", str(tmp_path / "now"), "--config", str(cfg)])
+    assert now.exit_code == 0, now.output
+    assert [p.name for p in (tmp_path / "now").iterdir()] != [sent_uid]
+    as_sent = CliRunner().invoke(main, ["export", "--document", first, "--as-sent", "--out", str(tmp_path / "sent"),
+                                       "--config", str(cfg)])
+    assert as_sent.exit_code == 0, as_sent.output
+    (out,) = (tmp_path / "sent").iterdir()
+    assert out.name == sent_uid and f"{out}: {first} v1, {second} v1" in as_sent.output
+    request = (out / "iti41-request.http").read_bytes()
+    import datetime as dt
+
+    sent_time = dt.datetime.fromisoformat(str(sent_time)).replace(tzinfo=dt.UTC)  # the ledger's naive UTC
+    assert sent_uid.encode() in request and hl7.dtm(sent_time).encode() in request
+    assert sorted(p.name for p in out.glob("cda-*.xml")) == [f"cda-{first}-v1.xml", f"cda-{second}-v1.xml"]
+    assert "VIHF token" in (out / "AS-SENT.txt").read_text()
+    never = CliRunner().invoke(main, ["export", "--document", "NOT-SENT", "--as-sent", "--out", str(tmp_path / "x"),
+                                      "--config", str(cfg)])
+    assert never.exit_code == 1 and "NOT-SENT: never journaled for sending" in never.output

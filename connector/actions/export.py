@@ -50,13 +50,73 @@ def export(settings: Settings, out: Path, *, document_id: str | None = None, ver
     return exported, problems
 
 
-def _write(settings: Settings, sign, out: Path, batch: prepare.Batch) -> Exported:
+AS_SENT_NOTE = """This folder is submission set {uid} as the ledger journaled it and sent it to the DMP: the same
+submission-set and document uniqueIds and entryUUIDs, the same submissionTime ({time} UTC), the same documents
+grouped the same way, rebuilt from the store as a resend would be. Made anew, and so different from what was sent:
+the VIHF token (its issue time and validity), the XAdES signature (its signing time and value) and the MTOM
+MessageID and boundary. A document changed in the store since it was sent, without a new version, would differ too.
+Ledger state of the submission set: {state} ({attempts} attempt(s)).
+"""
+
+
+def export_as_sent(settings: Settings, out: Path, *, document_id: str,
+                   version: int | None = None) -> tuple[list[Exported], list[str]]:
+    """Export the submission set(s) the ledger journaled for a document: what was sent (or will be resent),
+    with its recorded ids, time and grouping. Returns (exported sets, problems)."""
+    import sqlalchemy as sa
+
+    from connector.actions.context import open_settings_ledger
+    from connector.ledger.schema import submission_documents as sd
+    from connector.store import Candidate
+
+    if settings.certificates is None:
+        raise ConfigError("certificates.sign: missing (export signs what it writes)")
+    ledger = open_settings_ledger(settings)
+    query = sa.select(sd.c.submission_id, sd.c.version).where(sd.c.document_id == document_id)
+    if version is not None:
+        query = query.where(sd.c.version == version)
+    with ledger.engine.connect() as conn:
+        found = conn.execute(query.order_by(sd.c.submission_id)).all()
+    if not found:
+        return [], [f"{document_id}{'' if version is None else f' v{version}'}: never journaled for sending "
+                    "(the ledger has no submission set holding it)"]
+    sign = load_credential(settings.certificates.sign)
+    store = open_store(settings)
+    exported, problems = [], []
+    for sub_id in dict.fromkeys(r.submission_id for r in found):
+        record = ledger.submission(sub_id)
+        site = settings.structure.site(record.finess_geo)
+        batch, patient, problem = [], None, None
+        for doc in record.documents:
+            item = store.get(doc.document_id, doc.version)
+            if not isinstance(item, Candidate) or item.patient is None or site is None:
+                problem = f"{doc.document_id} v{doc.version}: no longer in the store (or its site not configured)"
+                break
+            uid, xml = prepare.document_cda(settings, item.document, item.patient, site, store.content(item.document))
+            batch.append((item.document, uid, xml))
+            patient = item.patient
+        if problem:
+            problems.append(f"submission set {record.submission_set_uid}: {problem}")
+            continue
+        keys = [(d.document_id, d.version) for d in record.documents]
+        folder = _write(settings, sign, out, prepare.Batch(site, patient, batch), keys=keys,
+                        uid=record.submission_set_uid, entry_uuid=record.entry_uuid, time=record.submission_time)
+        private.write_file(folder.folder / "AS-SENT.txt", AS_SENT_NOTE.format(
+            uid=record.submission_set_uid, time=record.submission_time, state=record.state,
+            attempts=record.attempts).encode())
+        exported.append(folder)
+    return exported, problems
+
+
+def _write(settings: Settings, sign, out: Path, batch: prepare.Batch, *, keys=None, uid=None, entry_uuid=None,
+           time=None) -> Exported:
     oid_root = settings.structure.oid_root
-    uid = ids.submission_set_unique_id(oid_root, batch.keys)
+    keys = keys or batch.keys
+    uid = uid or ids.submission_set_unique_id(oid_root, keys)
     prepared = prepare.submission(settings, sign, site=batch.site, patient=batch.patient, documents=batch.documents,
                                   submission_set_uid=uid,
-                                  submission_set_entry_uuid=ids.submission_set_entry_uuid(oid_root, batch.keys),
-                                  submission_time=utcnow())
+                                  submission_set_entry_uuid=entry_uuid or ids.submission_set_entry_uuid(oid_root, keys),
+                                  submission_time=time or utcnow())
     folder = out / uid
     private.make_dirs(folder)  # full CDAs and the VIHF: owner only, whatever the umask
     for document, doc_uid, xml in batch.documents:
@@ -68,7 +128,7 @@ def _write(settings: Settings, sign, out: Path, batch: prepare.Batch) -> Exporte
     head = f"POST {url} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     head += f"Content-Length: {len(body)}\r\n\r\n"
     private.write_file(folder / "iti41-request.http", head.encode("ascii") + body)
-    return Exported(folder, batch.keys)
+    return Exported(folder, keys)
 
 
 def _safe(name: str) -> str:
