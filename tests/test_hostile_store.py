@@ -224,3 +224,29 @@ def test_dry_run_output_and_log_lines_carry_no_control_character(tmp_path):
     for formatter in (logs.TextFormatter("%(levelname)s %(name)s: %(message)s"), logs.JsonFormatter()):
         line = formatter.format(record)
         assert "\n" not in line and "\x1b" not in line and "\\x1b" in line.replace("\\\\", "\\")
+
+
+def test_a_file_swapped_after_its_probe_costs_its_row_in_a_dry_run(tmp_path, monkeypatch):
+    """The dry run's PDF/A triage reads the file the probe looked at: swapped meanwhile for a link out of the
+    content root, it is refused like any other, not read, and the scan goes on."""
+    from connector import scan as scan_module
+    from connector.rules import probe_of
+
+    outside = tmp_path / "outside.pdf"
+    outside.write_bytes(PDF)
+    settings, store = _store(tmp_path, [dict(document_id="SWAPPED")])
+    settings = make_settings(tmp_path, store={"url": settings.store.url, "content_root": str(settings.store.content_root)},
+                             validation={"pdfa": "reject"})
+    path = tmp_path / "store" / "documents" / "bad-00.pdf"
+
+    def probe_then_swap(store, document, limit=None):
+        if document.document_id != "SWAPPED":
+            return real_probe(store, document, limit)
+        path.unlink()
+        os.symlink(outside, path)
+        return probe_of(PDF)
+
+    real_probe = scan_module.content_probe
+    monkeypatch.setattr(scan_module, "content_probe", probe_then_swap)
+    got = _decisions(settings, store, False)
+    assert got[("SWAPPED", 1)] == ("CONTENT_INVALID", "content_path is outside store.content_root")
