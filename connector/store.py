@@ -240,7 +240,8 @@ class Store:
                 query = query.where(key > sa.tuple_(*last))
             rows = self._read(query)
             for row in rows:
-                raw_key = (row["document_id"], row["version"])
+                raw_id = row["document_id"]
+                raw_key = (raw_id.strip(" ") if isinstance(raw_id, str) else raw_id, row["version"])
                 if raw_key in repeated:
                     if raw_key not in reported:
                         reported.add(raw_key)
@@ -268,9 +269,10 @@ class Store:
     def _repeated_keys(self) -> dict[tuple, int]:
         """(document_id, version) found on more than one row, with their count (none when the key is a key)."""
         d = dmp_document
-        query = (sa.select(d.c.document_id, d.c.version, sa.func.count().label("n"))
+        document_id = sa.func.trim(d.c.document_id)  # "A" and "A " are one key once read (see _key)
+        query = (sa.select(document_id.label("document_id"), d.c.version, sa.func.count().label("n"))
                  .where(d.c.document_id.is_not(None), d.c.version.is_not(None))
-                 .group_by(d.c.document_id, d.c.version).having(sa.func.count() > 1))
+                 .group_by(document_id, d.c.version).having(sa.func.count() > 1))
         return {(r.document_id, r.version): r.n for r in self._read(query, mappings=False)}
 
     def _read(self, query, mappings: bool = True) -> list:
@@ -500,7 +502,15 @@ def _version(row) -> int:
 def _key(row, key: str, required: bool = True) -> str | None:
     """A key column (recorded in the ledger): present if `required`, no control character, not longer than
     the ledger's column."""
-    value = _text(row, key)
+    value = row[key]
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _BadColumn(f"column {_column(key)}: not valid UTF-8") from None
+    # Spaces only (a CHAR column's padding), as SQL's trim() when repeated keys are looked for: a key with a
+    # tab or a newline around it is refused, not read as another row's key.
+    value = None if value is None else str(value).strip(" ") or None
     if value is None:
         if required:
             raise _BadColumn(f"column {_column(key)}: empty")

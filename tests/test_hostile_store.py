@@ -186,6 +186,16 @@ def test_repeated_and_empty_keys_in_a_keyless_store_are_row_invalid(tmp_path):
     assert len(got) == 5  # the healthy one, TWICE once, three empty keys
 
 
+def test_keys_that_differ_only_by_padding_are_one_repeated_key(tmp_path):
+    """"A" and "A " were two rows read as one key: two documents with one uniqueId (the second rejected by the
+    registry, or both in one submission set). A key with a tab or newline around it is refused."""
+    settings, store = _store(tmp_path, [dict(document_id="PADDED"), dict(document_id="PADDED   "),
+                                        dict(document_id="NEWLINE\n")], keyless=True)
+    got = _both(settings, store)
+    assert got[("PADDED", 1)] == ("ROW_INVALID", "(document_id, version) is on 2 rows of dmp_document: the key must be unique")
+    assert got[("NEWLINE\\x0a", None)] == ("ROW_INVALID", "column dmp_document.document_id: contains a control character")
+
+
 def test_a_null_key_at_a_batch_boundary_does_not_end_the_scan(tmp_path):
     """The keyset read compared rows to the last one read: a NULL there made every later comparison NULL."""
     settings, store = _store(tmp_path, [dict(document_id=f"A{i}", patient_id=None if i == 1 else "OK-P00001")
