@@ -69,7 +69,7 @@ QUIET_LIBRARIES = ("urllib3", "zeep", "signxml", "xmlschema", "alembic", "apsche
 
 
 def setup(level: str = "INFO", json_lines: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BarAwareHandler(sys.stderr)
     formatter = JsonFormatter() if json_lines else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(JournalPrefix(formatter) if _stderr_is_journal() else formatter)
     root = logging.getLogger()
@@ -87,8 +87,9 @@ class StopRequested(Exception):
 
 
 class RunProgress:
-    """Progress of a run, called by it per patient group and per settled submission: a status line rewritten
-    in place on a terminal, a log line every `interval` seconds otherwise (journald, cron mail)."""
+    """Progress of a run, called by it per patient group and per settled submission: on a terminal a progress bar
+    (documents decided of the store's total, rate, ETA) redrawn in place, with log lines printed above it; off a
+    terminal a log line with the same figures every `interval` seconds (journald, cron mail)."""
 
     def __init__(self, *, tty: bool | None = None, interval: float = 30.0, stop=None, stream=None,
                  clock=time.monotonic):
@@ -98,8 +99,16 @@ class RunProgress:
         self.stop = stop  # a threading.Event, set by the daemon's signal handler
         self.clock = clock
         self.patients = 0
-        self._last = clock()
+        self.documents = 0  # documents decided so far
+        self.total: int | None = None  # documents in the store (a count query at the start of the run)
+        self._start = self._last = clock()
         self._lock = threading.Lock()
+        self._shown = ""
+
+    def begin(self, total: int | None) -> None:
+        self.total = total
+        if self.tty:
+            _BAR_STREAMS[id(self.stream)] = self
 
     def patient(self, summary) -> None:
         if self.stop is not None and self.stop.is_set():
@@ -108,18 +117,46 @@ class RunProgress:
             self.patients += 1
         self._tick(summary)
 
+    def scanned(self, n: int) -> None:
+        with self._lock:
+            self.documents += n
+
     def settled(self, summary) -> None:
         self._tick(summary)
 
     def close(self, summary) -> None:
+        _BAR_STREAMS.pop(id(self.stream), None)
         if self.tty:
-            self.stream.write("\033[K")  # the summary follows on a clean line
+            self.stream.write("\r\033[K")  # the summary follows on a clean line
             self.stream.flush()
+
+    def figures(self) -> str:
+        """done/total (percent), rate, ETA: what both the bar and the log line say."""
+        elapsed = max(self.clock() - self._start, 1e-9)
+        rate = self.documents / elapsed
+        if not self.total:
+            return f"{self.documents} documents, {rate:.1f}/s"
+        done = min(self.documents, self.total)
+        left = self.total - done
+        eta = _duration(left / rate) if rate > 0 else "?"
+        return f"{done}/{self.total} documents ({done * 100 // self.total}%), {rate:.1f}/s, ETA {eta}"
 
     def line(self, summary) -> str:
         c = summary.counts
-        return (f"run #{summary.run_id}: {self.patients} patients scanned, {c['fed']} documents fed, "
+        return (f"run {summary.run_id}: {self.figures()}; {self.patients} patients, {c['fed']} fed, "
                 f"{c['deferred']} deferred, {c['failed']} failed, {sum(summary.skipped.values())} skipped")
+
+    def bar(self, summary, width: int = 24) -> str:
+        filled = width * min(self.documents, self.total) // self.total if self.total else 0
+        c = summary.counts
+        return (f"[{'#' * filled}{'.' * (width - filled)}] {self.figures()} | {c['fed']} fed, {c['deferred']} deferred, "
+                f"{c['failed']} failed")
+
+    def redraw(self) -> None:
+        """Put the bar back under a log line just printed (called by the log handler)."""
+        if self._shown:
+            self.stream.write(self._shown)
+            self.stream.flush()
 
     def _tick(self, summary) -> None:
         with self._lock:
@@ -127,8 +164,32 @@ class RunProgress:
             if now - self._last < self.interval:
                 return
             self._last = now
-        if self.tty:  # clear, write, return to column 0: the next log line simply overwrites it
-            self.stream.write(f"\033[K{self.line(summary)}\r")
-            self.stream.flush()
+        if self.tty:  # the bar stays on the last line; log lines are printed above it (BarAwareHandler)
+            with self._lock:
+                self._shown = f"\r\033[K{self.bar(summary)}"
+                self.stream.write(self._shown)
+                self.stream.flush()
         else:
             logging.getLogger("connector.run").info("%s", self.line(summary))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+_BAR_STREAMS: dict[int, RunProgress] = {}  # streams a progress bar is drawn on, by id
+
+
+class BarAwareHandler(logging.StreamHandler):
+    """Clears a progress bar drawn on its stream before a log line, and draws it again after: the log lines
+    scroll above the bar instead of overwriting it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        bar = _BAR_STREAMS.get(id(self.stream))
+        if bar is None:
+            return super().emit(record)
+        with bar._lock:
+            self.stream.write("\r\033[K")
+            super().emit(record)
+            bar.redraw()

@@ -147,6 +147,7 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
     log.info("run %d started (%s): instance %s, configuration %s, ledger %s, store %s", summary.run_id, mode,
              settings.ledger.instance, settings.source or "(defaults)", describe_url(ledger.engine), describe_url(store.engine))
     retry_write_backs(ledger, store)
+    progress.begin(_store_total(store))
     deliverer = Deliverer(settings, ledger, store, client, summary.run_id)
     # One submission set prepared ahead of the senders: queuing more held more memory (100,000 store: peak
     # 154 -> 148 MB) and fed no faster, the main thread that prepares being the bottleneck.
@@ -182,6 +183,7 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
                                   deliverer.down.message)
                         break
                     progress.patient(summary)  # may raise StopRequested (daemon stopping)
+                    progress.scanned(len(group))
                     started.append(_start_patient(settings, ledger, summary, group, checker))
                     finish(keep=LOOKAHEAD if checker else 0)  # without that process, nothing to wait for
             except StopRequested:
@@ -209,6 +211,19 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
                           message=message and message[:1000])
         _log_end(summary, status)
     return summary
+
+
+def _store_total(store: Store) -> int | None:
+    """The documents of the store, for the progress bar and ETA (a count, no row read); None if it fails."""
+    import sqlalchemy as sa
+
+    from connector.store import dmp_document
+
+    try:
+        with store.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(dmp_document)).scalar()
+    except sa.exc.SQLAlchemyError:
+        return None
 
 
 def _log_end(summary: Summary, status: str) -> None:
