@@ -229,3 +229,72 @@ def test_an_exception_in_a_sender_thread_is_settled_and_shows_in_the_exit_code_a
         check = runner.invoke(cli.main, ["status", "--config", str(folder.cfg), "--check"])
         assert check.exit_code == cli.EXIT_ATTENTION and "INTERNAL_ERROR" in check.output, (run, check.output)
     assert h.received(folder)["documents"] == 0
+
+
+# --- journaled, never sent, then no longer sendable: the real CLI killed after journaling ---------
+
+
+def _crashed_after_journal(tmp_path, pki):
+    """A store of 3 patients (one document each), a run SIGKILLed right after journaling its first submission
+    set (nothing sent); returns (folder, sandbox options, the journaled document's key and patient)."""
+    import signal
+
+    import delivery_harness as h
+
+    keys = h.synthetic_store(tmp_path / "store", 3, seed=11, per_patient=(1, 1))
+    folder = h.make_folder(tmp_path, pki_from=pki.directory)
+    with h.sandbox(folder) as sb:
+        folder.configure(sb.url)
+        crashed = h.run_cli(folder.cfg, crash_at="after_journal:1")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    (journaled,) = h.ledger_rows(folder.ledger_url, "SELECT d.document_id, d.version, s.patient_id, s.attempts "
+                                 "FROM submissions s JOIN documents d ON d.submission_id = s.id")
+    assert journaled.attempts == 0
+    return folder, set(keys), (journaled.document_id, journaled.version), journaled.patient_id
+
+
+def _store(folder, sql: str, **params) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{folder.store_db}")
+    with engine.begin() as conn:
+        conn.execute(sa.text(sql), params)
+    engine.dispose()
+
+
+def _iti41_for(folder, key) -> int:
+    import delivery_harness as h
+
+    return h.ledger_rows(folder.ledger_url, "SELECT count(*) AS n FROM audit WHERE action = 'ITI-41' "
+                         "AND document_ids LIKE :key", key=f"%{key[0]}:{key[1]}%")[0].n
+
+
+@pytest.mark.parametrize("change, reason", [
+    ("UPDATE dmp_patient SET opposed_to_feeding = 1 WHERE patient_id = :pid", "PATIENT_OPPOSED"),
+    ("UPDATE dmp_patient SET deceased_at = '2026-11-30' WHERE patient_id = :pid", "PATIENT_DECEASED"),
+])
+def test_withdrawn_before_its_first_send_is_skipped_and_never_sent(tmp_path, pki, change, reason):
+    import delivery_harness as h
+
+    folder, keys, key, patient_id = _crashed_after_journal(tmp_path, pki)
+    _store(folder, change, pid=patient_id)  # the patient opposed or died after the crash
+    with h.sandbox(folder) as sb:
+        folder.configure(sb.url)
+        h.run_until_done(folder.cfg)
+    states = h.ledger_states(folder.ledger_url)
+    assert states[key] == ("SKIPPED", reason)
+    assert _iti41_for(folder, key) == 0
+    h.assert_exactly_once(folder, keys - {key})  # the others are fed, once
+
+
+def test_journaled_then_its_content_gone_is_failed_resend_impossible_never_sent(tmp_path, pki):
+    import delivery_harness as h
+
+    folder, keys, key, _ = _crashed_after_journal(tmp_path, pki)
+    (folder.path / "store" / "documents" / f"{key[0]}.pdf").unlink()
+    with h.sandbox(folder) as sb:
+        folder.configure(sb.url)
+        h.run_until_done(folder.cfg)
+    assert h.ledger_states(folder.ledger_url)[key] == ("FAILED", "RESEND_IMPOSSIBLE")
+    assert _iti41_for(folder, key) == 0
+    h.assert_exactly_once(folder, keys - {key})
