@@ -33,6 +33,7 @@ log = logging.getLogger("connector.deliver")
 EXPIRED = "EXPIRED"
 UNKNOWN_OUTCOME = "UNKNOWN_OUTCOME"
 TRANSIENT = "TRANSIENT_ERROR"
+RESEND_IMPOSSIBLE = "RESEND_IMPOSSIBLE"  # journaled, and can no longer be rebuilt from the store
 INTERNAL_ERROR = "INTERNAL_ERROR"  # an unexpected error while delivering: a defect of ours, or the ledger failing
 DMP_UNREACHABLE = "DMP_UNREACHABLE"  # nothing reached the DMP: connection refused, timed out, name unknown
 TLS_REFUSED = "TLS_REFUSED"  # the TLS handshake failed (certificate not trusted either way, host name, version)
@@ -106,6 +107,18 @@ class Deliverer:
         except Exception as exc:
             self._settle_unexpected(record, prepared, exc)
             raise
+
+    def settle_unbuildable(self, record: SubmissionRecord, vihf, patient: Patient, problem: str) -> Result:
+        """A submission sent before that can no longer be rebuilt (its content gone, its CDA now invalid…): the DMP
+        may hold it. Found by ITI-18: FED; not found: FAILED RESEND_IMPOSSIBLE; no answer: DEFERRED, asked again."""
+        lookup = Prepared(record.submission_set_uid, None, {}, vihf, b"", {})
+        found = self._lookup(record, lookup, xds.ins_cx(patient))
+        if found:
+            return self._settle(record, lookup, Result(FED, "reconciled"),
+                                f"found in the DMP by ITI-18; not resent ({problem})")
+        if found is None:
+            return self._defer(record, lookup, _no_reply(), UNKNOWN_OUTCOME)
+        return self._settle(record, lookup, Result(FAILED, "invalid", RESEND_IMPOSSIBLE), problem)
 
     # --- steps -----------------------------------------------------------------------------
 

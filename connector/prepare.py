@@ -263,6 +263,13 @@ def withdrawal(
     return PreparedUpdate(uid, request, token)
 
 
+def lookup_vihf(settings: Settings, sign: Credential, *, site: Site, patient: Patient,
+                documents: list[Document]) -> etree._Element:
+    """The VIHF of an ITI-18 lookup alone, for a submission that can no longer be rebuilt (its content gone)."""
+    return vihf.build_vihf(sign, settings.vihf, finess_geo=site.finess_geo, facility_type=site.healthcare_facility_type,
+                           patient_ins_cx=xds.ins_cx(patient), **vihf_subject(settings, documents))
+
+
 def vihf_subject(settings: Settings, documents: list[Document]) -> dict[str, str]:
     """VIHF subject (EXI 24): an author, or the configured responsible professional; never a generic RPPS.
     The author must also have a specialty giving the role the DMP requires (a physician's savoir-faire)."""

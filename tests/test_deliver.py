@@ -298,3 +298,26 @@ def test_journaled_then_its_content_gone_is_failed_resend_impossible_never_sent(
     assert h.ledger_states(folder.ledger_url)[key] == ("FAILED", "RESEND_IMPOSSIBLE")
     assert _iti41_for(folder, key) == 0
     h.assert_exactly_once(folder, keys - {key})
+
+
+def test_sent_then_its_content_gone_is_settled_by_iti18_not_failed(tmp_path, pki):
+    """Killed after the DMP stored it: the content's loss makes a resend impossible, not the delivery. ITI-18
+    finds it: FED, the ledger agreeing with the DMP."""
+    import signal
+
+    import delivery_harness as h
+
+    keys = h.synthetic_store(tmp_path / "store", 3, seed=11, per_patient=(1, 1))
+    folder = h.make_folder(tmp_path, pki_from=pki.directory)
+    with h.sandbox(folder) as sb:
+        folder.configure(sb.url)
+        crashed = h.run_cli(folder.cfg, crash_at="after_send:1")
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+        sent = h.ledger_rows(folder.ledger_url, "SELECT d.document_id, d.version FROM submissions s "
+                             "JOIN documents d ON d.submission_id = s.id WHERE s.attempts > 0 ORDER BY s.id")[0]
+        key = (sent.document_id, sent.version)
+        (folder.path / "store" / "documents" / f"{key[0]}.pdf").unlink()
+        h.run_until_done(folder.cfg)
+    assert h.ledger_states(folder.ledger_url)[key] == ("FED", None)
+    assert _iti41_for(folder, key) == 0  # not resent (the one send was killed before its audit line)
+    h.assert_exactly_once(folder, set(keys))

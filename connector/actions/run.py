@@ -167,7 +167,8 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
                 for sub_id in claimed:
                     if deliverer.down:  # the others keep their lease: this instance takes them back next run
                         break
-                    _resume(settings, ledger, store, sign, summary, ledger.submission(sub_id), submit, checker)
+                    _resume(settings, ledger, store, sign, summary, ledger.submission(sub_id), submit, checker,
+                            deliverer)
             # A patient's CDAs are checked by the schematron process while the main thread finishes the
             # patients before it. Asked to stop, it takes no new patient and finishes those it has taken.
             started = collections.deque()
@@ -344,7 +345,7 @@ def _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, 
 
 
 def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, record: SubmissionRecord, submit,
-            checker) -> None:
+            checker, deliverer: Deliverer) -> None:
     """Rebuild a journaled submission from the store with its recorded ids and time, then deliver it; if its
     documents are no longer eligible (opposition, death… since it was journaled) it is only settled, never sent."""
     batch, patient, site, withdraw = [], None, settings.structure.site(record.finess_geo), None
@@ -374,9 +375,20 @@ def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, reco
             except OSError as exc:
                 problem = f"content unreadable: {exc.strerror}"
         if problem:
+            problem = f"document {doc.document_id} v{doc.version}: {problem}"
+            if record.attempts > 0 and isinstance(item, Candidate) and item.patient is not None and site is not None:
+                # Sent before: the DMP may hold it. Ask (ITI-18) before calling the submission impossible.
+                try:
+                    vihf = prepare.lookup_vihf(settings, sign, site=site, patient=item.patient, documents=[item.document])
+                except PayloadError as exc:
+                    problem += f"; not looked up in the DMP: {exc}"
+                else:
+                    result = deliverer.settle_unbuildable(record, vihf, item.patient, problem)
+                    summary.add({"FED": "fed", "DEFERRED": "deferred", "FAILED": "failed"}[result.state],
+                                len(record.documents))
+                    return
             ledger.settle_submission(record.id, state=FAILED, outcome="invalid", error_code="RESEND_IMPOSSIBLE",
-                                     error_message=f"document {doc.document_id} v{doc.version}: {problem}",
-                                     reason="RESEND_IMPOSSIBLE")
+                                     error_message=problem, reason="RESEND_IMPOSSIBLE")
             summary.add("failed", len(record.documents))
             return
     _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit, withdraw)
