@@ -11,8 +11,6 @@ The adapter holds these rules, so every caller of the DMP session (ITI-41, zeep'
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import os
 import socket
 import threading
@@ -144,6 +142,7 @@ class _Exchange:
                 _shut_down(self._handle)
 
     def finish(self) -> None:
+        _watchdog.forget(self)  # first: the watchdog holds its own lock while it expires an exchange
         with self._lock:
             self.done = True
             self._close_handle()
@@ -163,29 +162,35 @@ def _shut_down(handle: socket.socket) -> None:
 
 
 class _Watchdog:
-    """One thread for the whole process, expiring exchanges in deadline order."""
+    """One thread for the whole process, waking at the earliest deadline of the exchanges in progress (at most
+    max_in_flight of them, plus a lookup)."""
 
     def __init__(self):
         self._cond = threading.Condition()
-        self._heap: list = []
-        self._seq = itertools.count()
+        self._active: set[_Exchange] = set()
         self._thread: threading.Thread | None = None
 
     def watch(self, exchange: _Exchange) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (exchange.deadline, next(self._seq), exchange))
+            self._active.add(exchange)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="dmp-deadline", daemon=True)
                 self._thread.start()
             self._cond.notify()
 
+    def forget(self, exchange: _Exchange) -> None:
+        with self._cond:
+            self._active.discard(exchange)
+
     def _run(self) -> None:
         with self._cond:
             while True:
                 now = time.monotonic()
-                while self._heap and (self._heap[0][2].done or self._heap[0][0] <= now):
-                    heapq.heappop(self._heap)[2].expire()
-                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                for exchange in [e for e in self._active if e.deadline <= now]:
+                    self._active.discard(exchange)
+                    exchange.expire()
+                earliest = min((e.deadline for e in self._active), default=None)
+                self._cond.wait(None if earliest is None else earliest - now)
 
 
 _watchdog = _Watchdog()
