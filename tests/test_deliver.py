@@ -294,7 +294,9 @@ def test_journaled_then_its_content_gone_is_failed_resend_impossible_never_sent(
     (folder.path / "store" / "documents" / f"{key[0]}.pdf").unlink()
     with h.sandbox(folder) as sb:
         folder.configure(sb.url)
-        h.run_until_done(folder.cfg)
+        result = h.run_cli(folder.cfg)
+    assert result.returncode == 1, result.stderr[-3000:]  # a FAILED document needs a human
+    assert h.open_work(folder.ledger_url) == []
     assert h.ledger_states(folder.ledger_url)[key] == ("FAILED", "RESEND_IMPOSSIBLE")
     assert _iti41_for(folder, key) == 0
     h.assert_exactly_once(folder, keys - {key})
