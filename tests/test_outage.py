@@ -81,3 +81,12 @@ def test_a_finess_typo_is_visible_in_the_exit_code_and_the_check(tmp_path):
         assert second.exit_code == 0, second.output
         check = _invoke(cfg, "status", "--check")
         assert check.exit_code == 1 and "site 0B0999989 of structure.sites has no document" in check.stdout
+
+
+def test_run_summary_as_json_has_every_count_even_zero():
+    """`run --format json` gave `{}` for a run that fed nothing: a reader wants the same keys every night."""
+    from connector.actions.run import Summary
+
+    data = Summary(run_id=4, mode="run").as_dict()
+    assert data["documents"] == {"fed": 0, "deferred": 0, "failed": 0, "withdrawn": 0, "claimed_elsewhere": 0, "error": 0}
+    assert (data["status"], data["exit_code"], data["skipped"], data["attention"]) == ("done", 0, 0, [])
