@@ -167,5 +167,8 @@ def test_replay_no_run_requeues_without_certificates_and_the_next_run_feeds(tmp_
                "dmp-connector-run`)" in out
         assert h.received(folder)["submissions"] == submissions
         assert {h.ledger_states(folder.ledger_url)[k][0] for k in closed} == {"DEFERRED"}
-        _cli(folder.cfg, "run")
+        out = _cli(folder.cfg, "run", "--format", "json")
+        summary = json.loads(out[out.index("\n{") + 1:])
+        # each document counted once: the two requeued ones fed, the other patient's two already fed (not four)
+        assert summary["documents"]["fed"] == 2 and summary["skipped_by_reason"] == {"ALREADY_FED": 2}, summary
     h.assert_exactly_once(folder, set(keys))

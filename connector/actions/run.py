@@ -55,6 +55,9 @@ class Summary:
     skipped: collections.Counter = field(default_factory=collections.Counter)
     warnings: collections.Counter = field(default_factory=collections.Counter)  # eligible documents warned about
     newly_skipped: collections.Counter = field(default_factory=collections.Counter)  # recorded anew by this run
+    # documents of the submission sets this run resumed: counted by their outcome, not again by the scan that meets
+    # them FED, IN_PROGRESS… (a replayed document was counted twice: fed, and skipped ALREADY_FED)
+    resumed: set = field(default_factory=set, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     unreachable: str | None = None  # the first cause, when the DMP could not be reached (connection)
     tls_refused: str | None = None  # the first cause, when the TLS handshake with the DMP failed
@@ -279,7 +282,8 @@ def _start_patient(settings, ledger: Ledger, summary: Summary, group: list[Decis
             rows.append(dict(document_id=d.document_id, version=d.version, patient_id=d.patient_id, state=PENDING,
                              finess_geo=d.document.finess_geo, type_code=d.document.type_code))
         else:
-            summary.skipped[d.reason] += 1
+            if (d.document_id, d.version) not in summary.resumed:
+                summary.skipped[d.reason] += 1
             if d.record_skip and d.version is not None:
                 rows.append(dict(document_id=d.document_id, version=d.version, patient_id=d.patient_id or "?",
                                  state=SKIPPED, reason=d.reason, detail=d.detail,
@@ -349,6 +353,7 @@ def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, reco
     """Rebuild a journaled submission from the store with its recorded ids and time, then deliver it; if its
     documents are no longer eligible (opposition, death… since it was journaled) it is only settled, never sent."""
     batch, patient, site, withdraw = [], None, settings.structure.site(record.finess_geo), None
+    summary.resumed.update((d.document_id, d.version) for d in record.documents)
     for doc in record.documents:
         item = store.get(doc.document_id, doc.version)
         problem = None
