@@ -117,6 +117,9 @@ def test_text(report):
     assert "  2026-11          4 / 6         66.7%" in text
     assert "DOC-008 v1  XDSUnknownPatientId" in text
     assert "Oldest deferred since: 2026-11-19 02:10:00 UTC" in text
+    bare = {**report, "failed": [{**report["failed"][0], "detail": None}],
+            "last_runs": [{**report["last_runs"][0], "counts": {}}]}  # an empty detail, a run that counted nothing
+    assert all(line == line.rstrip() for line in status.render(bare, "text").splitlines()), "no trailing spaces"
 
 
 def test_json(report):

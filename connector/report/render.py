@@ -65,7 +65,7 @@ def to_text(report: dict) -> str:
         lines.append("  (none yet)")
     if report.get("last_success_at"):
         lines.append(f"Last successful run finished: {report['last_success_at']} UTC")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)  # no trailing spaces (an empty detail)
 
 
 CSV_HEADER = ("section", "key", "metric", "value")
