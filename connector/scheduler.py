@@ -56,7 +56,9 @@ def run_once(settings: Settings, stop: threading.Event | None = None) -> None:
     except Exception:
         log.exception("scheduled run failed; the daemon keeps its schedule")
     else:
-        log.info("scheduled run #%d: %s", summary.run_id, dict(summary.counts))
+        # the run logged its summary and what needs a human; the exit code it would have had, for the journal
+        log.log(logging.INFO if summary.exit_code == 0 else logging.WARNING, "scheduled run %d ended with code %d "
+                "(%s)", summary.run_id, summary.exit_code, "; ".join(summary.attention) or summary.status)
 
 
 def build(settings: Settings, *, stop: threading.Event | None = None, job=None, run_now: bool = False,

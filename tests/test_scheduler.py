@@ -152,3 +152,21 @@ def test_sigterm_during_a_run_stops_cleanly_and_the_next_run_settles(tmp_path, m
     received = sandbox_report.report(directory / "sandbox.sqlite3")
     assert received["distinct_documents"] == 9 and received["duplicates"] == [] and received["duplicate_deliveries"] == 0
     assert 0 < summary.counts["fed"] < 9, "the first run fed part of the samples, the second the rest"
+
+
+def test_a_scheduled_run_that_needs_a_human_is_logged_as_such(monkeypatch, caplog, tmp_path):
+    """The daemon has no exit code to give: its log line says the code the run would have had, and why, at
+    WARNING (not a Python dict of counts at INFO)."""
+    from connector.actions import run as run_action
+
+    def failing_run(settings, progress=None):
+        summary = run_action.Summary(run_id=3, mode="run")
+        summary.add("failed", 2)
+        return summary
+
+    monkeypatch.setattr(run_action, "run", failing_run)
+    with caplog.at_level(logging.INFO, logger="connector.daemon"):
+        scheduler.run_once(None)
+    (record,) = [r for r in caplog.records if r.name == "connector.daemon"]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == "scheduled run 3 ended with code 1 (2 document(s) failed)"
