@@ -304,6 +304,9 @@ def test_find_submission_set(server, test_pki, vihf):
     assert soap.header_value(env, "Action") == soap.ITI18_ACTION
     assert env.find("soap:Header/wsa:Action", soap.NS).get(f"{{{soap.SOAP12}}}mustUnderstand") == "true"
     assert soap.header_value(env, "To").endswith("/registry")
+    # each header once: zeep's own WS-Addressing headers (a second Action, MessageID, To) are not sent
+    assert [etree.QName(h).localname for h in env.find("soap:Header", soap.NS)] == \
+        ["Action", "MessageID", "To", "ReplyTo", "Security"]
     assertion = env.find("soap:Header/wsse:Security/{urn:oasis:names:tc:SAML:2.0:assertion}Assertion", soap.NS)
     verify_vihf(etree.tostring(assertion), test_pki.ca_cert.read_bytes())
     query = soap.body_child(env)

@@ -170,7 +170,7 @@ def signature_xml(sign, ss_uid: str, documents: dict[str, bytes]) -> bytes:
 
 
 def post(session, url, built: Built, path="/repository"):
-    return session.post(url + path, data=built.body, headers={"Content-Type": built.content_type}, timeout=30)
+    return session.post(url + path, data=built.body, headers={"Content-Type": built.content_type}, timeout=120)  # the first full check compiles the schematron: slow on a loaded machine
 
 
 def registry_response(resp) -> tuple[str, list[tuple[str, str, str]]]:
@@ -424,6 +424,18 @@ def test_tampered_vihf_is_refused(sandbox, session, settings, credentials):
     resp = session.post(sandbox.url + "/repository", data=tampered, headers={"Content-Type": built.content_type}, timeout=30)
     status, errors = registry_response(resp)
     assert status == "Failure" and any("VIHF: signature" in ctx for _, ctx, _ in errors)
+
+
+def test_a_repeated_ws_addressing_header_is_refused(sandbox, session, settings, credentials):
+    """WS-Addressing 1.0 SOAP binding: each addressing property once (zeep, left alone, added a second set)."""
+    built = build_request(settings, credentials, sandbox.url)
+    start = built.body.index(b"<wsa:MessageID")
+    element = built.body[start:built.body.index(b"</wsa:MessageID>", start) + len(b"</wsa:MessageID>")]
+    doubled = built.body.replace(element, element + element, 1)
+    resp = session.post(sandbox.url + "/repository", data=doubled, headers={"Content-Type": built.content_type}, timeout=30)
+    status, errors = registry_response(resp)
+    assert status == "Failure" and any("MessageID repeated" in ctx for _, ctx, _ in errors), errors
+    assert sandbox.state.submission(built.ss_uid) is None
 
 
 def test_finess_of_vihf_and_submission_set_must_match(sandbox, session, settings, credentials):

@@ -98,17 +98,20 @@ def _headers(registry_url: str, vihf: etree._Element) -> list[etree._Element]:
     return list(env.find(f"{{{soap.SOAP12}}}Header"))
 
 
-class _IntactSecurity(zeep.Plugin):
-    """zeep's WS-Addressing plugin prunes the namespace declarations of the whole header, the VIHF's xmlns:xs
-    among them (its xsi:type="xs:string" values need it, as in the GIE's examples): put the VIHF back as built."""
+class _OurHeaders(zeep.Plugin):
+    """zeep adds WS-Addressing headers of its own for an operation with a wsaw:Action (a second Action,
+    MessageID and To: InvalidCardinality for a WS-Addressing endpoint) and prunes the namespace declarations
+    of the whole header, the VIHF's xmlns:xs among them (its xsi:type="xs:string" values need it, as in the
+    GIE's examples): the header goes out exactly as we built it."""
 
     def __init__(self, headers: list[etree._Element]):
-        self.security = [h for h in headers if h.tag == f"{{{soap.WSSE}}}Security"]
+        self.headers = headers
 
     def egress(self, envelope, http_headers, operation, binding_options):
         header = envelope.find(f"{{{soap.SOAP12}}}Header")
-        for pruned, intact in zip(header.findall(f"{{{soap.WSSE}}}Security"), self.security):
-            header.replace(pruned, copy.deepcopy(intact))
+        for child in list(header):
+            header.remove(child)
+        header.extend(copy.deepcopy(h) for h in self.headers)
         return envelope, http_headers
 
 
@@ -127,7 +130,7 @@ def post_query(
     """POST one stored query (LeafClass), each slot's values as the list `('a','b')`; the raw HTTP response."""
     headers = _headers(registry_url, vihf)
     client = zeep.Client(_registry_wsdl(), transport=_Transport(session, timeout),
-                         settings=zeep.Settings(raw_response=True, strict=True), plugins=[_IntactSecurity(headers)])
+                         settings=zeep.Settings(raw_response=True, strict=True), plugins=[_OurHeaders(headers)])
     service = client.create_service(_BINDING, registry_url)
     return getattr(service, _OPERATION)(
         ResponseOption={"returnType": "LeafClass", "returnComposedObjects": True},

@@ -7,7 +7,7 @@ codes are not public, so IHE ITI TF-3 Table 4.2.4.1-2 codes are used):
 
 | check                                                   | errorCode                      |
 |---------------------------------------------------------|--------------------------------|
-| WS-Addressing Action / MessageID / To, body element     | XDSRepositoryError             |
+| WS-Addressing Action / MessageID / To (each once), body | XDSRepositoryError             |
 | VIHF: missing, schema, signature, chain, attributes,    | XDSRepositoryError             |
 |   Authentification_mode, Ressource_URN, NameID (national|   (codeContext starts "VIHF")  |
 |   id 8+RPPS), role (savoir-faire), homologation number  |                                |
@@ -270,6 +270,12 @@ def addressing_errors(env: etree._Element, action: str) -> list[RegistryError]:
         errors.append(RegistryError("XDSRepositoryError", "WS-Addressing MessageID absent", check="wsa.message_id"))
     if not soap.header_value(env, "To"):
         errors.append(RegistryError("XDSRepositoryError", "WS-Addressing To absent", check="wsa.to"))
+    # WS-Addressing 1.0 SOAP Binding §6.4.1 (InvalidCardinality): each message addressing property once.
+    header = env.find(f"{{{soap.SOAP12}}}Header")
+    names = [etree.QName(h).localname for h in header if etree.QName(h).namespace == soap.WSA] if header is not None else []
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        errors.append(RegistryError("XDSRepositoryError", f"WS-Addressing {name} repeated ({names.count(name)} times)",
+                                    check="wsa.cardinality"))
     return errors
 
 
