@@ -597,7 +597,7 @@ def db_rebuild(settings) -> None:
     from connector.actions.context import open_settings_ledger, open_store
     from connector.runlock import AlreadyRunning, run_lock
 
-    ledger, store = open_settings_ledger(settings), open_store(settings)
+    ledger, store = open_settings_ledger(settings, create=True), open_store(settings)  # a new one, if lost
     try:
         with run_lock(ledger, settings.state_dir, settings.ledger.instance):
             n = rebuild.rebuild(ledger, store)

@@ -143,6 +143,8 @@ def test_a_new_ledger_over_a_store_already_fed_is_refused_then_rebuilt_from_dmp_
         assert "dmp_feed_status" in line and "db rebuild" in line
         assert h.received(folder)["documents"] == len(eligible)  # nothing sent again
         assert not h.ledger_rows(folder.ledger_url, "SELECT id FROM runs")  # nor recorded
+        check = h.run_cli(folder.cfg, "check")  # says it too, before anyone runs
+        assert check.returncode == 1 and "[FAIL] ledger" in check.stdout and "db rebuild" in check.stdout
         rebuilt = h.run_cli(folder.cfg, "db", "rebuild")
         assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
         assert f"{len(eligible)} document(s) recorded FED" in rebuilt.stdout

@@ -45,6 +45,8 @@ def run_checks(settings: Settings) -> list[Check]:
                              f"{settings.ledger.url.split('://')[0]} ledger reachable, schema up to date"))
     except LedgerMissing as exc:
         checks.append(Check("warning", "ledger", f"{exc} (the first run creates it)"))
+    if all(c.level == "ok" for c in checks if c.name == "store"):
+        checks.extend(_lost_ledger(settings))
     checks.append(_schedule(settings))
     credentials = _certificates(settings, checks)
     peer = None
@@ -67,6 +69,23 @@ def _terminologies(settings: Settings) -> Check:
     return Check("ok", "codes", f"{tables}; default activity {settings.submission.default_activity} "
                                 f"(contentTypeCode {default.code} {default.display}); types outside {codes.CLASS_MAP}: "
                                 + (f"classCode {fallback}" if fallback else "refused"))
+
+
+def _lost_ledger(settings: Settings) -> list[Check]:
+    """What `run` would refuse: a ledger that has fed nothing over a store already fed (state_dir moved…)."""
+    from connector.actions.rebuild import refuse_a_lost_ledger, store_records_fed
+
+    store = open_store(settings)
+    try:
+        refuse_a_lost_ledger(open_settings_ledger(settings), store)
+    except LedgerMissing as exc:
+        if store_records_fed(store):
+            return [Check("error", "ledger", f"{exc}; but the store's dmp_feed_status records documents FED: the "
+                                             "ledger was lost or moved; point ledger.url at it, or rebuild it "
+                                             "with `dmp-connector db rebuild`")]
+    except LedgerError as exc:
+        return [Check("error", "ledger", str(exc))]
+    return []
 
 
 def _schedule(settings: Settings) -> Check:
