@@ -137,19 +137,26 @@ def test_a_new_ledger_over_a_store_already_fed_is_refused_then_rebuilt_from_dmp_
         h.assert_exactly_once(folder, eligible)
         # the state directory moved (or was lost): a new, empty ledger
         folder.configure(sb.url, ledger={"url": f"sqlite:///{tmp_path / 'moved' / 'ledger.sqlite3'}"})
+        check = h.run_cli(folder.cfg, "check")  # no ledger there at all: check says what it means
+        assert check.returncode == 1 and "[FAIL] ledger" in check.stdout and "db rebuild" in check.stdout
         refused = h.run_cli(folder.cfg)
         assert refused.returncode == EXIT_UNAVAILABLE, refused.stderr[-3000:]
         line = _one_line_error(refused)
         assert "dmp_feed_status" in line and "db rebuild" in line
         assert h.received(folder)["documents"] == len(eligible)  # nothing sent again
         assert not h.ledger_rows(folder.ledger_url, "SELECT id FROM runs")  # nor recorded
-        check = h.run_cli(folder.cfg, "check")  # says it too, before anyone runs
+        check = h.run_cli(folder.cfg, "check")  # an empty ledger now (the refused run made it): the same
         assert check.returncode == 1 and "[FAIL] ledger" in check.stdout and "db rebuild" in check.stdout
         rebuilt = h.run_cli(folder.cfg, "db", "rebuild")
         assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
         assert f"{len(eligible)} document(s) recorded FED" in rebuilt.stdout
         again = h.run_cli(folder.cfg, "db", "rebuild")  # only ever on a ledger that has fed nothing
         assert again.returncode == EXIT_UNAVAILABLE and "already" in _one_line_error(again)
+        # rebuilt where there is no ledger yet (no run first): it is made there
+        folder.configure(sb.url, ledger={"url": f"sqlite:///{tmp_path / 'elsewhere' / 'ledger.sqlite3'}"})
+        fresh = h.run_cli(folder.cfg, "db", "rebuild")
+        assert fresh.returncode == 0 and f"{len(eligible)} document(s) recorded FED" in fresh.stdout, fresh.stderr
+        folder.configure(sb.url, ledger={"url": f"sqlite:///{tmp_path / 'moved' / 'ledger.sqlite3'}"})
         h.run_until_done(folder.cfg)
     h.assert_exactly_once(folder, eligible)
     states = h.ledger_states(folder.ledger_url)
