@@ -365,6 +365,30 @@ def daemon(settings, run_now: bool) -> None:
 
 
 @main.group()
+def intake() -> None:
+    """Take documents the way DPIs send them, into the store (the run then feeds them)."""
+
+
+@intake.command("hl7")
+@with_settings
+def intake_hl7(settings) -> None:
+    """Listen for HL7 v2 messages over MLLP ([intake.hl7]): ORU^R01, MDM^T02/T10/T04 carrying a CDA, committed
+    to the store (store.url) before they are acknowledged; until SIGTERM."""
+    import sqlalchemy as sa
+
+    from connector.intake import mllp
+
+    try:
+        mllp.serve_forever(settings.intake_hl7, settings.store.url, settings.rules.max_document_bytes)
+    except sa.exc.SQLAlchemyError as exc:
+        fail(f"store: cannot create the intake's tables: {type(getattr(exc, 'orig', exc)).__name__}",
+             EXIT_UNAVAILABLE)
+    except OSError as exc:
+        fail(f"intake.hl7.listen: cannot listen on {settings.intake_hl7.host}:{settings.intake_hl7.port}: "
+             f"{exc.strerror or exc}", EXIT_UNAVAILABLE)
+
+
+@main.group()
 def audit() -> None:
     """The audit trail of DMP transactions (EXI 16)."""
 

@@ -193,6 +193,22 @@ class MonitoringSettings:
 
 
 @dataclass(frozen=True)
+class IntakeHl7Settings:
+    """`dmp-connector intake hl7`: the MLLP listener (connector/intake/mllp.py)."""
+
+    host: str = "127.0.0.1"
+    port: int = 2575
+    tls_certificate: Path | None = None  # PEM certificate chain; with tls_key, the listener speaks TLS only
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # PEM CAs: a client certificate they issued is then required
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_connections: int = 16
+    workers: int = 2
+    read_timeout: float = 60.0  # a message (or an ACK) stalled this long closes its connection
+    idle_timeout: float = 600.0  # a connection without a message this long is closed
+
+
+@dataclass(frozen=True)
 class Settings:
     source: Path | None
     state_dir: Path
@@ -210,6 +226,7 @@ class Settings:
     timezone: str = "Europe/Paris"
     audit_retention_days: int = 183
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    intake_hl7: IntakeHl7Settings = field(default_factory=IntakeHl7Settings)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -286,6 +303,7 @@ def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> S
         timezone=_timezone(r),
         audit_retention_days=r.integer("audit.retention_days", 183, minimum=1),
         monitoring=_monitoring(r),
+        intake_hl7=_intake_hl7(r),
     )
     r.reject_unknown()
     return settings
@@ -401,6 +419,31 @@ def _monitoring(r: _Reader) -> MonitoringSettings:
     if m.certificate_critical_days > m.certificate_warning_days:
         raise ConfigError("monitoring.certificate_critical_days: must be at most monitoring.certificate_warning_days")
     return m
+
+
+def _intake_hl7(r: _Reader) -> IntakeHl7Settings:
+    d = IntakeHl7Settings()
+    listen = r.string("intake.hl7.listen", f"{d.host}:{d.port}")
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"intake.hl7.listen: {listen!r} is not HOST:PORT (e.g. 127.0.0.1:2575, [::]:2575)")
+    certificate = r.path("intake.hl7.tls_certificate", None, must_exist=True)
+    key = r.path("intake.hl7.tls_key", None, must_exist=True)
+    client_ca = r.path("intake.hl7.tls_client_ca", None, must_exist=True)
+    if (certificate is None) != (key is None):
+        raise ConfigError("intake.hl7.tls_certificate: tls_certificate and tls_key go together")
+    if client_ca is not None and certificate is None:
+        raise ConfigError("intake.hl7.tls_client_ca: needs tls_certificate and tls_key (client certificates are "
+                          "checked in a TLS handshake)")
+    return IntakeHl7Settings(
+        host=host, port=int(port), tls_certificate=certificate, tls_key=key, tls_client_ca=client_ca,
+        max_message_bytes=r.integer("intake.hl7.max_message_bytes", d.max_message_bytes, minimum=1024),
+        max_connections=r.integer("intake.hl7.max_connections", d.max_connections, minimum=1),
+        workers=r.integer("intake.hl7.workers", d.workers, minimum=1),
+        read_timeout=r.number("intake.hl7.read_timeout_seconds", d.read_timeout, positive=True),
+        idle_timeout=r.number("intake.hl7.idle_timeout_seconds", d.idle_timeout, positive=True),
+    )
 
 
 def _certificates(r: _Reader) -> Certificates | None:

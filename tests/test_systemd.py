@@ -12,7 +12,7 @@ import pytest
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 INSTALLED = "/opt/dmp-connector/bin/dmp-connector"  # the ExecStart path of the README's install
-NAMES = ("dmp-connector.service", "dmp-connector-run.service", "dmp-connector-run.timer")
+NAMES = ("dmp-connector.service", "dmp-connector-run.service", "dmp-connector-run.timer", "dmp-connector-intake.service")
 
 
 def _analyze() -> str:
@@ -42,7 +42,7 @@ def test_verify(unit_dir, name):
     assert result.stderr.strip() == "", f"systemd-analyze verify warnings:\n{result.stderr}"
 
 
-@pytest.mark.parametrize("name", NAMES[:2])
+@pytest.mark.parametrize("name", NAMES[:2] + NAMES[3:])
 def test_security_exposure(unit_dir, name):
     result = subprocess.run([_analyze(), "security", "--offline=true", f"./{name}"], cwd=unit_dir,
                             capture_output=True, text=True, timeout=60)

@@ -1,0 +1,117 @@
+"""For the intake tests: the guide's official example messages, a real MLLP client, and a listener run in a
+thread of the test process (its own asyncio loop), on a free port of 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent / "hl7_examples"  # vendored, see its README.md
+
+MDM_INIT_PLACEHOLDER = "MDM/Transmission_initiale_MDM/message_MDM_CR_Radio_INIT_N1.er7"
+MDM_INIT = "MDM/Transmission_initiale_MDM/message_MDM_CR_Radio_INIT_N1_Base64.er7"
+MDM_RPLC = "MDM/Remplacement_MDM/message_MDM_CR_Radio_RPLC_N1.er7"
+MDM_DEL = "MDM/Suppression_MDM/message_MDM_CR_Radio_DEL_N1.er7"
+ORU_INIT = "ORU/Transmission_initiale_ORU/message_ORU_CR_Bio_INIT_N3_SEGUR.hl7"
+ORU_RPLC = "ORU/Remplacement_ORU/message_ORU_CR_Bio_RPLC_N3_SEGUR.hl7"
+ORU_DEL = "ORU/Suppression_ORU/message_ORU_CR_Bio_DEL_N3_SEGUR.hl7"
+
+
+def example(name: str) -> bytes:
+    """An example message as the guide ships it (LF between segments), with CR, as HL7 sends it."""
+    return (EXAMPLES / name).read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r")
+
+
+def frame(message: bytes) -> bytes:
+    return b"\x0b" + message + b"\x1c\r"
+
+
+class Client:
+    """A blocking MLLP client: one connection, send a message, read its ACK."""
+
+    def __init__(self, address: tuple[str, int], timeout: float = 60):
+        self.sock = socket.create_connection(address, timeout=timeout)
+
+    def send(self, message: bytes) -> str:
+        self.sock.sendall(frame(message))
+        return self.read_ack()
+
+    def read_ack(self) -> str:
+        data = b""
+        while not data.endswith(b"\x1c\r"):
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed by the listener after {data!r}")
+            data += chunk
+        assert data.startswith(b"\x0b")
+        return data[1:-2].decode("utf-8")
+
+    def closed_by_peer(self) -> bool:
+        """True once the listener closed the connection (reads until EOF)."""
+        try:
+            while self.sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def send(address, message: bytes) -> str:
+    client = Client(address)
+    try:
+        return client.send(message)
+    finally:
+        client.close()
+
+
+def msa(ack: str) -> list[str]:
+    """MSA fields of an ACK: [MSA-1, MSA-2]."""
+    segment = next(s for s in ack.split("\r") if s.startswith("MSA|"))
+    return segment.split("|")[1:3]
+
+
+def err(ack: str) -> list[str]:
+    segment = next((s for s in ack.split("\r") if s.startswith("ERR|")), None)
+    return segment.split("|") if segment else []
+
+
+class RunningListener:
+    """A Listener served by its own event loop in a thread, stopped by `stop()`."""
+
+    def __init__(self, settings, store_url: str, max_document_bytes: int = 20 * 1024 * 1024):
+        from connector.intake.mllp import Listener
+        from connector.intake.writer import Writer
+
+        self.writer = Writer(store_url)
+        self.writer.create_tables()
+        self.listener = Listener(settings, self.writer, max_document_bytes)
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self.address = None
+
+        def serve():
+            asyncio.set_event_loop(self.loop)
+            self.address = self.loop.run_until_complete(self.listener.start())
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+        started.wait(30)
+
+    def stop(self) -> None:
+        async def stop():
+            await self.listener.stop()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:  # connections still open (idle clients): ended as the process's exit would
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)

@@ -1,0 +1,355 @@
+"""`dmp-connector intake hl7` (issue 19): the guide's official example messages sent by a real MLLP client over
+a socket, the store rows they make, acknowledgements after commit, resends recorded once, hostile input."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+import socket
+import subprocess
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from connector.config import IntakeHl7Settings
+from connector.intake import message as hl7msg
+from hl7_client import (MDM_DEL, MDM_INIT, MDM_INIT_PLACEHOLDER, MDM_RPLC, ORU_DEL, ORU_INIT, ORU_RPLC, Client,
+                        RunningListener, err, example, frame, msa, send)
+from delivery_harness import (NO_PKI, PLACEHOLDER_URL, connector, connector_env, ledger_states, make_folder, run_cli,
+                              write_config)
+
+INTAKE = IntakeHl7Settings(port=0, read_timeout=20, idle_timeout=60)
+
+
+@pytest.fixture
+def store_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'store.sqlite3'}"
+
+
+@pytest.fixture
+def listener(store_url):
+    running = RunningListener(INTAKE, store_url)
+    yield running
+    running.stop()
+
+
+def rows(url: str, sql: str) -> list:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.text(sql))]
+    finally:
+        engine.dispose()
+
+
+DOCS = "SELECT document_id, version, status, mime_type, finess_geo, type_code, author_rpps, invisible_to_patient, " \
+       "invisible_to_legal_representatives, mask_professionals, activity FROM dmp_document ORDER BY document_id, version"
+
+MDM_ID = "1.2.250.1.71.4.2.2.120456789.71024000081"
+ORU_ID = "1.2.250.1.213.1.1.9"
+
+
+def test_official_examples_over_a_socket_give_their_acks_and_rows(listener, store_url):
+    ack = send(listener.address, example(MDM_INIT))
+    assert msa(ack) == ["AA", "015"]
+    assert "ACK^T02^ACK" in ack.split("\r")[0]
+    assert rows(store_url, DOCS) == [(MDM_ID, 1, "VALIDATED", "text/xml", "300017985", "18748-4", "01234564895",
+                                      1, 1, 0, "I")]
+    patient = rows(store_url, "SELECT patient_id, ins_matricule, ins_oid, identity_status, birth_family_name, "
+                              "birth_given_names, sex, birth_date, birth_place_code FROM dmp_patient")
+    assert patient == [(patient[0][0], "279035121518989", "1.2.250.1.213.1.4.10", "VALI", "PAT-TROIS", "DOMINIQUE",
+                        "F", "1979-03-28", "63220")]
+    assert patient[0][0].startswith("INS-") and "279035121518989" not in patient[0][0]  # no IPP: a pseudonym
+    content = rows(store_url, "SELECT content FROM dmp_document")[0][0]
+    assert isinstance(content, bytes) and content.startswith(b"<ClinicalDocument")
+
+    # replacement (T10, TXA-13 = the initial's id): the document's version 2, visible now
+    assert msa(send(listener.address, example(MDM_RPLC))) == ["AA", "015"]
+    # deletion (T04 of the latest version): that row CANCELLED, which the corrections lifecycle withdraws
+    assert msa(send(listener.address, example(MDM_DEL))) == ["AA", "015"]
+    assert rows(store_url, DOCS) == [
+        (MDM_ID, 1, "VALIDATED", "text/xml", "300017985", "18748-4", "01234564895", 1, 1, 0, "I"),
+        (MDM_ID, 2, "CANCELLED", "text/xml", "300017985", "18748-4", "01234564895", 0, 0, 0, "I"),
+    ]
+
+    # ORU: ids from the CDA; the replacement's parent (…12) was never sent, its setId (…9) finds the document
+    assert msa(send(listener.address, example(ORU_INIT))) == ["AA", "015"]
+    assert msa(send(listener.address, example(ORU_RPLC))) == ["AA", "015"]
+    oru = [r for r in rows(store_url, DOCS) if r[0] == ORU_ID]
+    assert [(r[1], r[2], r[4]) for r in oru] == [(1, "VALIDATED", "120459876"), (2, "VALIDATED", "120459876")]
+
+    # as published, two examples cannot be taken: say why, write nothing
+    before = rows(store_url, DOCS)
+    placeholder = send(listener.address, example(MDM_INIT_PLACEHOLDER))  # OBX-5 is a sentence, not a CDA
+    assert msa(placeholder) == ["AE", "015"] and err(placeholder)[2] == "OBX^1^5"
+    assert "not a CDA" in err(placeholder)[8]
+    other_patient = send(listener.address, example(ORU_DEL))  # its CDA is another patient's (INS ≠ PID-3)
+    assert msa(other_patient) == ["AE", "015"] and err(other_patient)[2] == "PID^1^3"
+    assert rows(store_url, DOCS) == before
+
+
+def test_a_resend_after_a_lost_ack_is_recorded_once(listener, store_url):
+    client = Client(listener.address)
+    assert msa(client.send(example(MDM_INIT))) == ["AA", "015"]
+    assert msa(client.send(example(MDM_INIT))) == ["AA", "015"]  # same MSH-10 and segments
+    resent = example(MDM_INIT).replace(b"|202106060931||MDM", b"|202106060945||MDM").replace(b"|015|", b"|016|")
+    assert msa(client.send(resent)) == ["AA", "016"]  # new MSH-7 and MSH-10, same document id and CDA
+    client.close()
+    assert len(rows(store_url, DOCS)) == 1
+    assert rows(store_url, "SELECT count(*) FROM dmp_intake_message") == [(1,)]
+    # the same document id with another content is not a resend: refused, nothing changed
+    other = _with_cda(example(MDM_INIT), lambda cda: cda.replace(b"Radio de hanche", b"Radio du genou"))
+    ack = send(listener.address, other.replace(b"|015|", b"|017|"))
+    assert msa(ack) == ["AE", "017"] and err(ack)[3].startswith("205^")
+    assert len(rows(store_url, DOCS)) == 1
+
+
+def test_a_multi_megabyte_cda_is_taken_whole(listener, store_url):
+    padding = b"<!--" + b"x" * (6 * 1024 * 1024) + b"-->"
+    big = _with_cda(example(MDM_INIT), lambda cda: cda.replace(b"</ClinicalDocument>", padding + b"</ClinicalDocument>"))
+    assert len(big) > 8 * 1024 * 1024
+    assert msa(send(listener.address, big)) == ["AA", "015"]
+    assert len(rows(store_url, "SELECT content FROM dmp_document")[0][0]) > 6 * 1024 * 1024
+
+
+def test_postgresql_store_with_tables_created(pg_url):
+    running = RunningListener(INTAKE, pg_url)
+    try:
+        assert msa(send(running.address, example(ORU_INIT))) == ["AA", "015"]
+        assert msa(send(running.address, example(ORU_INIT))) == ["AA", "015"]
+    finally:
+        running.stop()
+    assert rows(pg_url, "SELECT document_id, version, status FROM dmp_document") == [(ORU_ID, 1, "VALIDATED")]
+
+
+def test_destdmp_n_is_recorded_not_for_the_dmp(listener, store_url):
+    message = example(MDM_INIT).replace(b"DESTDMP^Destinataire DMP^MetaDMPMSS||Y", b"DESTDMP^Destinataire DMP^MetaDMPMSS||N")
+    assert msa(send(listener.address, message)) == ["AA", "015"]
+    assert rows(store_url, "SELECT status FROM dmp_document") == [("NOT_FOR_DMP",)]
+
+
+# --- a run over what the intake wrote ----------------------------------------------------------------
+
+
+def test_examples_as_sent_are_skipped_ins_not_qualified_in_a_run(tmp_path, listener, store_url):
+    for name in (MDM_INIT, ORU_INIT):
+        assert msa(send(listener.address, example(name))) == ["AA", "015"]
+    folder = make_folder(tmp_path / "connector")
+    cfg = folder.configure(PLACEHOLDER_URL, store={"url": store_url})  # nothing to send: the DMP is not called
+    result = run_cli(cfg)
+    assert result.returncode == 0, result.stderr
+    states = ledger_states(folder.ledger_url)
+    assert states == {(MDM_ID, 1): ("SKIPPED", "INS_NOT_QUALIFIED"), (ORU_ID, 1): ("SKIPPED", "INS_NOT_QUALIFIED")}
+
+
+# --- a kill -9 between the commit and the ACK ---------------------------------------------------------
+
+
+def test_kill_between_commit_and_ack_then_resend_gives_one_document(tmp_path, store_url):
+    port = _free_port()
+    cfg = write_config(tmp_path / "connector.toml", store={"url": store_url},
+                       **{"": {"state_dir": str(tmp_path / "state")}, "intake.hl7": {"listen": f"127.0.0.1:{port}"}},
+                       **NO_PKI)
+    def start(crash_at=None):
+        log = tmp_path / f"intake-{crash_at}.log"
+        out = open(log, "ab")
+        process = subprocess.Popen(connector("intake", "hl7", "--config", str(cfg)), env=connector_env(crash_at),
+                                   stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        _wait_listening(process, log, port)
+        return process, log
+
+    first, _ = start("intake_after_commit")
+    client = Client(("127.0.0.1", port))
+    with pytest.raises(ConnectionError):
+        client.send(example(MDM_INIT))  # committed, then killed: no ACK
+    client.close()
+    assert first.wait(60) == -9
+    assert rows(store_url, "SELECT count(*) FROM dmp_document") == [(1,)]
+    second, log = start()
+    try:
+        assert msa(send(("127.0.0.1", port), example(MDM_INIT))) == ["AA", "015"]  # the sender's resend
+    finally:
+        second.terminate()
+        assert second.wait(60) == 0
+    assert rows(store_url, DOCS)[0][:3] == (MDM_ID, 1, "VALIDATED")
+    assert len(rows(store_url, DOCS)) == 1
+    assert "already recorded (a resend)" in log.read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_listening(process, log, port: int) -> None:
+    """Until the process says it listens (read from its own log), or ends."""
+    import time
+
+    pattern = re.compile(rf"listening on 127\.0\.0\.1:{port}")
+    while process.poll() is None:
+        if pattern.search(log.read_text(errors="replace")):
+            return
+        time.sleep(0.05)  # polling the log file: the process's line is the synchronisation
+    raise AssertionError(f"intake ended: {log.read_text()}")
+
+
+# --- hostile input ------------------------------------------------------------------------------------
+
+
+def _with_cda(message: bytes, change) -> bytes:
+    """`message` with its document OBX's CDA changed by `change` (bytes -> bytes), base64 again."""
+    out = []
+    for segment in message.split(b"\r"):
+        if segment.startswith(b"OBX|1|ED|"):
+            fields = segment.split(b"|")
+            components = fields[5].split(b"^")
+            data = components[4] + b"=" * (-len(components[4]) % 4)
+            components[4] = base64.b64encode(change(base64.b64decode(data)))
+            fields[5] = b"^".join(components)
+            segment = b"|".join(fields)
+        out.append(segment)
+    return b"\r".join(out)
+
+
+HOSTILE = {
+    "not HL7 in a frame": (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "100"),
+    "wrong encoding characters": (lambda m: m.replace(b"MSH|^~\\&|", b"MSH|^^\\&|", 1), "102"),
+    "missing PID": (lambda m: re.sub(rb"PID\|[^\r]*\r", b"", m), "100"),
+    "missing TXA": (lambda m: re.sub(rb"TXA\|[^\r]*\r", b"", m), "100"),
+    "unsupported event": (lambda m: m.replace(b"MDM^T02^MDM_T02", b"MDM^T01^MDM_T01"), "201"),
+    "unsupported type": (lambda m: m.replace(b"MDM^T02^MDM_T02", b"ADT^A01^ADT_A01"), "200"),
+    "ORC-1 disagrees": (lambda m: m.replace(b"ORC|NW|", b"ORC|CA|"), "103"),
+    "CDA not XML": (lambda m: _with_cda(m, lambda cda: b"%PDF-1.4 not a CDA"), "102"),
+    "CDA with a DOCTYPE": (lambda m: _with_cda(m, lambda cda: b'<!DOCTYPE x [<!ENTITY a "b">]>' + cda), "102"),
+    "CDA INS differs from PID": (lambda m: _with_cda(m, lambda cda: cda.replace(b"279035121518989", b"279035121518990")),
+                                 "207"),
+    "bad base64": (lambda m: m.replace(b"^Base64^PENsaW5p", b"^Base64^P*Nsa!5p"), "102"),
+    "not UTF-8": (lambda m: m.replace(b"PAT-TROIS^", b"PAT-TR\xffIS^", 1), "102"),
+    "unknown charset": (lambda m: m.replace(b"UNICODE UTF-8", b"EBCDIC"), "103"),
+    "replacement of an unknown document": (lambda m: m.replace(b"MDM^T02", b"MDM^T10").replace(b"ORC|NW|", b"ORC|RO|")
+                                           .replace(b"71024000081|||||AU", b"71024000081|1.2.3.4.5|||||AU"), "101"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_messages_get_ae_with_err_and_write_nothing(case, listener, store_url, caplog):
+    change, code = HOSTILE[case]
+    message = change(example(MDM_INIT)) if callable(change) else change
+    with caplog.at_level("WARNING", logger="connector.intake"):
+        ack = send(listener.address, message)
+    assert msa(ack)[0] == "AE"
+    assert err(ack)[3].split("^")[0] == code, err(ack)
+    assert rows(store_url, "SELECT count(*) FROM dmp_document") == [(0,)]
+    assert any("refused AE" in r.getMessage() for r in caplog.records)
+    _no_patient_data(caplog.text + ack)
+    assert msa(send(listener.address, example(MDM_INIT)))[0] == "AA"  # the listener goes on
+
+
+def _no_patient_data(text: str) -> None:
+    for value in ("279035121518989", "PAT-TROIS", "DOMINIQUE", "19790328", "Breteuil"):
+        assert value not in text
+
+
+def test_bytes_outside_mllp_are_closed_with_a_warning(listener, caplog):
+    with caplog.at_level("WARNING", logger="connector.intake"):
+        client = Client(listener.address)
+        client.sock.sendall(b"MSH|^~\\&|no framing\r")
+        assert client.closed_by_peer()
+        client.close()
+    assert "bytes outside an MLLP block" in caplog.text
+    assert msa(send(listener.address, example(ORU_INIT)))[0] == "AA"
+
+
+def test_a_message_over_the_cap_gets_ae_and_its_connection_closed(store_url, caplog):
+    small = dataclasses.replace(INTAKE, max_message_bytes=64 * 1024)
+    running = RunningListener(small, store_url)
+    try:
+        client = Client(running.address)
+        with caplog.at_level("WARNING", logger="connector.intake"):
+            client.sock.sendall(frame(example(MDM_INIT)))
+            ack = client.read_ack()
+            assert client.closed_by_peer()
+        client.close()
+        assert msa(ack) == ["AE", "015"] and "max_message_bytes" in err(ack)[8]
+        assert rows(store_url, "SELECT count(*) FROM dmp_document") == [(0,)]
+        assert msa(send(running.address, example(MDM_INIT_PLACEHOLDER)))[0] == "AE"  # small: read, refused as a CDA
+    finally:
+        running.stop()
+
+
+def test_connections_over_the_limit_are_closed_and_the_listener_serves_on(store_url, caplog):
+    few = dataclasses.replace(INTAKE, max_connections=3)
+    running = RunningListener(few, store_url)
+    try:
+        held = [Client(running.address) for _ in range(3)]
+        for client in held:  # each connection is served (one message each) before the next is counted
+            assert msa(client.send(example(ORU_INIT)))[0] == "AA"
+        with caplog.at_level("WARNING", logger="connector.intake"):
+            extra = [Client(running.address) for _ in range(20)]
+            assert all(c.closed_by_peer() for c in extra)
+        assert "max_connections (3) reached" in caplog.text
+        for c in extra + held:
+            c.close()
+        assert msa(send(running.address, example(ORU_INIT)))[0] == "AA"
+    finally:
+        running.stop()
+    assert running.listener.figures.connections_refused >= 20
+
+
+def test_a_sender_stalled_mid_message_is_closed(store_url, caplog):
+    quick = dataclasses.replace(INTAKE, read_timeout=0.5)
+    running = RunningListener(quick, store_url)
+    try:
+        client = Client(running.address)
+        with caplog.at_level("WARNING", logger="connector.intake"):
+            client.sock.sendall(b"\x0b" + example(MDM_INIT)[:1000])
+            assert client.closed_by_peer()
+        client.close()
+        assert "stalled in the middle of a message" in caplog.text
+    finally:
+        running.stop()
+
+
+# --- the parser, fuzzed over the examples' segments ----------------------------------------------------
+
+_SEGMENTS = [s for name in (MDM_INIT_PLACEHOLDER, ORU_INIT) for s in example(name).split(b"\r") if s]
+_SMALL = [s if len(s) < 4000 else s[:4000] for s in _SEGMENTS]
+
+
+@hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(_SMALL), min_size=1, max_size=25),
+       st.lists(st.tuples(st.integers(0, 3000), st.binary(max_size=8)), max_size=6),
+       st.sampled_from([b"\r", b"\n", b"\r\n"]))
+def test_fuzzed_messages_are_read_or_refused_never_crash(segments, mutations, separator):
+    data = bytearray(separator.join(segments))
+    for position, insert in mutations:
+        position = min(position, len(data))
+        data[position:position + len(insert)] = insert
+    try:
+        intake = hl7msg.read(bytes(data), 1024 * 1024)
+    except hl7msg.Refused as refused:
+        ack = hl7msg.ack(None, refused.ack_code, refused)
+        assert ack.startswith(b"MSH|")
+    else:
+        assert intake.action in (hl7msg.INITIAL, hl7msg.REPLACEMENT, hl7msg.DELETION)
+    try:
+        header = hl7msg.read_header(bytes(data))
+    except hl7msg.Refused:
+        return
+    ack = hl7msg.ack(header, "AA").decode("utf-8")
+    assert ack.count("\r") == 2 and all(s[:3] in ("MSH", "MSA") for s in ack.split("\r") if s)
+
+
+def test_ack_escapes_what_it_echoes():
+    header = dataclasses.replace(hl7msg.Header(), sending_application="A|B^C", control_id="X\rMSA|AA|1")
+    ack = hl7msg.ack(header, "AE", hl7msg.Refused("bad | field", "PID^1^3", "102")).decode()
+    segments = [s for s in ack.split("\r") if s]
+    assert [s[:3] for s in segments] == ["MSH", "MSA", "ERR"]
+    assert segments[1] == "MSA|AE|XMSA\\F\\AA\\F\\1"
+    assert segments[2] == "ERR||PID^1^3|102^Data type error^HL70357|E||||bad \\F\\ field"
+    assert json.dumps(ack)  # printable
