@@ -527,3 +527,9 @@ def test_the_default_activity_is_a_setting(tmp_path):
     element, *_ = build(tmp_path, settings=settings)
     (package,) = element.iter(f"{R}RegistryPackage")
     assert [c[0] for c in codes(package, xds.SS_CONTENT_TYPE)] == ["03"]
+
+
+@pytest.mark.parametrize("text", ["&F&", "a|b", "\\F\\", "x^y&z~w\\v", "\\T\\F\\S\\", "&&", "|^"])
+def test_hl7_unescape_undoes_escape(text):
+    """Escapes are read left to right: `&F&` escapes as `\\T\\F\\T\\`, whose middle is not a `\\F\\`."""
+    assert hl7.unescape(hl7.escape(text)) == text

@@ -8,6 +8,7 @@ by `^`, sub-components by `&`. Free text (names) must escape those delimiters, o
 from __future__ import annotations
 
 import datetime as dt
+import re
 from zoneinfo import ZoneInfo
 
 # Naive datetimes from the store are the hospital's wall-clock time.
@@ -26,11 +27,13 @@ def escape(text: str) -> str:
     return text.translate(_ESCAPE_TABLE)
 
 
+_UNESCAPES = {escaped: plain for plain, escaped in _ESCAPES.items()}
+_ESCAPED = re.compile("|".join(re.escape(escaped) for escaped in _UNESCAPES))
+
+
 def unescape(text: str) -> str:
-    for plain, escaped in _ESCAPES.items():
-        if plain != "\\":
-            text = text.replace(escaped, plain)
-    return text.replace("\\E\\", "\\")
+    """The inverse of `escape`, read left to right (replacing one escape after the other misread `\\T\\F\\T\\`)."""
+    return _ESCAPED.sub(lambda m: _UNESCAPES[m.group()], text)
 
 
 def hd(oid: str) -> str:
