@@ -72,6 +72,12 @@ def reference_schematron(tmp_path_factory):
     return validate._Schematron(lambda: path)
 
 
+def test_the_schematron_runs_with_its_published_xpath_2_semantics():
+    """queryBinding xslt2: no XPath 1.0 compatibility mode, for the reference and for the run's stylesheets."""
+    for path in (validate.stylesheet_path(), validate.stylesheet_path(validate.GENERATED_ELEMENTS)):
+        assert etree.parse(str(path)).getroot().get("version") == "2.0"
+
+
 def test_warnings_are_not_errors(example, reference_schematron):
     """An element the closed templates do not list is a schematron warning, not an error."""
     tree = validate.parse_untrusted(without(example, r"</title>", b"</title><extra/>"))

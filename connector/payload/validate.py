@@ -7,7 +7,10 @@ serialised per validator (lxml schema objects keep their error log, and concurre
 gave no speed-up when measured), so all functions are safe to call from several threads.
 
 The schematron (ART-DECOR, queryBinding xslt2) is turned into XSLT with lxml's shipped ISO skeleton
-(include -> abstract-expand -> queryBinding "xslt" -> iso_svrl_for_xslt1.xsl) and run by Saxon (XSLT 3).
+(include -> abstract-expand -> queryBinding "xslt" -> iso_svrl_for_xslt1.xsl) and run by Saxon (XSLT 3)
+as an XSLT 2.0 stylesheet, so that its tests keep their published XPath 2.0 meaning (the skeleton's
+XSLT 2 edition is in no registry we can install from; its output differs only in the version it declares
+and in message formatting).
 That XSLT is then reduced to what can report an error (no warnings, no closed-template pattern) and, for
 the connector's own CDAs, to the rules whose context only needs elements it writes; value sets are read
 into static variables, once at compile time rather than by doc() for each document. A test proves the
@@ -37,7 +40,7 @@ from lxml import etree
 from connector.payload.errors import CDA_INVALID, PayloadError
 from connector.resources import ans_kit, schemas_dir
 
-_RECIPE_VERSION = "5"  # bump when the generation below changes, to invalidate cached stylesheets
+_RECIPE_VERSION = "6"  # bump when the generation below changes, to invalidate cached stylesheets
 _SCH = "{http://purl.oclc.org/dsdl/schematron}"
 _SVRL = "{http://purl.oclc.org/dsdl/svrl}"
 _SVS = "{urn:ihe:iti:svs:2008}"
@@ -355,6 +358,10 @@ def _generate_stylesheet(directory: Path, elements: frozenset[str] | None, *, re
         if value_of.get("select") not in _SAFE_VALUE_OF:
             value_of.getparent().replace(value_of, _text_element(value_of))
     svrl = step("iso_svrl_for_xslt1.xsl")(schema, **{"generate-fired-rule": "'false'"}).getroot()
+    # The schematron is published with queryBinding "xslt2": its tests are XPath 2.0. A version="1.0"
+    # stylesheet would make Saxon evaluate them in XPath 1.0 compatibility mode (first item of a sequence,
+    # NaN instead of type errors...): run it as XSLT 2.0, as an xslt2 skeleton's output would be.
+    svrl.set("version", "2.0")
     if reduce:
         _keep_errors_only(svrl)
     if reduce and elements is not None:
