@@ -22,7 +22,7 @@ from connector.dmp.client import DmpClient
 from connector.dmp.outcome import Outcome, RegistryError
 from connector.errors import LedgerError
 from connector.ledger.repo import Ledger, SubmissionRecord, utcnow
-from connector.ledger.schema import DEFERRED, FAILED, FED, SKIPPED
+from connector.ledger.schema import DEFERRED, FAILED, FED, ITI41, ITI57, SKIPPED, WITHDRAWN
 from connector.payload import xds
 from connector.prepare import Prepared
 from connector.store import Patient, Store
@@ -37,6 +37,7 @@ RESEND_IMPOSSIBLE = "RESEND_IMPOSSIBLE"  # journaled, and can no longer be rebui
 INTERNAL_ERROR = "INTERNAL_ERROR"  # an unexpected error while delivering: a defect of ours, or the ledger failing
 DMP_UNREACHABLE = "DMP_UNREACHABLE"  # nothing reached the DMP: connection refused, timed out, name unknown
 TLS_REFUSED = "TLS_REFUSED"  # the TLS handshake failed (certificate not trusted either way, host name, version)
+NOT_APPROVED = "DMP_ENTRY_NOT_APPROVED"  # a withdrawal whose entry the DMP does not hold Approved (replaced, absent)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,73 @@ class Deliverer:
             return self._defer(record, lookup, _no_reply(), UNKNOWN_OUTCOME)
         return self._settle(record, lookup, Result(FAILED, "invalid", RESEND_IMPOSSIBLE), problem)
 
+    def withdraw(self, record: SubmissionRecord, build, patient: Patient) -> Result:
+        """Send (or settle) one journaled withdrawal (ITI-57, Deleted) of one document version. `build(entryUUID)`
+        gives its request for the entry to withdraw. The registry is asked first (ITI-18 GetDocuments by the
+        version's uniqueId), before every send: the Approved entry is the one withdrawn (its entryUUID as the
+        registry gives it); already Deleted, nothing is sent; no answer, nothing is sent (DEFERRED)."""
+        doc = record.documents[0]
+        prepared = build(doc.entry_uuid)
+        ins_cx = xds.ins_cx(patient)
+        for resend in (False, True):
+            entries = self._entries(record, prepared, doc.unique_id, ins_cx)
+            if entries is None:
+                return self._defer(record, prepared, _no_reply(), UNKNOWN_OUTCOME)
+            status = {e.availability: e for e in entries}
+            if "Deleted" in status:
+                return self._settle_withdrawal(record, prepared, "reconciled" if resend or record.attempts else "done",
+                                               "Deleted in the DMP (ITI-18)")
+            if "Approved" not in status:
+                found = ", ".join(sorted(filter(None, status))) or "no entry"
+                return self._settle(record, prepared, Result(FAILED, "permanent", NOT_APPROVED),
+                                    f"the DMP holds {found} for this version: nothing to withdraw")
+            target = status["Approved"].entry_uuid
+            if target != prepared_target(prepared):
+                prepared = build(target)
+            outcome = self._send_with_retries(record, prepared, ITI57)
+            if outcome.accepted:
+                return self._settle_withdrawal(record, prepared, outcome.kind, "withdrawn (ITI-57)")
+            if outcome.kind != "unknown" or resend:
+                break
+            # Sent, no reply: the registry is asked again before anything is resent.
+        if outcome.kind in ("transient", "unknown"):
+            return self._defer(record, prepared, outcome,
+                               UNKNOWN_OUTCOME if outcome.kind == "unknown" else TRANSIENT)
+        return self._settle(record, prepared, Result(FAILED, "permanent", _first_code(outcome) or "DMP_REJECTED"),
+                            cause_of(outcome))
+
+    def withdraw_or_settle(self, record: SubmissionRecord, build, patient: Patient) -> Result:
+        """`withdraw`, settled as `deliver_or_settle` settles an unexpected error."""
+        try:
+            return self.withdraw(record, build, patient)
+        except LedgerError:
+            raise
+        except Exception as exc:
+            self._settle_unexpected(record, build(record.documents[0].entry_uuid), exc)
+            raise
+
+    def _entries(self, record: SubmissionRecord, prepared, unique_id: str, ins_cx: str):
+        """ITI-18 GetDocuments of one uniqueId: the registry's entries ([] none), None when it cannot tell."""
+        try:
+            entries = self.client.get_documents(unique_ids=[unique_id], patient_ins_cx=ins_cx, vihf=prepared.vihf)
+        except Exception as exc:  # the query failing must not lose the withdrawal: it stays to settle
+            log.warning("ITI-18 GetDocuments for submission %s failed: %s", record.submission_set_uid, exc)
+            entries = None
+        shown = "error" if entries is None else (",".join(e.availability or "?" for e in entries) or "not_found")
+        self._audit("ITI-18", record, prepared, shown)
+        return entries
+
+    def _settle_withdrawal(self, record: SubmissionRecord, prepared, outcome: str, message: str) -> Result:
+        testhooks.point("before_settle")
+        self.ledger.settle_withdrawal(record.id, outcome=outcome, message=_with_note(record, message))
+        testhooks.point("after_settle")
+        log.info("submission %s: document %s v%d withdrawn from the DMP (%s)", record.submission_set_uid,
+                 record.documents[0].document_id, record.documents[0].version, outcome,
+                 extra=self._fields(record, outcome, None, WITHDRAWN))
+        result = Result(FED, outcome)
+        self._write_back(record, result, None, status=WITHDRAWN)
+        return result
+
     # --- steps -----------------------------------------------------------------------------
 
     def _settle_unexpected(self, record: SubmissionRecord, prepared: Prepared, exc: Exception) -> None:
@@ -135,18 +203,22 @@ class Deliverer:
         except Exception:
             log.exception("submission %s: not settled after an unexpected error", record.submission_set_uid)
 
-    def _send_with_retries(self, record: SubmissionRecord, prepared: Prepared) -> Outcome:
+    def _send_with_retries(self, record: SubmissionRecord, prepared: Prepared, action: str = ITI41) -> Outcome:
         r = self.settings.dmp.retry
 
         def attempt() -> Outcome:
             self.ledger.record_attempt(record.id)
             testhooks.point("before_send")
-            outcome = self.client.provide_and_register(prepared.request, prepared.attachments, prepared.vihf)
+            if action == ITI57:
+                outcome = self.client.update_document_set(prepared.request, prepared.vihf)
+            else:
+                outcome = self.client.provide_and_register(prepared.request, prepared.attachments, prepared.vihf)
             testhooks.point("after_send")
-            self._audit("ITI-41", record, prepared, outcome.kind, _first_code(outcome), cause_of(outcome))
+            self._audit(action, record, prepared, outcome.kind, _first_code(outcome),
+                        _with_note(record, cause_of(outcome)))
             if not outcome.accepted:
-                log.warning("submission %s (%d documents): ITI-41 attempt %d of %d: %s: %s",
-                            record.submission_set_uid, len(record.documents), attempts[0] + 1, r.in_run_attempts,
+                log.warning("submission %s (%d documents): %s attempt %d of %d: %s: %s", record.submission_set_uid,
+                            len(record.documents), action, attempts[0] + 1, r.in_run_attempts,
                             outcome.kind, cause_of(outcome),
                             extra=self._fields(record, outcome.kind, _first_code(outcome)))
             attempts[0] += 1
@@ -207,10 +279,11 @@ class Deliverer:
         self._write_back(record, result, message)
         return result
 
-    def _write_back(self, record: SubmissionRecord, result: Result, message: str | None) -> None:
+    def _write_back(self, record: SubmissionRecord, result: Result, message: str | None,
+                    status: str | None = None) -> None:
         now = utcnow()
         rows = [
-            dict(document_id=d.document_id, version=d.version, status=result.state,
+            dict(document_id=d.document_id, version=d.version, status=status or result.state,
                  dmp_unique_id=d.unique_id if result.state == FED else None,
                  fed_at=now if result.state == FED else None,
                  last_error=None if result.state == FED else (message or result.error_code or "")[:1000])
@@ -235,6 +308,20 @@ class Deliverer:
                           rpps=_vihf_subject(prepared), submission_set_uid=record.submission_set_uid,
                           document_ids=[f"{d.document_id}:{d.version}" for d in record.documents],
                           error_code=code, message=message)
+
+
+def _with_note(record: SubmissionRecord, message: str | None) -> str | None:
+    """A withdrawal's audit and ledger lines carry its reason (EXI 09/10)."""
+    if not record.note:
+        return message
+    return f"{message}; reason: {record.note}" if message else f"reason: {record.note}"
+
+
+def prepared_target(prepared) -> str | None:
+    """The entryUUID an ITI-57 request updates (its UpdateAvailabilityStatus association's targetObject)."""
+    for element in prepared.request.iter("{urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0}Association"):
+        return element.get("targetObject")
+    return None
 
 
 def _no_reply() -> Outcome:

@@ -7,6 +7,7 @@ rebuilds the same metadata and the same CDA bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -36,19 +37,44 @@ class Prepared:
 
 
 def document_cda(settings: Settings, document: Document, patient: Patient, site: Site, content: bytes,
-                 schematron_process=None, *, replaces: lifecycle.Replaces | None = None) -> tuple[str, bytes]:
+                 schematron_process=None, *, replaces: lifecycle.Replaces | None = None,
+                 revision: "Revision | None" = None) -> tuple[str, bytes]:
     """The document's uniqueId and its validated CDA (with `replaces`: the CDA of a replacement of that DMP
-    entry, see `payload.lifecycle`); raises PayloadError (CDA_INVALID / METADATA_INVALID)."""
+    entry, see `payload.lifecycle`; with `revision`, see `Revision`); raises PayloadError (CDA_INVALID /
+    METADATA_INVALID)."""
     unique_id, xml, finish = start_document_cda(settings, document, patient, site, content, schematron_process,
-                                                replaces=replaces)
+                                                replaces=replaces, revision=revision)
     finish()
     return unique_id, xml
 
 
+@dataclass(frozen=True)
+class Revision:
+    """A store document version sent to replace a DMP entry (a new version, a masking change, an unmask).
+
+    `cda_version` is its CDA versionNumber, above every one sent before for the document (the store version, or
+    the last one sent plus one when the same store version is sent again with new codes); its uniqueId and
+    entryUUID derive from it (`dmp_document`), so each entry of a document in the DMP has ids of its own."""
+
+    cda_version: int
+    replaces: lifecycle.Replaces
+    replaces_version: int  # the store version whose entry it replaces
+
+
+def dmp_document(document: Document, revision: Revision | None) -> Document:
+    """The document as its DMP entry describes it: with a revision, its CDA versionNumber as version (the ids
+    derive from it); the ledger's key stays the store's (document_id, version)."""
+    return document if revision is None else dataclasses.replace(document, version=revision.cda_version)
+
+
 def start_document_cda(settings: Settings, document: Document, patient: Patient, site: Site, content: bytes,
-                       schematron_process=None, *, replaces: lifecycle.Replaces | None = None):
+                       schematron_process=None, *, replaces: lifecycle.Replaces | None = None,
+                       revision: Revision | None = None):
     """`document_cda` in two steps: (uniqueId, CDA, finish), `finish()` raising once the schematron, run in
-    `schematron_process` if given, has answered. Raises at once what is found before."""
+    `schematron_process` if given, has answered. Raises at once what is found before. With `revision`, the CDA
+    replacing `revision.replaces` (ids and versionNumber from `revision.cda_version`)."""
+    if revision is not None:
+        document, replaces = dmp_document(document, revision), revision.replaces
     unique_id = ids.document_unique_id(settings.structure.oid_root, document.document_id, document.version)
     if document.mime_type == CDA_MIME:
         xml = cda.check_passthrough_cda(content, document, patient, site, unique_id, replaces)
@@ -83,10 +109,18 @@ class Batch:
     site: Site
     patient: Patient
     documents: list[tuple[Document, str, bytes]]  # (document, uniqueId, CDA)
+    revisions: dict[tuple[str, int], Revision] = dataclasses.field(default_factory=dict)  # replacements, by key
 
     @property
     def keys(self) -> list[tuple[str, int]]:
         return [(d.document_id, d.version) for d, _, _ in self.documents]
+
+    @property
+    def dmp_keys(self) -> list[tuple[str, int]]:
+        """(document_id, CDA versionNumber) of its entries: what its submission set's ids derive from (the store
+        keys for first feedings, as always; a replacement of the same store version gets ids of its own)."""
+        return [(d.document_id, self.revisions[d.key].cda_version if d.key in self.revisions else d.version)
+                for d, _, _ in self.documents]
 
 
 def plan_patient(settings: Settings, eligible: list) -> tuple[list[tuple[object, PayloadError]], list[Batch]]:
@@ -95,21 +129,25 @@ def plan_patient(settings: Settings, eligible: list) -> tuple[list[tuple[object,
     return start_patient(settings, eligible)()
 
 
-def start_patient(settings: Settings, eligible: list, schematron_process=None):
+def start_patient(settings: Settings, eligible: list, schematron_process=None,
+                  revisions: dict[tuple[str, int], Revision] | None = None):
     """`plan_patient` in two steps: the CDAs are built now and the schematron checks them in
-    `schematron_process` (if given) meanwhile; the returned callable waits for it and plans."""
-    failures, built = [], []
+    `schematron_process` (if given) meanwhile; the returned callable waits for it and plans. `revisions`: the
+    replacements among them, by store key."""
+    failures, built, revisions = [], [], revisions or {}
     for d in eligible:
         site = settings.structure.site(d.document.finess_geo)
         try:
             built.append((d, site, *start_document_cda(settings, d.document, d.patient, site, d.content,
-                                                       schematron_process)))
+                                                       schematron_process, revision=revisions.get(d.document.key))))
         except Exception as exc:
             failures.append((d, _as_payload_error(d, exc)))
-    return lambda: _plan(settings, failures, built)
+    return lambda: _plan(settings, failures, built, revisions)
 
 
-def _plan(settings: Settings, failures: list, built: list) -> tuple[list[tuple[object, PayloadError]], list[Batch]]:
+def _plan(settings: Settings, failures: list, built: list,
+          revisions: dict | None = None) -> tuple[list[tuple[object, PayloadError]], list[Batch]]:
+    revisions = revisions or {}
     groups = {}  # (site, contentTypeCode) -> (site, patient, documents)
     for d, site, uid, xml, finish in built:
         try:
@@ -126,13 +164,17 @@ def _plan(settings: Settings, failures: list, built: list) -> tuple[list[tuple[o
         current, size = [], 0
         for item in docs:
             if current and (len(current) >= cap_count or size + len(item[2]) > cap_bytes):
-                batches.append(Batch(site, patient, current))
+                batches.append(_batch(site, patient, current, revisions))
                 current, size = [], 0
             current.append(item)
             size += len(item[2])
         if current:
-            batches.append(Batch(site, patient, current))
+            batches.append(_batch(site, patient, current, revisions))
     return failures, batches
+
+
+def _batch(site: Site, patient: Patient, documents: list, revisions: dict) -> Batch:
+    return Batch(site, patient, documents, {d.key: revisions[d.key] for d, _, _ in documents if d.key in revisions})
 
 
 def _as_payload_error(d, exc: Exception) -> PayloadError:

@@ -39,12 +39,8 @@ class Reason(StrEnum):
     IDENTITY_INCOMPLETE = "IDENTITY_INCOMPLETE"  # a birth trait the CDA requires with an INS is missing
     METADATA_MISSING = "METADATA_MISSING"  # a document field the CDA/XDS metadata requires is missing
     VALUE_TOO_LONG = "VALUE_TOO_LONG"  # a name or title too long for the XDS metadata (ebRIM values: 256 chars)
-    REPLACEMENT_NEEDED = "REPLACEMENT_NEEDED"
-    # A document in the DMP that must change there (issue 17): replaced by a new version or with new masking
-    # codes (RPLC), made visible to the patient (EXI 08: a replacement without INVISIBLE_PATIENT), withdrawn.
-    MASKING_CHANGED = "MASKING_CHANGED"
-    UNMASK_DUE = "UNMASK_DUE"
-    WITHDRAWAL_NEEDED = "WITHDRAWAL_NEEDED"
+    # Documents the DMP holds no more as they are in the store (issue 17; the others are corrected: replaced,
+    # withdrawn, made visible, see scan.py).
     WITHDRAWN = "WITHDRAWN"  # withdrawn from the DMP (Deleted): nothing more is sent for it
     REPLACED = "REPLACED"  # its DMP entry was replaced by a later one (Deprecated)
     CONTENT_MISSING = "CONTENT_MISSING"
@@ -73,7 +69,6 @@ def check_record(
     settings: Settings,
     *,
     already_fed: bool,
-    earlier_version_fed: bool = False,
 ) -> Skip | None:
     """None if the document may be fed, else the first reason why not.
 
@@ -86,8 +81,7 @@ def check_record(
     3. Document checks that depend on the hospital's workflow (not validated, unknown site, type).
     4. Data the CDA cannot do without (birth traits, author, dates): checked after the exclusions so
        that an opposed patient is reported as opposed, not as incomplete.
-    5. REPLACEMENT_NEEDED last: it is not a defect of the record and will disappear once replacement
-       (RPLC) is implemented; every reason above would still apply then.
+    A new version of a document in the DMP goes through the same rules: it replaces it (scan.py).
     """
     if already_fed:
         return Skip(Reason.ALREADY_FED, "this document version is already in the DMP")
@@ -131,11 +125,6 @@ def check_record(
     too_long = _too_long(document, patient) or value_too_long(settings.structure, document, patient)
     if too_long:
         return Skip(Reason.VALUE_TOO_LONG, too_long)
-    if earlier_version_fed:
-        return Skip(
-            Reason.REPLACEMENT_NEEDED,
-            f"an earlier version is in the DMP; version {document.version} must replace it (not supported yet)",
-        )
     return None
 
 

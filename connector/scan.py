@@ -115,10 +115,6 @@ def _patient_of(item: Candidate | RowProblem) -> str | None:
     return item.document.patient_id if isinstance(item, Candidate) else item.patient_id
 
 
-# Whether corrections are sent (replacements, withdrawals). Until then they are reported with their reason.
-CORRECTIONS_SENT = False
-
-
 def _decide(item, states: dict[tuple[str, int], DocState], dmp: dict[str, _InDmp], latest: dict[str, Document],
             store: Store, settings: Settings, now, load_content) -> Decision:
     if isinstance(item, RowProblem):
@@ -144,9 +140,6 @@ def _decide(item, states: dict[tuple[str, int], DocState], dmp: dict[str, _InDmp
     if doc.version < latest[doc.document_id].version:
         return Decision(**base, reason=SUPERSEDED, detail=f"version {latest[doc.document_id].version} is in the store")
     replaces = in_dmp.approved if in_dmp.approved is not None and in_dmp.approved.version < doc.version else None
-    if replaces is not None and not CORRECTIONS_SENT:
-        skip = rules.check_record(doc, patient, settings, already_fed=False, earlier_version_fed=True)
-        return Decision(**base, reason=skip.reason, detail=skip.detail)
     sent = rules.as_sent(doc, in_dmp.first_fed_at, settings, now)
     if replaces is not None:
         base.update(action=REPLACE, replaces=replaces)
@@ -171,8 +164,6 @@ def _in_the_dmp(base: dict, doc: Document, state: DocState, latest: Document, in
             return Decision(**base, reason=Reason.ALREADY_FED,
                             detail="cancelled in the store, left in the DMP (rules.withdraw_cancelled = false)")
         detail = f"version {latest.version} is CANCELLED in the store: withdrawn from the DMP"
-        if not CORRECTIONS_SENT:
-            return Decision(**base, reason=Reason.WITHDRAWAL_NEEDED, detail=detail)
         return Decision(**base, reason=None, detail=detail, action=WITHDRAW, replaces=state)
     if doc.version < latest.version:
         return Decision(**base, reason=Reason.ALREADY_FED, detail=f"fed earlier; version {latest.version} replaces it")
@@ -180,12 +171,9 @@ def _in_the_dmp(base: dict, doc: Document, state: DocState, latest: Document, in
     fed_masking = state.masking if state.masking is not None else rules.masking(doc)  # fed before migration 0007
     if rules.masking(sent) == fed_masking:
         return Decision(**base, reason=Reason.ALREADY_FED, detail="fed earlier")
-    unmask = rules.masking(sent) == rules.masking(dataclasses.replace(doc, invisible_to_patient=False)) \
-        and rules.masking(doc) == fed_masking
-    reason = Reason.UNMASK_DUE if unmask else Reason.MASKING_CHANGED
-    if not CORRECTIONS_SENT:
-        return Decision(**base, reason=reason, detail="the DMP entry must be replaced with new masking codes")
-    base.update(action=REPLACE, replaces=state)
+    unmask = rules.masking(doc) == fed_masking  # the store's flags as fed: only the unmask changed them
+    base.update(action=REPLACE, replaces=state,
+                detail="unmask due (EXI 08)" if unmask else "masking changed in the store")
     return _feed(base, sent, base["patient"], store, settings, load_content)
 
 
@@ -193,6 +181,7 @@ def _feed(base: dict, doc: Document, patient: Patient | None, store: Store, sett
           load_content) -> Decision:
     """The rules and the content checks of a document to send (`doc`: as it is to be in the DMP)."""
     base = {**base, "document": doc}
+    note = base.pop("detail", None)  # a replacement's note, kept when it is sent
     skip = rules.check_record(doc, patient, settings, already_fed=False)
     if skip is not None:
         return Decision(**base, reason=skip.reason, detail=skip.detail)
@@ -222,7 +211,7 @@ def _feed(base: dict, doc: Document, patient: Patient | None, store: Store, sett
                             detail="not PDF/A (validation.pdfa = reject): " + "; ".join(found))
         if found:
             warning = f"{pdfa.CONTENT_NOT_PDFA}: " + "; ".join(found)
-    return Decision(**base, reason=None, content=data if load_content else None, warning=warning)
+    return Decision(**base, reason=None, detail=note, content=data if load_content else None, warning=warning)
 
 
 def _pdfa_due(doc: Document, settings: Settings, load_content: bool) -> bool:

@@ -62,17 +62,12 @@ def decisions(tmp_path, store, rows, now=FED_AT + dt.timedelta(days=1), **rules_
         scan_module.utcnow = original
 
 
-@pytest.fixture
-def sending(monkeypatch):
-    monkeypatch.setattr(scan_module, "CORRECTIONS_SENT", True)
-
-
 def test_a_fed_document_unchanged_is_already_fed(tmp_path, store_of):
     found = decisions(tmp_path, store_of(make_document()), {("DOC0001", 1): fed(1)})
     assert found[("DOC0001", 1)].reason == Reason.ALREADY_FED
 
 
-def test_a_new_version_of_a_fed_document_replaces_the_approved_one(tmp_path, store_of, sending):
+def test_a_new_version_of_a_fed_document_replaces_the_approved_one(tmp_path, store_of):
     store = store_of(make_document(), make_document(version=2, title="Lettre corrigée"))
     found = decisions(tmp_path, store, {("DOC0001", 1): fed(1)})
     v2 = found[("DOC0001", 2)]
@@ -81,42 +76,36 @@ def test_a_new_version_of_a_fed_document_replaces_the_approved_one(tmp_path, sto
     assert found[("DOC0001", 1)].reason == Reason.ALREADY_FED and found[("DOC0001", 1)].action is None
 
 
-def test_until_corrections_are_sent_a_new_version_is_reported(tmp_path, store_of):
-    store = store_of(make_document(), make_document(version=2))
-    assert decisions(tmp_path, store, {("DOC0001", 1): fed(1)})[("DOC0001", 2)].reason == Reason.REPLACEMENT_NEEDED
 
 
-def test_a_new_version_still_goes_through_the_rules(tmp_path, store_of, sending):
+def test_a_new_version_still_goes_through_the_rules(tmp_path, store_of):
     store = store_of(make_document(), make_document(version=2, author_rpps=None))
     assert decisions(tmp_path, store, {("DOC0001", 1): fed(1)})[("DOC0001", 2)].reason == Reason.METADATA_MISSING
 
 
-def test_a_cancelled_fed_document_is_withdrawn(tmp_path, store_of, sending):
+def test_a_cancelled_fed_document_is_withdrawn(tmp_path, store_of):
     found = decisions(tmp_path, store_of(make_document(status="CANCELLED")), {("DOC0001", 1): fed(1)})
     d = found[("DOC0001", 1)]
     assert d.eligible and d.action == WITHDRAW and d.replaces.version == 1 and "CANCELLED" in d.detail
 
 
-def test_a_cancelled_new_version_withdraws_the_fed_one(tmp_path, store_of, sending):
+def test_a_cancelled_new_version_withdraws_the_fed_one(tmp_path, store_of):
     store = store_of(make_document(), make_document(version=2, status="CANCELLED"))
     found = decisions(tmp_path, store, {("DOC0001", 1): fed(1)})
     assert found[("DOC0001", 1)].action == WITHDRAW
     assert found[("DOC0001", 2)].reason == Reason.DOCUMENT_NOT_VALIDATED
 
 
-def test_withdrawal_of_cancelled_documents_can_be_turned_off(tmp_path, store_of, sending):
+def test_withdrawal_of_cancelled_documents_can_be_turned_off(tmp_path, store_of):
     found = decisions(tmp_path, store_of(make_document(status="CANCELLED")), {("DOC0001", 1): fed(1)},
                       withdraw_cancelled=False)
     d = found[("DOC0001", 1)]
     assert d.reason == Reason.ALREADY_FED and "withdraw_cancelled" in d.detail
 
 
-def test_until_corrections_are_sent_a_withdrawal_is_reported(tmp_path, store_of):
-    found = decisions(tmp_path, store_of(make_document(status="CANCELLED")), {("DOC0001", 1): fed(1)})
-    assert found[("DOC0001", 1)].reason == Reason.WITHDRAWAL_NEEDED
 
 
-def test_withdrawn_and_replaced_entries_are_left_alone(tmp_path, store_of, sending):
+def test_withdrawn_and_replaced_entries_are_left_alone(tmp_path, store_of):
     store = store_of(make_document(status="CANCELLED"), make_document(version=2, status="CANCELLED"))
     found = decisions(tmp_path, store, {("DOC0001", 1): fed(1, status=DEPRECATED),
                                         ("DOC0001", 2): fed(2, status=DELETED)})
@@ -124,19 +113,16 @@ def test_withdrawn_and_replaced_entries_are_left_alone(tmp_path, store_of, sendi
     assert found[("DOC0001", 2)].reason == Reason.WITHDRAWN
 
 
-def test_a_masking_change_replaces_the_entry_with_the_new_codes(tmp_path, store_of, sending):
+def test_a_masking_change_replaces_the_entry_with_the_new_codes(tmp_path, store_of):
     store = store_of(make_document(mask_professionals=True))
     d = decisions(tmp_path, store, {("DOC0001", 1): fed(1, masking="")})[("DOC0001", 1)]
     assert d.eligible and d.action == REPLACE and d.replaces.version == 1
     assert rules.masking(d.document) == "MASQUE_PS"
 
 
-def test_until_corrections_are_sent_a_masking_change_is_reported(tmp_path, store_of):
-    store = store_of(make_document(mask_professionals=True))
-    assert decisions(tmp_path, store, {("DOC0001", 1): fed(1)})[("DOC0001", 1)].reason == Reason.MASKING_CHANGED
 
 
-def test_unmask_is_due_unmask_after_days_after_the_first_feeding(tmp_path, store_of, sending):
+def test_unmask_is_due_unmask_after_days_after_the_first_feeding(tmp_path, store_of):
     store = store_of(make_document(invisible_to_patient=True))
     rows = {("DOC0001", 1): fed(1, masking="INVISIBLE_PATIENT")}
     before = decisions(tmp_path, store, rows, now=FED_AT + dt.timedelta(days=30, seconds=-1))[("DOC0001", 1)]
@@ -147,7 +133,7 @@ def test_unmask_is_due_unmask_after_days_after_the_first_feeding(tmp_path, store
     assert shorter[("DOC0001", 1)].action == REPLACE
 
 
-def test_unmask_is_due_at_the_announcement_consultation(tmp_path, store_of, sending):
+def test_unmask_is_due_at_the_announcement_consultation(tmp_path, store_of):
     announced = dt.datetime(2026, 12, 3, 15, 0)  # local time (Europe/Paris, UTC+1 in December)
     store = store_of(make_document(invisible_to_patient=True, announced_at=announced))
     rows = {("DOC0001", 1): fed(1, masking="INVISIBLE_PATIENT")}
@@ -157,27 +143,22 @@ def test_unmask_is_due_at_the_announcement_consultation(tmp_path, store_of, send
     assert due.action == REPLACE and rules.masking(due.document) == ""
 
 
-def test_until_corrections_are_sent_an_unmask_is_reported(tmp_path, store_of):
-    store = store_of(make_document(invisible_to_patient=True))
-    rows = {("DOC0001", 1): fed(1, masking="INVISIBLE_PATIENT")}
-    found = decisions(tmp_path, store, rows, now=FED_AT + dt.timedelta(days=31))
-    assert found[("DOC0001", 1)].reason == Reason.UNMASK_DUE
 
 
-def test_once_unmasked_nothing_more_is_due(tmp_path, store_of, sending):
+def test_once_unmasked_nothing_more_is_due(tmp_path, store_of):
     store = store_of(make_document(invisible_to_patient=True))
     rows = {("DOC0001", 1): fed(1, masking="")}  # the replacement without INVISIBLE_PATIENT is in the DMP
     found = decisions(tmp_path, store, rows, now=FED_AT + dt.timedelta(days=60))
     assert found[("DOC0001", 1)].reason == Reason.ALREADY_FED
 
 
-def test_a_first_feeding_after_the_announcement_is_visible_at_once(tmp_path, store_of, sending):
+def test_a_first_feeding_after_the_announcement_is_visible_at_once(tmp_path, store_of):
     store = store_of(make_document(invisible_to_patient=True, announced_at=dt.datetime(2026, 11, 30, 9, 0)))
     d = decisions(tmp_path, store, {})[("DOC0001", 1)]
     assert d.eligible and d.action is None and rules.masking(d.document) == ""
 
 
-def test_a_new_version_after_the_unmask_stays_visible(tmp_path, store_of, sending):
+def test_a_new_version_after_the_unmask_stays_visible(tmp_path, store_of):
     store = store_of(make_document(invisible_to_patient=True), make_document(version=2, invisible_to_patient=True))
     rows = {("DOC0001", 1): fed(1, masking="")}
     d = decisions(tmp_path, store, rows, now=FED_AT + dt.timedelta(days=40))[("DOC0001", 2)]
@@ -186,7 +167,7 @@ def test_a_new_version_after_the_unmask_stays_visible(tmp_path, store_of, sendin
     assert rules.masking(early.document) == "INVISIBLE_PATIENT"
 
 
-def test_a_held_fed_document_gets_no_correction(tmp_path, store_of, sending):
+def test_a_held_fed_document_gets_no_correction(tmp_path, store_of):
     state = dataclasses.replace(fed(1), held=True)
     found = decisions(tmp_path, store_of(make_document(status="CANCELLED")), {("DOC0001", 1): state})
     assert found[("DOC0001", 1)].reason == scan_module.HELD

@@ -77,21 +77,6 @@ def test_run_refuses_to_start_with_an_expired_certificate(tmp_path):
     assert "not-the-password" not in result.output
 
 
-def test_a_new_version_of_a_fed_document_is_reported_not_sent(tmp_path):
-    _folder(tmp_path)
-    with server.serve(pki_dir=tmp_path / "pki", state_path=tmp_path / "sandbox.sqlite3", fast=True) as sandbox:
-        settings = config.load(_folder(tmp_path, sandbox.url))
-        run_action.run(settings)
-        store = sa.create_engine(settings.store.url)
-        with store.begin() as conn:
-            row = dict(conn.execute(sa.text("SELECT * FROM dmp_document WHERE document_id = 'DOC-001'")).mappings().one())
-            row["version"] = 2
-            conn.execute(sa.text(f"INSERT INTO dmp_document ({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})"), row)
-        again = run_action.run(settings)
-    assert again.counts["fed"] == 0 and again.skipped["REPLACEMENT_NEEDED"] == 1
-    assert report.report(tmp_path / "sandbox.sqlite3")["documents"] == sum(r is None for r in samples.expected_decisions().values())
-
-
 def test_a_deferred_submission_whose_patient_opposed_meanwhile_is_withdrawn_not_sent(tmp_path):
     _folder(tmp_path)
     state = tmp_path / "sandbox.sqlite3"

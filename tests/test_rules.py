@@ -68,7 +68,6 @@ RECORD_CASES = [
     ({"patient_id": "P" * 64 + "|" * 60}, {}, {}, Reason.VALUE_TOO_LONG, "patient_id"),
     ({}, {"legal_authenticator_rpps": "ABC"}, {}, Reason.METADATA_MISSING, "legal_authenticator_rpps"),  # sent as 8ABC
     ({}, {"author_family_name": None}, {}, Reason.METADATA_MISSING, "author_family_name"),  # was CDA_INVALID
-    ({}, {"version": 2}, {"earlier_version_fed": True}, Reason.REPLACEMENT_NEEDED, "version 2"),
 ]
 
 
@@ -116,11 +115,6 @@ def test_order_exclusions_before_incomplete_data(settings):
 def test_order_invalid_ins_before_not_qualified(settings):
     patient = make_patient(ins_matricule="279035121518988", identity_status="PROV")
     assert decide(settings, patient=patient).reason == Reason.INS_INVALID
-
-
-def test_order_replacement_is_reported_last(settings):
-    skip = decide(settings, make_document(status="DRAFT"), earlier_version_fed=True)
-    assert skip.reason == Reason.DOCUMENT_NOT_VALIDATED
 
 
 def test_reason_codes_are_plain_strings():
@@ -195,8 +189,8 @@ def test_content_over_the_size_limit(tmp_path):
 def test_every_reason_has_a_test():
     # A new Reason must get a case: RECORD_CASES, or one of the named tests for the three others; the
     # corrections of documents already in the DMP are the scan's (tests/test_corrections_scan.py).
-    named = {Reason.PATIENT_UNKNOWN, Reason.CONTENT_MISSING, Reason.CONTENT_INVALID, Reason.MASKING_CHANGED,
-             Reason.UNMASK_DUE, Reason.WITHDRAWAL_NEEDED, Reason.WITHDRAWN, Reason.REPLACED}
+    named = {Reason.PATIENT_UNKNOWN, Reason.CONTENT_MISSING, Reason.CONTENT_INVALID, Reason.WITHDRAWN,
+             Reason.REPLACED}
     assert {case[3] for case in RECORD_CASES} | named == set(Reason)
 
 

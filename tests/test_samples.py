@@ -95,8 +95,7 @@ def test_identities_are_fictitious_and_keys_verify_except_the_bad_one():
 def test_samples_cover_every_record_and_content_reason():
     expected = set(samples.expected_decisions().values())
     # what the DMP already holds gives the others (a ledger's: tests/test_corrections_*.py)
-    in_the_dmp = {rules.Reason.ALREADY_FED, rules.Reason.REPLACEMENT_NEEDED, rules.Reason.MASKING_CHANGED,
-                  rules.Reason.UNMASK_DUE, rules.Reason.WITHDRAWAL_NEEDED, rules.Reason.WITHDRAWN, rules.Reason.REPLACED}
+    in_the_dmp = {rules.Reason.ALREADY_FED, rules.Reason.WITHDRAWN, rules.Reason.REPLACED}
     assert expected == (set(rules.Reason) - in_the_dmp) | {None}
 
 

@@ -41,13 +41,14 @@ def _ledger_rows(keys):
         if i % 3 == 0:
             state, next_at = states[(i // 3) % len(states)]
             rows[(document_id, version)] = DocState(document_id, version, state, "X", i % 7 == 0, next_at, None)
-        elif i % 4 == 1:  # an earlier version was fed: REPLACEMENT_NEEDED for the store's one
+        elif i % 4 == 1:  # an earlier version was fed: the store's one replaces it
             rows[(document_id, version - 1)] = DocState(document_id, version - 1, FED, None, False, None, None)
     return rows
 
 
 def _decisions(groups):
-    return [[(d.document_id, d.version, d.patient_id, d.reason, d.detail, d.content) for d in g] for g in groups]
+    return [[(d.document_id, d.version, d.patient_id, d.reason, d.detail, d.content, d.action) for d in g]
+            for g in groups]
 
 
 def test_batched_states_decide_like_one_query_per_patient(tmp_path, monkeypatch):
@@ -66,7 +67,8 @@ def test_batched_states_decide_like_one_query_per_patient(tmp_path, monkeypatch)
     assert got == expected
     assert len(got) == one.queries > 10 and batched.queries == 1  # still one group per patient, in order
     reasons = {d[3] for g in got for d in g}
-    assert {"ALREADY_FED", "REPLACEMENT_NEEDED", "DEFERRED_NOT_DUE", "IN_PROGRESS", "HELD", None} <= reasons
+    assert {"ALREADY_FED", "DEFERRED_NOT_DUE", "IN_PROGRESS", "HELD", None} <= reasons
+    assert any(d[6] == "REPLACE" for g in got for d in g)
 
 
 def test_dry_run_probe_decides_like_reading_the_whole_content(tmp_path):

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from connector import prepare, rules, testhooks
+from connector.actions import corrections
 from connector.actions.audit import purge as purge_audit
 from connector.actions.context import describe_url, open_settings_ledger, open_store
 from connector.actions.rebuild import refuse_a_lost_ledger
@@ -26,7 +27,7 @@ from connector.errors import LedgerError
 from connector.dmp.client import DmpClient
 from connector.logs import RunProgress, StopRequested
 from connector.ledger.repo import Ledger, SubmissionDoc, SubmissionRecord, utcnow
-from connector.ledger.schema import FAILED, PENDING, SKIPPED
+from connector.ledger.schema import FAILED, ITI57, PENDING, REPLACE, SKIPPED, WITHDRAW
 from connector.payload import ids
 from connector.payload.errors import PayloadError
 from connector.payload.schematron_process import SchematronProcess
@@ -166,12 +167,22 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
                 future = pool.submit(deliverer.deliver_or_settle, record, prepared, patient, withdraw)
                 future.add_done_callback(lambda f: (slots.release(), _count(summary, record, f), progress.settled(summary)))
 
+            def submit_withdrawal(record: SubmissionRecord, build, patient: Patient) -> None:
+                slots.acquire()
+                future = pool.submit(deliverer.withdraw_or_settle, record, build, patient)
+                future.add_done_callback(lambda f: (slots.release(), _count(summary, record, f), progress.settled(summary)))
+
+            fix = _Corrections(client, sign, submit_withdrawal, owner, lease)
+
             while not deliverer.down and (claimed := ledger.claim_open_submissions(owner, lease, summary.run_id)):
                 for sub_id in claimed:
                     if deliverer.down:  # the others keep their lease: this instance takes them back next run
                         break
-                    _resume(settings, ledger, store, sign, summary, ledger.submission(sub_id), submit, checker,
-                            deliverer)
+                    record = ledger.submission(sub_id)
+                    if record.kind == ITI57:
+                        corrections.resume_withdrawal(settings, ledger, store, sign, summary, record, submit_withdrawal)
+                    else:
+                        _resume(settings, ledger, store, sign, summary, record, submit, checker, deliverer)
             # A patient's CDAs are checked by the schematron process while the main thread finishes the
             # patients before it. Asked to stop, it takes no new patient and finishes those it has taken.
             started = collections.deque()
@@ -188,7 +199,7 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
                         break
                     progress.patient(summary)  # may raise StopRequested (daemon stopping)
                     progress.scanned(len(group))
-                    started.append(_start_patient(settings, ledger, summary, group, checker))
+                    started.append(_start_patient(settings, ledger, summary, group, checker, fix))
                     finish(keep=LOOKAHEAD if checker else 0)  # without that process, nothing to wait for
             except StopRequested:
                 finish(keep=0)
@@ -267,12 +278,28 @@ def _count(summary: Summary, record: SubmissionRecord, future) -> None:
         summary.tls_refused = result.message
     elif result.cause == "unreachable" and summary.unreachable is None:
         summary.unreachable = result.message
+    if record.kind == ITI57 and result.state == "FED":  # a withdrawal from the DMP is not a feeding
+        summary.add("withdrawn_from_dmp", len(record.documents))
+        return
     summary.add({"FED": "fed", "DEFERRED": "deferred", "FAILED": "failed", "SKIPPED": "withdrawn"}[result.state],
                 len(record.documents))
 
 
-def _start_patient(settings, ledger: Ledger, summary: Summary, group: list[Decision], checker):
-    """Record the patient's decisions, build its CDAs and start their checks; returns what finishes it."""
+@dataclass(frozen=True)
+class _Corrections:
+    """What a run needs to correct documents already in the DMP (actions/corrections.py)."""
+
+    client: DmpClient
+    sign: object
+    submit_withdrawal: object
+    owner: str
+    lease: dt.timedelta
+
+
+def _start_patient(settings, ledger: Ledger, summary: Summary, group: list[Decision], checker,
+                   fix: _Corrections | None = None):
+    """Record the patient's decisions, build its CDAs and start their checks; returns what finishes it.
+    Withdrawals are journaled and sent at once; replacements first ask the registry which entry they replace."""
     rows = []
     for d in group:
         if d.eligible:
@@ -290,7 +317,40 @@ def _start_patient(settings, ledger: Ledger, summary: Summary, group: list[Decis
                                  finess_geo=d.document.finess_geo if d.document else None,
                                  type_code=d.document.type_code if d.document else None))
     summary.newly_skipped.update(ledger.record_decisions(rows, summary.run_id))
-    return prepare.start_patient(settings, [d for d in group if d.eligible], checker)
+    eligible = [d for d in group if d.eligible and d.action != WITHDRAW]
+    if fix is not None:
+        for d in group:
+            if d.eligible and d.action == WITHDRAW:
+                _withdraw(settings, ledger, summary, d, fix)
+    revisions = {}
+    if fix is not None and any(d.action == REPLACE for d in eligible):
+        revisions, waiting = corrections.revisions(settings, fix.client, fix.sign, eligible)
+        for d in waiting:
+            log.warning("document %s v%d: the DMP could not say which entry it replaces; next run", d.document_id,
+                        d.version)
+            summary.skipped[corrections.LOOKUP_FAILED] += 1
+        eligible = [d for d in eligible if d not in waiting]
+    return prepare.start_patient(settings, eligible, checker, revisions)
+
+
+def _withdraw(settings, ledger: Ledger, summary: Summary, d: Decision, fix: _Corrections) -> None:
+    """Journal a withdrawal the store asks for (CANCELLED) and send it."""
+    record = corrections.journal_withdrawal(settings, ledger, document=d.document, state=d.replaces,
+                                            reason=d.detail or "withdrawn", run_id=summary.run_id,
+                                            owner=fix.owner, lease=fix.lease)
+    if record is None:
+        summary.add("claimed_elsewhere", 1)
+        return
+    testhooks.point("after_journal")
+    build = corrections.withdrawal_builder(settings, fix.sign, record, d.document, d.patient)
+    try:
+        build(record.documents[0].entry_uuid)
+    except PayloadError as exc:
+        ledger.settle_submission(record.id, state=FAILED, outcome="invalid", error_code=exc.reason,
+                                 error_message=str(exc), reason=exc.reason)
+        summary.add("failed", 1)
+        return
+    fix.submit_withdrawal(record, build, d.patient)
 
 
 def _finish_patient(settings, ledger: Ledger, sign, summary: Summary, plan, submit, owner, lease) -> None:
@@ -308,13 +368,12 @@ def _journal_and_submit(settings, ledger: Ledger, sign, summary: Summary, batch:
                         owner, lease) -> None:
     oid_root = settings.structure.oid_root
     record = ledger.journal_submission(
-        submission_set_uid=ids.submission_set_unique_id(oid_root, batch.keys),
-        entry_uuid=ids.submission_set_entry_uuid(oid_root, batch.keys),
+        submission_set_uid=ids.submission_set_unique_id(oid_root, batch.dmp_keys),
+        entry_uuid=ids.submission_set_entry_uuid(oid_root, batch.dmp_keys),
         patient_id=batch.patient.patient_id,
         finess_geo=batch.site.finess_geo,
         submission_time=utcnow(),
-        docs=[SubmissionDoc(d.document_id, d.version, uid, ids.entry_uuid(oid_root, d.document_id, d.version),
-                            masking=rules.masking(d))
+        docs=[corrections.journal_doc(oid_root, d, uid, batch.revisions.get(d.key), rules.masking(d))
               for d, uid, _ in batch.documents],
         run_id=summary.run_id,
         owner=owner,
@@ -324,15 +383,22 @@ def _journal_and_submit(settings, ledger: Ledger, sign, summary: Summary, batch:
         summary.add("claimed_elsewhere", len(batch.documents))
         return
     testhooks.point("after_journal")
-    _prepare_and_submit(settings, ledger, sign, summary, record, batch.site, batch.patient, batch.documents, submit)
+    _prepare_and_submit(settings, ledger, sign, summary, record, batch.site, batch.patient, batch.documents, submit,
+                        revisions=batch.revisions)
 
 
-def _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit, withdraw=None) -> None:
+def _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit, withdraw=None,
+                        revisions=None) -> None:
+    revisions = revisions or {}
+    # a replacement's entry is described with its CDA versionNumber (its ids derive from it)
+    documents = [(prepare.dmp_document(d, revisions.get(d.key)), uid, xml) for d, uid, xml in batch]
     try:
-        prepared = prepare.submission(settings, sign, site=site, patient=patient, documents=batch,
+        prepared = prepare.submission(settings, sign, site=site, patient=patient, documents=documents,
                                       submission_set_uid=record.submission_set_uid,
                                       submission_set_entry_uuid=record.entry_uuid,
-                                      submission_time=record.submission_time)
+                                      submission_time=record.submission_time,
+                                      replaces={uid: revisions[d.key].replaces for d, uid, _ in batch
+                                                if d.key in revisions})
     except PayloadError as exc:
         log.warning("submission %s: %s", record.submission_set_uid, exc.reason)
         ledger.settle_submission(record.id, state=FAILED, outcome="invalid", error_code=exc.reason,
@@ -352,7 +418,7 @@ def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, reco
             checker, deliverer: Deliverer) -> None:
     """Rebuild a journaled submission from the store with its recorded ids and time, then deliver it; if its
     documents are no longer eligible (opposition, death… since it was journaled) it is only settled, never sent."""
-    batch, patient, site, withdraw = [], None, settings.structure.site(record.finess_geo), None
+    batch, patient, site, withdraw, revisions = [], None, settings.structure.site(record.finess_geo), None, {}
     summary.resumed.update((d.document_id, d.version) for d in record.documents)
     for doc in record.documents:
         item = store.get(doc.document_id, doc.version)
@@ -369,11 +435,14 @@ def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, reco
                 ledger.withdraw_submission(record.id, *withdraw)
                 summary.skipped[str(skip.reason)] += len(record.documents)
                 return
+            revision = corrections.revision_of(doc)
             try:
                 uid, xml = prepare.document_cda(settings, item.document, item.patient, site,
                                                 store.content(item.document, settings.rules.max_document_bytes),
-                                                checker)
+                                                checker, revision=revision)
                 batch.append((item.document, uid, xml))
+                if revision is not None:
+                    revisions[item.document.key] = revision
                 patient = item.patient
             except (PayloadError, ContentRefused) as exc:
                 problem = str(exc)
@@ -396,4 +465,5 @@ def _resume(settings, ledger: Ledger, store: Store, sign, summary: Summary, reco
                                      error_message=problem, reason="RESEND_IMPOSSIBLE")
             summary.add("failed", len(record.documents))
             return
-    _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit, withdraw)
+    _prepare_and_submit(settings, ledger, sign, summary, record, site, patient, batch, submit, withdraw,
+                        revisions=revisions)

@@ -23,6 +23,7 @@ from connector.errors import LedgerError
 from connector.ledger import migrate
 from connector.ledger.schema import (
     APPROVED,
+    DELETED,
     DEFERRED,
     DEPRECATED,
     FAILED,
@@ -32,6 +33,8 @@ from connector.ledger.schema import (
     PENDING,
     SKIPPED,
     SUBMITTING,
+    WITHDRAWN,
+    ITI41,
     audit,
     certificates,
     documents,
@@ -59,7 +62,8 @@ _SETTLE_SUBMISSION = sa.update(_S).where(_S.c.id == sa.bindparam("sub_id")).valu
 _SETTLE_DOCUMENTS = sa.update(_D).where(_D.c.submission_id == sa.bindparam("sub_id")).values(
     state=sa.bindparam("state"), updated_at=sa.bindparam("now"), next_attempt_at=sa.bindparam("next_attempt_at"),
     reason=sa.bindparam("reason"), detail=sa.bindparam("detail"),
-    fed_at=sa.func.coalesce(sa.bindparam("fed_at", type_=_D.c.fed_at.type), _D.c.fed_at))
+    # the first feeding's time stays (a replacement of the same version does not move it: EXI 08 counts from it)
+    fed_at=sa.func.coalesce(_D.c.fed_at, sa.bindparam("fed_at", type_=_D.c.fed_at.type)))
 _AUDIT = sa.insert(audit)
 _DOCUMENT_STATES = sa.select(_D.c.document_id, _D.c.version, _D.c.state, _D.c.reason).where(
     _D.c.document_id.in_(sa.bindparam("ids", expanding=True)))
@@ -73,7 +77,9 @@ _JOURNAL_DOCUMENTS = (
     .where(_D.c.document_id == sa.bindparam("key_id"), _D.c.version == sa.bindparam("key_version"))
     .values(state=SUBMITTING, reason=None, detail=None, submission_id=sa.bindparam("sub_id"),
             updated_at=sa.bindparam("now"), last_run_id=sa.bindparam("run_id"),
-            first_attempt_at=sa.func.coalesce(_D.c.first_attempt_at, sa.bindparam("now")))
+            # a correction of a fed version starts its own lifetime (dmp.retry.lifetime_days)
+            first_attempt_at=sa.case((_D.c.state == FED, sa.bindparam("now")),
+                                     else_=sa.func.coalesce(_D.c.first_attempt_at, sa.bindparam("now"))))
 )
 _SUBMISSION = sa.select(_S).where(_S.c.id == sa.bindparam("sub_id"))
 _SUBMISSION_DOCUMENTS = (
@@ -138,6 +144,8 @@ class SubmissionRecord:
     attempts: int
     created_at: dt.datetime
     documents: tuple[SubmissionDoc, ...]
+    kind: str = "ITI-41"  # ITI-41 (feed, replace) or ITI-57 (withdraw)
+    note: str | None = None  # a withdrawal's reason (EXI 09/10)
 
 
 BUSY_TIMEOUT_MS = 30000  # how long a SQLite ledger write waits for another process's write lock
@@ -342,7 +350,8 @@ class Ledger:
 
     def journal_submission(self, *, submission_set_uid: str, entry_uuid: str, patient_id: str, finess_geo: str,
                            submission_time: dt.datetime, docs: list[SubmissionDoc], run_id: int,
-                           owner: str, lease: dt.timedelta) -> SubmissionRecord | None:
+                           owner: str, lease: dt.timedelta, kind: str = ITI41,
+                           note: str | None = None) -> SubmissionRecord | None:
         """Write-ahead: commit the submission's ids, claimed by `owner`, and mark its documents SUBMITTING
         before anything is sent. The ids are deterministic from the documents, so an existing row with the
         same uid is the same submission: it is reused as recorded (ids and submission time), never regenerated.
@@ -356,7 +365,7 @@ class Ledger:
                         submission_set_uid=submission_set_uid, entry_uuid=entry_uuid, patient_id=patient_id,
                         finess_geo=finess_geo, state=SUBMITTING, submission_time=submission_time, created_at=now,
                         updated_at=now, attempts=0, run_id=run_id, lease_owner=owner,
-                        lease_until=now + lease)).inserted_primary_key[0]
+                        lease_until=now + lease, kind=kind, note=note and note[:1000])).inserted_primary_key[0]
                     conn.execute(_NEW_SUBMISSION_DOCUMENTS, [dict(submission_id=sub_id, **doc.__dict__) for doc in docs])
                 else:
                     sub_id = row.id
@@ -408,7 +417,8 @@ class Ledger:
             r = conn.execute(_SUBMISSION, dict(sub_id=sub_id)).one()
             docs = conn.execute(_SUBMISSION_DOCUMENTS, dict(sub_id=sub_id)).all()
         return SubmissionRecord(r.id, r.submission_set_uid, r.entry_uuid, r.patient_id, r.finess_geo, r.state,
-                                r.submission_time, r.attempts, r.created_at, tuple(SubmissionDoc(*x) for x in docs))
+                                r.submission_time, r.attempts, r.created_at, tuple(SubmissionDoc(*x) for x in docs),
+                                r.kind, r.note)
 
     def record_attempt(self, sub_id: int) -> None:
         with self.engine.begin() as conn:
@@ -446,6 +456,26 @@ class Ledger:
             conn.execute(sa.update(d).where(d.c.document_id == doc.document_id, d.c.version == doc.version).values(
                 dmp_status=APPROVED, dmp_entry_uuid=doc.entry_uuid, masking=doc.masking,
                 cda_version=doc.cda_version if doc.cda_version is not None else doc.version))
+
+    def settle_withdrawal(self, sub_id: int, *, outcome: str, message: str) -> None:
+        """A withdrawal (ITI-57) done: its document version is Deleted in the DMP. The document stays FED (it
+        was fed; its fed_at stays), with the reason WITHDRAWN and the operator's or the store's reason."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(_SETTLE_SUBMISSION, dict(sub_id=sub_id, state=FED, outcome=outcome, error_code=None,
+                                                  error_message=message[:2000], now=now))
+            conn.execute(sa.update(documents).where(documents.c.submission_id == sub_id).values(
+                state=FED, dmp_status=DELETED, reason=WITHDRAWN, detail=message[:1000], updated_at=now,
+                next_attempt_at=None))
+
+    def record_dmp_status(self, key: tuple[str, int], status: str, entry_uuid: str | None = None) -> None:
+        """What the registry said of a version's entry (ITI-18), when it differs from what the ledger thought."""
+        values = dict(dmp_status=status, updated_at=utcnow())
+        if entry_uuid:
+            values["dmp_entry_uuid"] = entry_uuid
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(documents).where(documents.c.document_id == key[0], documents.c.version == key[1])
+                         .values(**values))
 
     def withdraw_submission(self, sub_id: int, reason: str, detail: str) -> None:
         """A submission whose documents are no longer eligible (opposition, death… since it was journaled) and

@@ -14,6 +14,9 @@ APPROVED, DEPRECATED, DELETED = "Approved", "Deprecated", "Deleted"
 # What a journaled entry does (submission_documents.action): a first feeding, a replacement (RPLC: a new
 # version, a masking change or an unmask), a withdrawal (ITI-57, Deleted).
 FEED, REPLACE, WITHDRAW = "FEED", "REPLACE", "WITHDRAW"
+# The transaction of a journaled submission (submissions.kind).
+ITI41, ITI57 = "ITI-41", "ITI-57"
+WITHDRAWN = "WITHDRAWN"  # the reason of a FED document whose entry was withdrawn (Deleted)
 
 runs = sa.Table(
     "runs",

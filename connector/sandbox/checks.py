@@ -88,6 +88,7 @@ DE_PATIENT_ID = "urn:uuid:58a6f841-87b3-4a3e-92fd-a8ffeff98427"
 DE_AUTHOR = "urn:uuid:93606bcf-9494-43ec-9b4e-a7748d1a838d"
 DE_CLASS_CODE = "urn:uuid:41a5887f-8865-4c09-adf7-e362475b143a"
 DE_TYPE_CODE = "urn:uuid:f0306f51-975f-434e-a61c-c59651d33983"
+DE_CONFIDENTIALITY = "urn:uuid:f4f85eac-e6cb-4883-b524-f2705394840f"
 SIGNATURE_CLASS = "urn:oid:1.3.6.1.4.1.19376.1.2.1.1.1"
 RPLC = "urn:ihe:iti:2007:AssociationType:RPLC"
 UPDATE_AVAILABILITY_STATUS = "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus"
@@ -154,6 +155,7 @@ class Entry:
     version: str | None = None
     content: bytes = field(default=b"", repr=False)
     replaces: str | None = None  # entryUUID of the entry this one replaces (RPLC association)
+    confidentiality: str | None = None  # its confidentialityCodes, comma-separated (masking, EXI 07/08)
 
 
 @dataclass(frozen=True)
@@ -466,6 +468,7 @@ def read_submission(request: etree._Element, documents: dict[str, bytes]) -> Sub
                 version=version,
                 content=content,
                 replaces=replaced.get(eid),
+                confidentiality=",".join(c.get("nodeRepresentation") or "" for c in _classifications(obj, DE_CONFIDENTIALITY)),
             )
         )
     institutions = _institution_ids(package, SS_AUTHOR)

@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS documents (
     duplicate INTEGER NOT NULL DEFAULT 0,
     stored_at TEXT NOT NULL,
     content BLOB,
-    status TEXT NOT NULL DEFAULT 'urn:oasis:names:tc:ebxml-regrep:StatusType:Approved'
+    status TEXT NOT NULL DEFAULT 'urn:oasis:names:tc:ebxml-regrep:StatusType:Approved',
+    confidentiality TEXT              -- the entry's confidentialityCodes, comma-separated
 );
 CREATE INDEX IF NOT EXISTS documents_uid ON documents(uid);
 CREATE INDEX IF NOT EXISTS documents_patient ON documents(patient);
@@ -249,12 +250,12 @@ class SandboxState:
             )  # fmt: skip
             db.executemany(
                 "INSERT INTO documents (uid, entry_uuid, submission_uid, patient, hash, size, type_code, finess,"
-                " is_signature, set_id, version, duplicate, stored_at, content)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " is_signature, set_id, version, duplicate, stored_at, content, confidentiality)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (e.uid, e.entry_uuid, submission.uid, e.patient, e.hash, e.size, e.type_code, e.finess,
                      int(e.is_signature), e.set_id, e.version, int(e.uid in duplicates), now,
-                     e.content if self.keep_content else None)
+                     e.content if self.keep_content else None, e.confidentiality)
                     for e in submission.entries
                 ],
             )  # fmt: skip

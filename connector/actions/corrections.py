@@ -1,0 +1,140 @@
+"""Corrections of documents already in the DMP (issue 17), as a run (and `withdraw`) sends them.
+
+- A **replacement** (a new version, a masking change, a due unmask) goes with the patient's other documents in
+  an ITI-41 submission set. Before its CDA is built, the registry is asked (ITI-18 GetDocuments by the replaced
+  version's uniqueId) for the entry it replaces, as the registry registered it: the Approved one. Without an
+  answer the replacement waits for the next run; when the registry holds no Approved entry, the replacement
+  still goes (to the entry found, else to the one recorded), and the registry's refusal is its outcome
+  (FAILED with the DMP's code, for a human). Its CDA versionNumber (`Revision.cda_version`) is above every one
+  sent for the document, and its uniqueId and entryUUID derive from it: each DMP entry has ids of its own.
+- A **withdrawal** (ITI-57, Deleted) is journaled alone, with its reason (the store's CANCELLED, or the
+  operator's `withdraw --reason`: EXI 09/10), and `Deliverer.withdraw` asks the registry before every send.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from connector import prepare
+from connector.ledger.repo import DocState, Ledger, SubmissionDoc, SubmissionRecord, utcnow
+from connector.ledger.schema import FAILED, ITI57, REPLACE, WITHDRAW
+from connector.payload import ids, lifecycle, xds
+from connector.payload.errors import PayloadError
+from connector.store import Candidate, Document, Patient, Store
+
+log = logging.getLogger("connector.corrections")
+
+LOOKUP_FAILED = "DMP_LOOKUP_FAILED"  # the registry could not say which entry a replacement replaces: next run
+
+
+def entry_version(state: DocState) -> int:
+    """The CDA versionNumber of a version's DMP entry (its ids derive from it)."""
+    return state.cda_version if state.cda_version is not None else state.version
+
+
+def entry_unique_id(oid_root: str, state: DocState) -> str:
+    return ids.document_unique_id(oid_root, state.document_id, entry_version(state))
+
+
+def revisions(settings, client, sign, decisions: list) -> tuple[dict, list]:
+    """{store key: Revision} of the replacements among `decisions`, and those the registry could not answer
+    about (they wait for the next run)."""
+    found, waiting = {}, []
+    oid_root = settings.structure.oid_root
+    for d in decisions:
+        if d.action != REPLACE:
+            continue
+        old = d.replaces
+        unique_id = entry_unique_id(oid_root, old)
+        site = settings.structure.site(d.document.finess_geo)
+        try:
+            vihf = prepare.lookup_vihf(settings, sign, site=site, patient=d.patient, documents=[d.document])
+            entries = client.get_documents(unique_ids=[unique_id], patient_ins_cx=xds.ins_cx(d.patient), vihf=vihf)
+        except PayloadError as exc:
+            log.warning("document %s v%d: cannot ask the DMP for the entry it replaces: %s", d.document_id, d.version, exc)
+            entries = None
+        if entries is None:
+            waiting.append(d)
+            continue
+        by_status = {e.availability: e for e in entries}
+        entry = by_status.get("Approved") or (entries[0] if entries else None)
+        if entry is None or entry.availability != "Approved":
+            log.warning("document %s v%d: the DMP holds %s for the version it replaces; sent, the registry decides",
+                        d.document_id, d.version, entry.availability if entry else "no entry")
+        cda_version = max(d.version, entry_version(old) + 1)
+        target = entry.entry_uuid if entry is not None else old.dmp_entry_uuid
+        found[d.document.key] = prepare.Revision(cda_version, lifecycle.Replaces(target, unique_id), old.version)
+    return found, waiting
+
+
+def journal_doc(oid_root: str, document: Document, uid: str, revision: prepare.Revision | None,
+                masking: str) -> SubmissionDoc:
+    """A document's journal line in its ITI-41 submission set (a first feeding or a replacement)."""
+    if revision is None:
+        return SubmissionDoc(document.document_id, document.version, uid,
+                             ids.entry_uuid(oid_root, document.document_id, document.version), masking=masking)
+    return SubmissionDoc(document.document_id, document.version, uid,
+                         ids.entry_uuid(oid_root, document.document_id, revision.cda_version), action=REPLACE,
+                         cda_version=revision.cda_version, masking=masking, replaces_version=revision.replaces_version,
+                         replaces_unique_id=revision.replaces.unique_id,
+                         replaces_entry_uuid=revision.replaces.entry_uuid)
+
+
+def revision_of(doc: SubmissionDoc) -> prepare.Revision | None:
+    """The Revision a journaled replacement was built with (a resend rebuilds the same request)."""
+    if doc.action != REPLACE:
+        return None
+    return prepare.Revision(doc.cda_version, lifecycle.Replaces(doc.replaces_entry_uuid, doc.replaces_unique_id),
+                            doc.replaces_version)
+
+
+def journal_withdrawal(settings, ledger: Ledger, *, document: Document, state: DocState, reason: str, run_id: int,
+                       owner: str, lease) -> SubmissionRecord | None:
+    """Write-ahead: the withdrawal of one document version (its DMP entry), with its reason. Its ids derive from
+    the version and the new status, so journaling it again (a run after a crash, a second `withdraw`) finds the
+    same one; None when another instance holds it or it is done."""
+    root = settings.structure.oid_root
+    status = lifecycle.DELETED
+    return ledger.journal_submission(
+        submission_set_uid=ids.update_submission_set_unique_id(root, document.document_id, document.version, status),
+        entry_uuid=ids.update_submission_set_entry_uuid(root, document.document_id, document.version, status),
+        patient_id=document.patient_id, finess_geo=document.finess_geo, submission_time=utcnow(),
+        docs=[SubmissionDoc(document.document_id, document.version, entry_unique_id(root, state),
+                            state.dmp_entry_uuid or ids.entry_uuid(root, document.document_id, entry_version(state)),
+                            action=WITHDRAW)],
+        run_id=run_id, owner=owner, lease=lease, kind=ITI57, note=reason)
+
+
+def withdrawal_builder(settings, sign, record: SubmissionRecord, document: Document, patient: Patient):
+    """`build(entryUUID)` of a journaled withdrawal's ITI-57 request (same ids and time at every build)."""
+    site = settings.structure.site(record.finess_geo)
+
+    def build(target_entry_uuid: str) -> prepare.PreparedUpdate:
+        return prepare.withdrawal(settings, sign, site=site, patient=patient, document=document,
+                                  target_entry_uuid=target_entry_uuid, submission_time=record.submission_time)
+    return build
+
+
+def resume_withdrawal(settings, ledger: Ledger, store: Store, sign, summary, record: SubmissionRecord,
+                      submit_withdrawal) -> None:
+    """A journaled withdrawal left open (crash, unknown outcome, deferred, replayed): rebuilt from the store and
+    delivered (the registry is asked first). Whatever the store says of the document now (a CANCELLED one is what
+    is withdrawn), only its patient and author are needed."""
+    doc = record.documents[0]
+    item = store.get(doc.document_id, doc.version)
+    problem = None
+    if not isinstance(item, Candidate) or item.patient is None:
+        problem = "the document or its patient is no longer in the store"
+    else:
+        build = withdrawal_builder(settings, sign, record, item.document, item.patient)
+        try:
+            build(doc.entry_uuid)  # a request that cannot be built fails here, not in the sender
+        except PayloadError as exc:
+            problem = str(exc)
+    if problem:
+        ledger.settle_submission(record.id, state=FAILED, outcome="invalid", error_code="RESEND_IMPOSSIBLE",
+                                 error_message=f"document {doc.document_id} v{doc.version}: {problem}",
+                                 reason="RESEND_IMPOSSIBLE")
+        summary.add("failed", 1)
+        return
+    submit_withdrawal(record, build, item.patient)
