@@ -353,3 +353,56 @@ def test_ack_escapes_what_it_echoes():
     assert segments[1] == "MSA|AE|XMSA\\F\\AA\\F\\1"
     assert segments[2] == "ERR||PID^1^3|102^Data type error^HL70357|E||||bad \\F\\ field"
     assert json.dumps(ack)  # printable
+
+
+# --- TLS with client certificates ---------------------------------------------------------------------
+
+
+def test_tls_listener_requires_a_client_certificate(tmp_path, pki, store_url):
+    import ssl
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    def pem_key(key) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    server_key = serialization.load_pem_private_key(pki.server_key.read_bytes(),
+                                                    pki.server_password_file.read_bytes().strip())
+    (tmp_path / "server.key").write_bytes(pem_key(server_key))
+    key, cert, _ = pkcs12.load_key_and_certificates(pki.auth_cli_p12.read_bytes(),
+                                                    pki.auth_cli_password_file.read_bytes().strip())
+    (tmp_path / "client.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + pem_key(key))
+    tls = dataclasses.replace(INTAKE, tls_certificate=pki.server_cert, tls_key=tmp_path / "server.key",
+                              tls_client_ca=pki.ca_cert)
+    running = RunningListener(tls, store_url)
+    try:
+        def connect(with_certificate: bool):
+            context = ssl.create_default_context(cafile=str(pki.ca_cert))
+            context.check_hostname = False  # the test server certificate's name is not what matters here
+            if with_certificate:
+                context.load_cert_chain(tmp_path / "client.pem")
+            raw = socket.create_connection(running.address, timeout=30)
+            return context.wrap_socket(raw)
+
+        with connect(True) as sock:
+            sock.sendall(frame(example(ORU_INIT)))
+            data = b""
+            while not data.endswith(b"\x1c\r"):
+                data += sock.recv(65536)
+        assert msa(data[1:-2].decode()) == ["AA", "015"]
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            with connect(False) as sock:  # TLS 1.3: the refusal may come with the first read
+                sock.sendall(frame(example(ORU_INIT)))
+                if not sock.recv(65536):
+                    raise ConnectionError("closed")
+        plain = socket.create_connection(running.address, timeout=30)  # no TLS at all: closed, never served
+        plain.sendall(frame(example(ORU_INIT)))
+        with pytest.raises(ConnectionError):
+            if not plain.recv(65536):
+                raise ConnectionError("closed")
+        plain.close()
+    finally:
+        running.stop()
+    assert rows(store_url, "SELECT count(*) FROM dmp_document") == [(1,)]
