@@ -598,12 +598,15 @@ class Ledger:
 
     def record_certificates(self, not_after: dict[str, dt.datetime]) -> None:
         """The expiry of the certificates a run loaded (naive UTC), for `status --check` and Prometheus."""
+        from sqlalchemy.dialects import postgresql, sqlite
+
         c, now = certificates, utcnow()
+        insert = (postgresql if self.is_postgresql else sqlite).insert
         with self.engine.begin() as conn:
-            for purpose, when in not_after.items():
-                if conn.execute(sa.update(c).where(c.c.purpose == purpose)
-                                .values(not_after=when, checked_at=now)).rowcount == 0:
-                    conn.execute(sa.insert(c).values(purpose=purpose, not_after=when, checked_at=now))
+            for purpose, when in not_after.items():  # an upsert: two instances starting together both record it
+                values = dict(not_after=when, checked_at=now)
+                conn.execute(insert(c).values(purpose=purpose, **values)
+                             .on_conflict_do_update(index_elements=[c.c.purpose], set_=values))
 
     def certificate_expiry(self) -> dict[str, dt.datetime]:
         with self.engine.connect() as conn:
