@@ -207,6 +207,49 @@ def replay(settings, failed, reason, site, since, run_id, document_id, dry_run, 
 @main.command()
 @with_settings
 @click.argument("document_id")
+@click.option("--version", type=int, help="The version to withdraw (default: the one Approved in the DMP).")
+@click.option("--reason", required=True, help="Why (EXI 09/10): kept in the audit trail and on the document.")
+@click.option("--no-run", is_flag=True, help="Journal it only: the next run sends it.")
+def withdraw(settings, document_id: str, version, reason: str, no_run: bool) -> None:
+    """Withdraw a document from the DMP (ITI-57, Deleted), then run now; print what happened to it."""
+    from connector.actions import corrections
+    from connector.actions.context import describe_url, open_settings_ledger
+    from connector.runlock import AlreadyRunning, run_lock
+
+    reason = reason.strip()
+    if not reason:
+        fail("withdraw: --reason must say why (EXI 09/10)", 2)
+    ledger = open_settings_ledger(settings)
+    click.echo(f"ledger {describe_url(ledger.engine)}")
+    requested = []
+
+    def journal(locked) -> None:
+        requested.append(corrections.request_withdrawal(settings, locked, document_id, version, reason))
+
+    try:
+        if no_run:
+            try:
+                with run_lock(ledger, settings.state_dir, settings.ledger.instance):
+                    journal(ledger)
+            except AlreadyRunning as exc:
+                fail(str(exc), EXIT_LOCKED)
+            doc = requested[0].documents[0]
+            click.echo(printable(f"withdrawal of {doc.document_id} v{doc.version} journaled: the next run sends it"))
+            return
+        summary = _run_now(settings, mode="withdraw", under_lock=journal)
+    except corrections.NotInTheDmp as exc:
+        fail(printable(str(exc)), EXIT_ATTENTION)
+    doc = requested[0].documents[0]
+    state = ledger.states([(doc.document_id, doc.version)])[(doc.document_id, doc.version)]
+    click.echo(printable(f"{doc.document_id} v{doc.version}: {state.state} {state.reason or ''}, in the DMP "
+                         f"{state.dmp_status or 'unknown'}"))
+    click.echo(summary.text())
+    sys.exit(summary.exit_code)
+
+
+@main.command()
+@with_settings
+@click.argument("document_id")
 @click.option("--version", type=int, help="Only this version (default: every version).")
 def hold(settings, document_id: str, version) -> None:
     """Keep a document out of every run until released."""

@@ -311,10 +311,11 @@ class Deliverer:
 
 
 def _with_note(record: SubmissionRecord, message: str | None) -> str | None:
-    """A withdrawal's audit and ledger lines carry its reason (EXI 09/10)."""
+    """A correction's audit and ledger lines say what it is: a withdrawal's reason (EXI 09/10), what a
+    replacement replaces."""
     if not record.note:
         return message
-    return f"{message}; reason: {record.note}" if message else f"reason: {record.note}"
+    return f"{message}; {record.note}" if message else record.note
 
 
 def prepared_target(prepared) -> str | None:

@@ -3,12 +3,15 @@
 document is withdrawn, a replacement the registry refuses ends FAILED with the DMP's code)."""
 
 import datetime as dt
+import json
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
 from connector import config, scan as scan_module
 from connector.actions import demo, run as run_action, status as status_action
+from connector.cli import main
 from connector.ledger.repo import open_ledger, utcnow
 from connector.payload import ids
 from connector.sandbox import report, server
@@ -174,3 +177,63 @@ def test_a_replacement_the_registry_refuses_ends_failed_with_its_code(dmp):
         ledger.engine.dispose()
     assert any("FAILED" in p for p in found)
     assert [e[1] for e in entries(state, settings, "DOC-001")] == ["Deprecated"]  # nothing else registered
+
+
+def test_withdraw_command_withdraws_once_and_keeps_its_reason_in_the_audit_trail(dmp, tmp_path):
+    settings, state = dmp
+    cfg = str(tmp_path / "dmp-connector.toml")
+    run_action.run(settings)
+    refused = CliRunner().invoke(main, ["withdraw", "DOC-023", "--reason", "wrong patient", "--config", cfg])
+    assert refused.exit_code == 0, refused.output
+    assert "DOC-023 v1: FED WITHDRAWN, in the DMP Deleted" in refused.output
+    [(_, status, _, _, _)] = entries(state, settings, "DOC-023")
+    assert status == "Deleted"
+    again = CliRunner().invoke(main, ["withdraw", "DOC-023", "--reason", "twice", "--config", cfg])
+    assert again.exit_code == 1 and "no entry Approved in the DMP" in again.output and "v1 Deleted" in again.output
+    unknown = CliRunner().invoke(main, ["withdraw", "NO-SUCH-DOC", "--reason", "x", "--config", cfg])
+    assert unknown.exit_code == 1 and "unknown to the ledger" in unknown.output
+    assert report.report(state)["withdrawals"] == 1
+    assert run_action.run(settings).skipped["WITHDRAWN"] == 1
+
+    exported = CliRunner().invoke(main, ["audit", "export", "--format", "json", "--config", cfg])
+    rows = json.loads(exported.output[exported.output.index("["):])
+    mine = [r for r in rows if r["document_ids"] == "DOC-023:1"]
+    assert [(r["action"], r["outcome"]) for r in mine] == [
+        ("ITI-41", "accepted"), ("WITHDRAW", "requested"), ("ITI-18", "Approved"), ("ITI-57", "accepted")]
+    assert all("wrong patient" in r["message"] for r in mine if r["action"] in ("WITHDRAW", "ITI-57"))
+
+
+def test_withdraw_no_run_journals_it_for_the_next_run(dmp, tmp_path):
+    settings, state = dmp
+    cfg = str(tmp_path / "dmp-connector.toml")
+    run_action.run(settings)
+    result = CliRunner().invoke(main, ["withdraw", "DOC-023", "--reason", "duplicate", "--no-run", "--config", cfg])
+    assert result.exit_code == 0 and "the next run sends it" in result.output
+    assert entries(state, settings, "DOC-023")[0][1] == "Approved"
+    assert run_action.run(settings).counts["withdrawn_from_dmp"] == 1
+    assert entries(state, settings, "DOC-023")[0][1] == "Deleted"
+
+
+def test_export_as_sent_shows_the_replacement_and_the_withdrawal(dmp, tmp_path):
+    settings, state = dmp
+    cfg = str(tmp_path / "dmp-connector.toml")
+    run_action.run(settings)
+    new_version(settings, "DOC-001", 2, title="Lettre corrigée")
+    run_action.run(settings)
+    [_, v2] = entries(state, settings, "DOC-001")
+    result = CliRunner().invoke(main, ["export", "--document", "DOC-001", "--version", "2", "--as-sent",
+                                       "--out", str(tmp_path / "out"), "--config", cfg])
+    assert result.exit_code == 0, result.output
+    [request] = (tmp_path / "out").glob("*/iti41-request.http")
+    body = request.read_bytes()
+    assert b"urn:ihe:iti:2007:AssociationType:RPLC" in body and v2[2].encode() in body
+    [cda] = (tmp_path / "out").glob("*/cda-DOC-001-v2.xml")
+    assert b'typeCode="RPLC"' in cda.read_bytes()
+
+    assert CliRunner().invoke(main, ["withdraw", "DOC-001", "--reason", "erroneous", "--config", cfg]).exit_code == 0
+    result = CliRunner().invoke(main, ["export", "--document", "DOC-001", "--version", "2", "--as-sent",
+                                       "--out", str(tmp_path / "out2"), "--config", cfg])
+    assert result.exit_code == 0, result.output
+    [withdrawal] = (tmp_path / "out2").glob("*/iti57-request.http")
+    assert b"urn:asip:ci-sis:2010:StatusType:Deleted" in withdrawal.read_bytes()
+    assert "erroneous" in next((tmp_path / "out2").glob("*/REASON.txt")).read_text()

@@ -80,6 +80,13 @@ def journal_doc(oid_root: str, document: Document, uid: str, revision: prepare.R
                          replaces_entry_uuid=revision.replaces.entry_uuid)
 
 
+def replacement_note(batch) -> str | None:
+    """What a submission set's replacements replace, for its audit lines (None: none)."""
+    notes = [f"{d.document_id} v{d.version} replaces the entry of v{r.replaces_version} ({r.replaces.entry_uuid})"
+             for d, _, _ in batch.documents if (r := batch.revisions.get(d.key)) is not None]
+    return "; ".join(notes) or None
+
+
 def revision_of(doc: SubmissionDoc) -> prepare.Revision | None:
     """The Revision a journaled replacement was built with (a resend rebuilds the same request)."""
     if doc.action != REPLACE:
@@ -88,19 +95,19 @@ def revision_of(doc: SubmissionDoc) -> prepare.Revision | None:
                             doc.replaces_version)
 
 
-def journal_withdrawal(settings, ledger: Ledger, *, document: Document, state: DocState, reason: str, run_id: int,
-                       owner: str, lease) -> SubmissionRecord | None:
+def journal_withdrawal(settings, ledger: Ledger, *, state: DocState, patient_id: str, finess_geo: str, reason: str,
+                       run_id: int | None, owner: str, lease) -> SubmissionRecord | None:
     """Write-ahead: the withdrawal of one document version (its DMP entry), with its reason. Its ids derive from
     the version and the new status, so journaling it again (a run after a crash, a second `withdraw`) finds the
     same one; None when another instance holds it or it is done."""
-    root = settings.structure.oid_root
-    status = lifecycle.DELETED
+    root, status = settings.structure.oid_root, lifecycle.DELETED
+    document_id, version = state.document_id, state.version
     return ledger.journal_submission(
-        submission_set_uid=ids.update_submission_set_unique_id(root, document.document_id, document.version, status),
-        entry_uuid=ids.update_submission_set_entry_uuid(root, document.document_id, document.version, status),
-        patient_id=document.patient_id, finess_geo=document.finess_geo, submission_time=utcnow(),
-        docs=[SubmissionDoc(document.document_id, document.version, entry_unique_id(root, state),
-                            state.dmp_entry_uuid or ids.entry_uuid(root, document.document_id, entry_version(state)),
+        submission_set_uid=ids.update_submission_set_unique_id(root, document_id, version, status),
+        entry_uuid=ids.update_submission_set_entry_uuid(root, document_id, version, status),
+        patient_id=patient_id, finess_geo=finess_geo, submission_time=utcnow(),
+        docs=[SubmissionDoc(document_id, version, entry_unique_id(root, state),
+                            state.dmp_entry_uuid or ids.entry_uuid(root, document_id, entry_version(state)),
                             action=WITHDRAW)],
         run_id=run_id, owner=owner, lease=lease, kind=ITI57, note=reason)
 
@@ -138,3 +145,42 @@ def resume_withdrawal(settings, ledger: Ledger, store: Store, sign, summary, rec
         summary.add("failed", 1)
         return
     submit_withdrawal(record, build, item.patient)
+
+
+# --- `dmp-connector withdraw` --------------------------------------------------------------------------
+
+
+class NotInTheDmp(Exception):
+    """The document (version) the operator asked to withdraw has no Approved entry in the DMP, as the ledger says."""
+
+
+def request_withdrawal(settings, ledger: Ledger, document_id: str, version: int | None, reason: str) -> SubmissionRecord:
+    """Journal the operator's withdrawal of `document_id` (its version Approved in the DMP, or `version`), with its
+    reason (EXI 09/10: kept in the audit trail and on the document); the run that follows sends it. Raises
+    NotInTheDmp naming what the ledger knows of it."""
+    import sqlalchemy as sa
+
+    from connector.ledger.schema import APPROVED, documents
+
+    d = documents
+    query = sa.select(d.c.version, d.c.dmp_status, d.c.patient_id, d.c.finess_geo).where(d.c.document_id == document_id)
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(query.order_by(d.c.version)).all()
+    if version is not None:
+        rows = [r for r in rows if r.version == version]
+    approved = [r for r in rows if r.dmp_status == APPROVED]
+    if not approved:
+        known = ", ".join(f"v{r.version} {r.dmp_status or 'not in the DMP'}" for r in rows) or "unknown to the ledger"
+        raise NotInTheDmp(f"document {document_id}{f' v{version}' if version is not None else ''}: no entry Approved "
+                          f"in the DMP to withdraw ({known})")
+    row = approved[-1]
+    state = ledger.states([(document_id, row.version)])[(document_id, row.version)]
+    record = journal_withdrawal(settings, ledger, state=state, patient_id=row.patient_id, finess_geo=row.finess_geo,
+                                reason=f"withdrawn by an operator: {reason}", run_id=None, owner=settings.ledger.instance,
+                                lease=__import__("datetime").timedelta(minutes=settings.ledger.lease_minutes))
+    if record is None:
+        raise NotInTheDmp(f"document {document_id} v{row.version}: its withdrawal is already being sent")
+    ledger.audit(run_id=None, action="WITHDRAW", outcome="requested", finess_geo=row.finess_geo,
+                 submission_set_uid=record.submission_set_uid, document_ids=[f"{document_id}:{row.version}"],
+                 message=f"reason: {reason}")
+    return record

@@ -11,11 +11,13 @@ from pathlib import Path
 
 from lxml import etree
 
-from connector import prepare, private
+from connector import prepare, private, rules
+from connector.actions import corrections
 from connector.actions.context import open_store
 from connector.config import ConfigError, Settings
 from connector.dmp.client import iti41_message
 from connector.ledger.repo import utcnow
+from connector.ledger.schema import ITI57
 from connector.payload import ids
 from connector.scan import scan
 from connector.trust.certs import load_credential
@@ -86,21 +88,31 @@ def export_as_sent(settings: Settings, out: Path, *, document_id: str,
     for sub_id in dict.fromkeys(r.submission_id for r in found):
         record = ledger.submission(sub_id)
         site = settings.structure.site(record.finess_geo)
-        batch, patient, problem = [], None, None
+        batch, patient, problem, revisions = [], None, None, {}
         for doc in record.documents:
             item = store.get(doc.document_id, doc.version)
             if not isinstance(item, Candidate) or item.patient is None or site is None:
                 problem = f"{doc.document_id} v{doc.version}: no longer in the store (or its site not configured)"
                 break
-            uid, xml = prepare.document_cda(settings, item.document, item.patient, site, store.content(item.document))
-            batch.append((item.document, uid, xml))
+            document = item.document if doc.masking is None else rules.with_masking(item.document, doc.masking)
             patient = item.patient
+            if record.kind == ITI57:  # a withdrawal: no document, the entry it withdrew
+                break
+            revision = corrections.revision_of(doc)  # a replacement: as journaled (the entry replaced, its version)
+            uid, xml = prepare.document_cda(settings, document, item.patient, site, store.content(document),
+                                            revision=revision)
+            batch.append((document, uid, xml))
+            if revision is not None:
+                revisions[document.key] = revision
         if problem:
             problems.append(f"submission set {record.submission_set_uid}: {problem}")
             continue
-        keys = [(d.document_id, d.version) for d in record.documents]
-        folder = _write(settings, sign, out, prepare.Batch(site, patient, batch), keys=keys,
-                        uid=record.submission_set_uid, entry_uuid=record.entry_uuid, time=record.submission_time)
+        if record.kind == ITI57:
+            folder = _write_withdrawal(settings, sign, out, record, site, document, patient)
+        else:
+            keys = [(d.document_id, d.version) for d in record.documents]
+            folder = _write(settings, sign, out, prepare.Batch(site, patient, batch, revisions), keys=keys,
+                            uid=record.submission_set_uid, entry_uuid=record.entry_uuid, time=record.submission_time)
         private.write_file(folder.folder / "AS-SENT.txt", AS_SENT_NOTE.format(
             uid=record.submission_set_uid, time=record.submission_time, state=record.state,
             attempts=record.attempts).encode())
@@ -113,7 +125,11 @@ def _write(settings: Settings, sign, out: Path, batch: prepare.Batch, *, keys=No
     oid_root = settings.structure.oid_root
     keys = keys or batch.keys
     uid = uid or ids.submission_set_unique_id(oid_root, keys)
-    prepared = prepare.submission(settings, sign, site=batch.site, patient=batch.patient, documents=batch.documents,
+    documents = [(prepare.dmp_document(d, batch.revisions.get(d.key)), doc_uid, xml)
+                 for d, doc_uid, xml in batch.documents]
+    prepared = prepare.submission(settings, sign, site=batch.site, patient=batch.patient, documents=documents,
+                                  replaces={doc_uid: batch.revisions[d.key].replaces for d, doc_uid, _ in batch.documents
+                                            if d.key in batch.revisions},
                                   submission_set_uid=uid,
                                   submission_set_entry_uuid=entry_uuid or ids.submission_set_entry_uuid(oid_root, keys),
                                   submission_time=time or utcnow())
@@ -129,6 +145,26 @@ def _write(settings: Settings, sign, out: Path, batch: prepare.Batch, *, keys=No
     head += f"Content-Length: {len(body)}\r\n\r\n"
     private.write_file(folder / "iti41-request.http", head.encode("ascii") + body)
     return Exported(folder, keys)
+
+
+def _write_withdrawal(settings: Settings, sign, out: Path, record, site, document, patient) -> Exported:
+    """A journaled withdrawal as sent: its ITI-57 request (to the entry journaled; a send targets the Approved
+    entry the registry gives at that moment) and its VIHF."""
+    from connector.dmp.client import iti57_message
+
+    doc = record.documents[0]
+    prepared = corrections.withdrawal_builder(settings, sign, record, document, patient)(doc.entry_uuid)
+    folder = out / record.submission_set_uid
+    private.make_dirs(folder)
+    private.write_file(folder / "vihf.xml", etree.tostring(prepared.vihf, xml_declaration=True, encoding="UTF-8"))
+    url = settings.dmp.registry_url
+    _, headers, body = iti57_message(url, prepared.request, prepared.vihf)
+    head = f"POST {url} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head += f"Content-Length: {len(body)}\r\n\r\n"
+    private.write_file(folder / "iti57-request.http", head.encode("ascii") + body)
+    if record.note:
+        private.write_file(folder / "REASON.txt", (record.note + "\n").encode())
+    return Exported(folder, [(doc.document_id, doc.version)])
 
 
 def _safe(name: str) -> str:

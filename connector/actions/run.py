@@ -335,9 +335,9 @@ def _start_patient(settings, ledger: Ledger, summary: Summary, group: list[Decis
 
 def _withdraw(settings, ledger: Ledger, summary: Summary, d: Decision, fix: _Corrections) -> None:
     """Journal a withdrawal the store asks for (CANCELLED) and send it."""
-    record = corrections.journal_withdrawal(settings, ledger, document=d.document, state=d.replaces,
-                                            reason=d.detail or "withdrawn", run_id=summary.run_id,
-                                            owner=fix.owner, lease=fix.lease)
+    record = corrections.journal_withdrawal(settings, ledger, state=d.replaces, patient_id=d.document.patient_id,
+                                            finess_geo=d.document.finess_geo, reason=d.detail or "withdrawn",
+                                            run_id=summary.run_id, owner=fix.owner, lease=fix.lease)
     if record is None:
         summary.add("claimed_elsewhere", 1)
         return
@@ -375,6 +375,7 @@ def _journal_and_submit(settings, ledger: Ledger, sign, summary: Summary, batch:
         submission_time=utcnow(),
         docs=[corrections.journal_doc(oid_root, d, uid, batch.revisions.get(d.key), rules.masking(d))
               for d, uid, _ in batch.documents],
+        note=corrections.replacement_note(batch),
         run_id=summary.run_id,
         owner=owner,
         lease=lease,
