@@ -180,3 +180,69 @@ def test_export_as_sent_reproduces_the_journaled_submission_set(tmp_path):
     never = CliRunner().invoke(main, ["export", "--document", "NOT-SENT", "--as-sent", "--out", str(tmp_path / "x"),
                                       "--config", str(cfg)])
     assert never.exit_code == 1 and "NOT-SENT: never journaled for sending" in never.output
+
+
+def _vendored_table(name: str) -> list[dict]:
+    """A DMP terminology table as the ANS publishes it (vendored whole: test_terminologies), read here
+    without the product's lookups."""
+    import csv
+
+    from connector.resources import schemas_dir
+
+    with open(schemas_dir() / "ans-terminologies" / name, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def test_each_exported_request_speaks_the_gie_dialect(exported):
+    """Issue 14's 'done when', on what `export --all` wrote, each value checked at its source: classCode is
+    ASS_X16's for the typeCode, contentTypeCode a JDV_J59 code in its own code system, every DocumentEntry's
+    legalAuthenticator the CDA's (the signature entry's the first document's), the VIHF carries every
+    attribute of the GIE's VIHF_INDIRECTE_signe.xml, its NameID is 8 + RPPS and a physician's role comes with
+    its savoir-faire, the XAdES SigningCertificate lists the signer and its CA."""
+    from connector.payload import xds
+    from connector.resources import schemas_dir
+    from connector.trust.xmlsig import SAFE_PARSER
+
+    saml, rim = "{urn:oasis:names:tc:SAML:2.0:assertion}", f"{{{xds.RIM}}}"
+    ass_x16 = {row["type_code"]: row["class_code"] for row in _vendored_table("ASS_X16-CorrespondanceType-Classe-DMP.tsv")}
+    j59 = {(row["code"], row["code_system"]) for row in _vendored_table("JDV_J59-ContentTypeCode-DMP.tsv")}
+    gie = etree.parse(str(schemas_dir() / "gie-dmp-package/vihf/VIHF_INDIRECTE_signe.xml"), SAFE_PARSER).getroot()
+    gie_attributes = {a.get("Name") for a in gie.iter(f"{saml}Attribute")}
+    _, folders = exported
+    entries = 0
+    for path in folders:
+        envelope, attachments = _request(path)
+        request = envelope.find(f".//{XDSB}ProvideAndRegisterDocumentSetRequest")
+        view = xds_read.parse_request(request)
+        content_type = request.find(f".//{rim}RegistryPackage/{rim}Classification[@classificationScheme='{xds.SS_CONTENT_TYPE}']")
+        system = content_type.find(f"{rim}Slot[@name='codingScheme']/{rim}ValueList/{rim}Value").text
+        assert (content_type.get("nodeRepresentation"), system) in j59, path.name
+
+        legal = {}
+        for eo in request.iter(f"{rim}ExtrinsicObject"):
+            slot = eo.find(f"{rim}Slot[@name='legalAuthenticator']/{rim}ValueList/{rim}Value")
+            legal[eo.get("id")] = slot.text if slot is not None else None
+        first = None
+        for entry in view.entries:
+            entries += 1
+            cda = etree.fromstring(attachments[entry.entry_uuid])
+            assert entry.type_code == cda.find(f"{HL7}code").get("code")
+            assert entry.class_code == ass_x16[entry.type_code], (path.name, entry.type_code)
+            cda_legal = cda.find(f"{HL7}legalAuthenticator/{HL7}assignedEntity/{HL7}id").get("extension")
+            assert legal[entry.entry_uuid].split("^")[0] == cda_legal and re.fullmatch(r"8\d{11}", cda_legal)
+            first = first or legal[entry.entry_uuid]
+        assert len(legal) == len(view.entries) + 1 and legal[view.signature.entry_uuid] == first  # the first document's
+
+        token = envelope.find(f".//{saml}Assertion")
+        assert gie_attributes <= {a.get("Name") for a in token.iter(f"{saml}Attribute")}, path.name
+        assert re.fullmatch(r"8\d{11}", token.findtext(f"{saml}Subject/{saml}NameID"))
+        roles = {(r.get("codeSystem"), r.get("code")) for r in token.iter("{urn:hl7-org:v3}Role")}
+        professions = {code for system, code in roles if system == "1.2.250.1.71.1.2.7"}
+        savoir_faire = {code for system, code in roles if system == "1.2.250.1.71.4.2.5"}
+        assert professions and (savoir_faire if professions & {"10", "21"} else True), roles
+
+        signature = etree.fromstring(attachments[view.signature.entry_uuid])
+        certs = signature.findall(".//{http://uri.etsi.org/01903/v1.1.1#}SigningCertificate/"
+                                  "{http://uri.etsi.org/01903/v1.1.1#}Cert")
+        assert len(certs) == 2, path.name  # the signer and the test PKI's CA, as TD2.1 lists its chain
+    assert entries == sum(len(list(f.glob("cda-*.xml"))) for f in folders)
