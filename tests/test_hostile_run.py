@@ -122,6 +122,9 @@ def test_a_run_over_every_hostile_row_feeds_the_healthy_documents_once_and_nothi
     assert len(decisions) == len(healthy) + len(hostile) + 1  # TWICE's two rows are one decision; the NULL key one
     states = h.ledger_states(pg_url)
     assert {did: states.get((did, 1)) for did in hostile} == hostile
+    # the dry run decides as the run does (a mime type with parameters was eligible there, then METADATA_INVALID)
+    assert {did: decisions[(did, 1)][0] for did, outcome in hostile.items() if outcome} == {
+        did: outcome[1] for did, outcome in hostile.items() if outcome}
     fed = {k for k, (state, _) in states.items() if state == "FED"}
     assert healthy <= fed and fed - healthy == {("LONG-SPECIALTY", 1)}
     h.assert_exactly_once(folder, fed)
