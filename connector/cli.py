@@ -624,6 +624,18 @@ def samples_create(directory: Path) -> None:
     click.echo(f"sample store written: {path}")
 
 
+@samples.command("correct")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def samples_correct(directory: Path) -> None:
+    """Change the sample store in DIRECTORY as a DPI would after a first run (a new version, a cancellation, a
+    masking change, an announcement consultation): the next run corrects the DMP."""
+    from connector import samples as sample_store
+
+    sample_store.apply_corrections(directory)
+    for document_id, what in sample_store.CORRECTIONS:
+        click.echo(f"{document_id}: {what}")
+
+
 @main.group()
 def db() -> None:
     """The ledger database."""

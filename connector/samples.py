@@ -191,6 +191,48 @@ def create_sample_store(directory: Path) -> Path:
     return db_path
 
 
+# The sample store's second day (issue 17, corrections of documents already fed): apply it after a first run.
+CORRECTIONS = (
+    ("DOC-001", "a new version (v2): it replaces v1 in the DMP"),
+    ("DOC-002", "masked to professionals since: its entry is replaced with MASQUE_PS"),
+    ("DOC-014", "cancelled in the DPI: withdrawn from the DMP (Deleted)"),
+    ("DOC-015", "the announcement consultation took place (announced_at): made visible to the patient"),
+)
+
+
+def apply_corrections(directory: Path, announced_at: dt.datetime | None = None) -> None:
+    """Change the sample store as a DPI would after its documents were fed (see CORRECTIONS); `announced_at` (local
+    time, default: the day before) is when DOC-015's announcement consultation took place."""
+    announced_at = announced_at or (dt.datetime.now() - dt.timedelta(days=1)).replace(microsecond=0)
+    engine = sa.create_engine(f"sqlite:///{Path(directory) / STORE_FILE}", future=True)
+    d = dmp_document
+    try:
+        with engine.begin() as conn:
+            if "announced_at" not in {c["name"] for c in sa.inspect(conn).get_columns(d.name)}:
+                conn.exec_driver_sql("ALTER TABLE dmp_document ADD COLUMN announced_at DATETIME")
+            v1 = dict(conn.execute(sa.select(d).where(d.c.document_id == "DOC-001", d.c.version == 1)).mappings().one())
+            conn.execute(sa.insert(d).values({**v1, "version": 2, "title": f"{v1['title']} (corrigée)",
+                                              "updated_at": v1["updated_at"] + dt.timedelta(days=1)}))
+            conn.execute(sa.update(d).where(d.c.document_id == "DOC-002").values(mask_professionals=True))
+            conn.execute(sa.update(d).where(d.c.document_id == "DOC-014").values(status="CANCELLED"))
+            conn.execute(sa.update(d).where(d.c.document_id == "DOC-015").values(announced_at=announced_at))
+    finally:
+        engine.dispose()
+
+
+def expected_entries_after_corrections() -> dict[str, list[tuple[int, str]]]:
+    """document_id -> its DMP entries (CDA versionNumber, status), oldest first, once the first day was fed and
+    the corrections sent."""
+    entries = {d: [(v, "Approved")] for (d, v), reason in expected_decisions().items() if reason is None}
+    entries.update({
+        "DOC-001": [(1, "Deprecated"), (2, "Approved")],
+        "DOC-002": [(1, "Deprecated"), (2, "Approved")],
+        "DOC-014": [(1, "Deleted")],
+        "DOC-015": [(1, "Deprecated"), (2, "Approved")],
+    })
+    return entries
+
+
 def _patient_row(p: _P) -> dict:
     return dict(
         patient_id=p.patient_id,

@@ -36,9 +36,10 @@ def entry_unique_id(oid_root: str, state: DocState) -> str:
     return ids.document_unique_id(oid_root, state.document_id, entry_version(state))
 
 
-def revisions(settings, client, sign, decisions: list) -> tuple[dict, list]:
+def revisions(settings, client, sign, decisions: list, ledger: Ledger | None = None,
+              run_id: int | None = None) -> tuple[dict, list]:
     """{store key: Revision} of the replacements among `decisions`, and those the registry could not answer
-    about (they wait for the next run)."""
+    about (they wait for the next run). Each lookup goes to the audit trail of `ledger`."""
     found, waiting = {}, []
     oid_root = settings.structure.oid_root
     for d in decisions:
@@ -53,6 +54,11 @@ def revisions(settings, client, sign, decisions: list) -> tuple[dict, list]:
         except PayloadError as exc:
             log.warning("document %s v%d: cannot ask the DMP for the entry it replaces: %s", d.document_id, d.version, exc)
             entries = None
+        if ledger is not None:
+            shown = "error" if entries is None else (",".join(e.availability or "?" for e in entries) or "not_found")
+            ledger.audit(run_id=run_id, action="ITI-18", outcome=shown, finess_geo=d.document.finess_geo,
+                         document_ids=[f"{d.document_id}:{d.version}"],
+                         message=f"GetDocuments: the entry of v{old.version} it replaces")
         if entries is None:
             waiting.append(d)
             continue

@@ -324,7 +324,7 @@ def _start_patient(settings, ledger: Ledger, summary: Summary, group: list[Decis
                 _withdraw(settings, ledger, summary, d, fix)
     revisions = {}
     if fix is not None and any(d.action == REPLACE for d in eligible):
-        revisions, waiting = corrections.revisions(settings, fix.client, fix.sign, eligible)
+        revisions, waiting = corrections.revisions(settings, fix.client, fix.sign, eligible, ledger, summary.run_id)
         for d in waiting:
             log.warning("document %s v%d: the DMP could not say which entry it replaces; next run", d.document_id,
                         d.version)

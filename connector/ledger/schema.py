@@ -62,7 +62,8 @@ documents = sa.Table(
     sa.Index("ix_documents_state", "state", "next_attempt_at"),
     sa.Index("ix_documents_patient", "patient_id"),
     sa.Index("ix_documents_fed_at", "fed_at"),
-    sa.Index("ix_documents_submission", "submission_id"),  # the run's updates per submission set (migration 0004)
+    sa.Index("ix_documents_submission", "submission_id"),
+    sa.Index("ix_documents_dmp_status", "dmp_status"),  # the report's DMP entries per status (migration 0008)  # the run's updates per submission set (migration 0004)
     # The status report (migrations 0002, 0003): covering indexes, so every query reads an index, not the table.
     sa.Index("ix_documents_state_updated", "state", "updated_at", "first_attempt_at"),
 )

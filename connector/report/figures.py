@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from connector.ledger.repo import Ledger, utcnow
 from connector.ledger.schema import (
-    DEFERRED, FAILED, FED, PENDING, SKIPPED, STATES, SUBMITTING, certificates, documents, runs, write_back_pending,
+    APPROVED, DELETED, DEPRECATED, DEFERRED, FAILED, FED, PENDING, SKIPPED, STATES, SUBMITTING, certificates, documents, runs, write_back_pending,
 )
 
 # A document the connector is, was or will be trying to feed: the feeding rate's denominator.
@@ -48,6 +48,8 @@ def collect(ledger: Ledger, *, since: dt.date | None = None, now: dt.datetime | 
         pending = conn.execute(sa.select(sa.func.count(), sa.func.min(write_back_pending.c.since))).one()
         expiry = {r.purpose: r.not_after for r in conn.execute(sa.select(certificates.c.purpose, certificates.c.not_after))}
         failed_total = conn.execute(sa.select(sa.func.count()).where(d.c.state == FAILED)).scalar()
+        in_the_dmp = dict(conn.execute(sa.select(d.c.dmp_status, sa.func.count()).where(d.c.dmp_status.is_not(None))
+                                       .group_by(d.c.dmp_status)).all())
         failed = [dict(r._mapping) for r in conn.execute(
             sa.select(d.c.document_id, d.c.version, d.c.finess_geo, d.c.type_code, d.c.reason, d.c.detail,
                       d.c.updated_at)
@@ -79,6 +81,8 @@ def collect(ledger: Ledger, *, since: dt.date | None = None, now: dt.datetime | 
         "generated_at": now or utcnow(),
         "since": since,
         "documents_by_state": {s: by_state.get(s, 0) for s in STATES},
+        # document versions by the status of their entry in the DMP: replaced ones Deprecated, withdrawn ones Deleted
+        "dmp_entries": {s: in_the_dmp.get(s, 0) for s in (APPROVED, DEPRECATED, DELETED)},
         "documents_by_reason": [{"state": s, "reason": r, "count": n}
                                 for (s, r), n in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))],
         "oldest_deferred_since": oldest_deferred,

@@ -33,6 +33,9 @@ def to_text(report: dict) -> str:
         lines.append(f"Since {report['since']} (documents first seen, runs started, feeds)")
     lines.append("Documents by state:")
     lines += [f"  {state:<11} {n}" for state, n in report["documents_by_state"].items()]
+    if report.get("dmp_entries"):
+        lines.append("In the DMP (document versions by entry status):")
+        lines += [f"  {status:<11} {n}" for status, n in report["dmp_entries"].items()]
     if report["documents_by_reason"]:
         lines.append("By reason:")
         lines += [f"  {r['state']:<11} {r['reason']:<24} {r['count']}" for r in report["documents_by_reason"]]
@@ -75,6 +78,8 @@ def csv_rows(report: dict):
     """Long format (section, key, metric, value): one figure per line, ready for a spreadsheet's pivot table."""
     for state, n in report["documents_by_state"].items():
         yield "state", state, "documents", n
+    for status, n in report.get("dmp_entries", {}).items():
+        yield "dmp_entries", status, "documents", n
     for r in report["documents_by_reason"]:
         yield "reason", r["reason"], r["state"], r["count"]
     for key, label, _title in INDICATOR_SECTIONS:
