@@ -131,6 +131,9 @@ class ValidationSettings:
     schematron: str = "every"
     sample_every: int = 100
     process: bool = True
+    # `engine`: "saxon" (default), or "python": the connector's own CDAs checked in the run's process without
+    # Saxon (payload/schematron_python.py; same errors, proven by the tests; no schematron process).
+    engine: str = "saxon"
     # PDF/A triage of each PDF body (connector/pdfa.py): "off", "warn" (a warning naming the document, counted in
     # the run's figures) or "reject" (skipped, CONTENT_NOT_PDFA).
     pdfa: str = "warn"
@@ -296,6 +299,7 @@ def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> S
             pdfa=r.string("validation.pdfa", "warn", choices=("off", "warn", "reject")),
             sample_every=r.integer("validation.sample_every", 100, minimum=1),
             process=r.boolean("validation.process", True),
+            engine=r.string("validation.engine", "saxon", choices=("saxon", "python")),
         ),
         signature=_signature(r),
         vihf=_vihf(r, structure, dmp.environment),

@@ -82,7 +82,8 @@ def start_document_cda(settings: Settings, document: Document, patient: Patient,
         xml = cda.build_cda(document, patient, site, settings.structure, content, unique_id=unique_id,
                             replaces=replaces)
     finish = validate.start_cda_validation(xml, document.document_id, process=schematron_process,
-                                           schematron=_schematron_due(settings, site, document))
+                                           schematron=_schematron_due(settings, site, document),
+                                           engine=settings.validation.engine)
     return unique_id, xml, finish
 
 

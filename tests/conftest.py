@@ -105,6 +105,19 @@ def make_settings(tmp_path: Path, **section_overrides) -> config.Settings:
     return config.from_dict(data, base=tmp_path)
 
 
+@pytest.fixture(scope="session")
+def reference_schematron(tmp_path_factory):
+    """The kit's schematron exactly as the ISO skeleton compiles it, without our reductions, run by Saxon
+    (~10 s and ~900 MB to compile: once per test session)."""
+    from connector.payload import validate
+
+    directory = tmp_path_factory.mktemp("strucmin")
+    (directory / validate._TYPE_CODE_VOC).write_bytes(validate._type_code_voc())
+    path = directory / "complete.xsl"
+    path.write_text(validate._generate_stylesheet(directory, None, reduce=False), encoding="utf-8")
+    return validate._Schematron(lambda: path)
+
+
 @pytest.fixture
 def settings(tmp_path) -> config.Settings:
     return make_settings(tmp_path)

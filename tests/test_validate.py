@@ -62,16 +62,6 @@ def test_schematron_checks_the_type_code_against_j07(example):
     assert any("1.2.250.1.213.1.1.5.471" in e for e in errors), errors
 
 
-@pytest.fixture(scope="module")
-def reference_schematron(tmp_path_factory):
-    """The kit's schematron exactly as the ISO skeleton compiles it, without our reductions."""
-    directory = tmp_path_factory.mktemp("strucmin")
-    (directory / validate._TYPE_CODE_VOC).write_bytes(validate._type_code_voc())
-    path = directory / "complete.xsl"
-    path.write_text(validate._generate_stylesheet(directory, None, reduce=False), encoding="utf-8")
-    return validate._Schematron(lambda: path)
-
-
 def test_the_schematron_runs_with_its_published_xpath_2_semantics():
     """queryBinding xslt2: no XPath 1.0 compatibility mode, for the reference and for the run's stylesheets."""
     for path in (validate.stylesheet_path(), validate.stylesheet_path(validate.GENERATED_ELEMENTS)):

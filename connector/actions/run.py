@@ -158,7 +158,8 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
     slots = threading.BoundedSemaphore(settings.dmp.max_in_flight + 1)
     owner, lease = settings.ledger.instance, dt.timedelta(minutes=settings.ledger.lease_minutes)
     status, failure = "done", None
-    checker = SchematronProcess() if settings.validation.process and settings.validation.schematron != "off" else None
+    checker = (SchematronProcess() if settings.validation.process and settings.validation.schematron != "off"
+               and settings.validation.engine == "saxon" else None)
     try:
         with ThreadPoolExecutor(settings.dmp.max_in_flight, thread_name_prefix="send") as pool:
 

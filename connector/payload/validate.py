@@ -562,14 +562,27 @@ def _schematron_for(tree: etree._ElementTree) -> _Schematron:
     return _generated if hl7_tags <= _GENERATED_TAGS else _any
 
 
-def warm_up() -> None:
+ENGINES = ("saxon", "python")
+
+
+def warm_up(engine: str = "saxon") -> None:
     """Compile the schematron of the connector's own CDAs now (~1 s), e.g. while the run scans the store."""
-    _generated.warm_up()
+    if engine == "python":
+        from connector.payload import schematron_python
+        schematron_python.interpreter()
+    else:
+        _generated.warm_up()
 
 
-def schematron_errors(tree: etree._ElementTree) -> list[str]:
-    """The errors the structuration minimale schematron finds in a CDA."""
-    return _schematron_for(tree).errors(tree)
+def schematron_errors(tree: etree._ElementTree, engine: str = "saxon") -> list[str]:
+    """The errors the structuration minimale schematron finds in a CDA. With the "python" engine, a CDA using
+    only elements the builder writes is checked in this process without Saxon (`schematron_python`); any other
+    still goes to Saxon with the whole kit."""
+    schematron = _schematron_for(tree)
+    if engine == "python" and schematron is _generated:
+        from connector.payload import schematron_python
+        return schematron_python.interpreter().errors(tree)
+    return schematron.errors(tree)
 
 
 def _short_path(location: str) -> str:
@@ -577,13 +590,13 @@ def _short_path(location: str) -> str:
     return re.sub(r"\*\[local-name\(\)='([^']+)' and namespace-uri\(\)='[^']*'\]", r"\1", location)
 
 
-def cda_errors(xml: bytes, *, schematron: bool = True) -> list[str]:
+def cda_errors(xml: bytes, *, schematron: bool = True, engine: str = "saxon") -> list[str]:
     """All errors of a CDA document: ANS CDA XSD, then (unless told not to) the structuration minimale
     schematron. [] = valid."""
-    return _start_cda_errors(xml, schematron, None)()
+    return _start_cda_errors(xml, schematron, None, engine)()
 
 
-def _start_cda_errors(xml: bytes, schematron: bool, process) -> Callable[[], list[str]]:
+def _start_cda_errors(xml: bytes, schematron: bool, process, engine: str = "saxon") -> Callable[[], list[str]]:
     """The XSD errors now, the schematron's now or, given a `SchematronProcess`, in that process: a callable
     that gives them all (waiting for that process if need be)."""
     errors, tree = _xsd_checked(xml)
@@ -591,7 +604,7 @@ def _start_cda_errors(xml: bytes, schematron: bool, process) -> Callable[[], lis
         return lambda: errors
     _shrink_body(tree)
     if process is None:
-        found = schematron_errors(tree)
+        found = schematron_errors(tree, engine)
         answer = lambda: found  # noqa: E731
     else:
         answer = process.submit(tree).result
@@ -623,10 +636,11 @@ def validate_cda(xml: bytes, document_id: str, *, schematron: bool = True) -> No
     start_cda_validation(xml, document_id, schematron=schematron)()
 
 
-def start_cda_validation(xml: bytes, document_id: str, *, schematron: bool = True, process=None):
+def start_cda_validation(xml: bytes, document_id: str, *, schematron: bool = True, process=None,
+                         engine: str = "saxon"):
     """`validate_cda` in two steps: the XSD now, the schematron now or, given a `SchematronProcess`, in that
     process while the caller goes on. Returns the second step: a callable that raises as `validate_cda` does."""
-    all_errors = _start_cda_errors(xml, schematron, process)
+    all_errors = _start_cda_errors(xml, schematron, process, engine)
 
     def finish() -> None:
         if found := all_errors():

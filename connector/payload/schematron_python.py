@@ -1,0 +1,280 @@
+"""The reduced ANS schematron evaluated in the run's own process, without Saxon (`validation.engine = "python"`).
+
+It reads the very stylesheet `validate.stylesheet_path` generates for the connector's own CDAs (warnings, info and
+the rules of elements the builder never writes already dropped, value sets already static variables) and runs it
+as the ISO skeleton's XSLT does: every element in document order gets the highest-priority rule whose context
+matches it, whose `let` variables and assertions are then evaluated in order; the location and message of each
+failed assertion are built as the skeleton builds them, so the error strings are the same. Contexts are matched
+by libxml2's XPath 1.0 when the pattern is XPath 1.0 (all but one here), everything else by `elementpath`
+(XPath 2.0 on lxml trees). `tests/test_schematron_python.py` proves the errors equal Saxon's on the complete
+schematron over a corpus of our CDAs, the ANS examples and broken variants.
+
+Only for CDAs whose HL7 elements all are ones the builder writes (`validate.GENERATED_ELEMENTS`): the rules
+dropped for the others cannot fire on them. Any other CDA (a pass-through CDA from the store using more of the
+CDA model) goes to Saxon with the kit's whole schematron, as before.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import functools
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import elementpath
+import elementpath.xpath2._xpath2_functions as _xpath2_functions
+from elementpath import ElementNode, XPath2Parser, XPathContext
+from lxml import etree
+
+_XSL = "{http://www.w3.org/1999/XSL/Transform}"
+_SVRL = "{http://purl.oclc.org/dsdl/svrl}"
+_DOC = re.compile(r"doc\('([^']+)'\)")
+# A path into a value set, which depends on nothing but that static document: evaluated once, at compile time.
+_VALUE_SET_PATH = re.compile(
+    r"\$(dmp-[\w.-]+?-DYNAMIC)((?:/\*/valueSet|//valueSet\[1\])/conceptList/concept/(?:@code|concat\(@code, @codeSystem\)))")
+_CODEPOINT = "http://www.w3.org/2005/xpath-functions/collation/codepoint"
+_XPATH1_FUNCTIONS = {
+    "not", "count", "string", "string-length", "normalize-space", "concat", "contains", "starts-with", "substring",
+    "local-name", "name", "namespace-uri", "true", "false", "boolean",
+}
+
+# elementpath translates an XSD regular expression to Python's at every call of matches(): the same patterns
+# over and over. The translation is a pure function of its arguments.
+if not hasattr(_xpath2_functions.translate_pattern, "cache_info"):
+    _xpath2_functions.translate_pattern = functools.lru_cache(maxsize=256)(_xpath2_functions.translate_pattern)
+
+
+@dataclass(frozen=True)
+class _Variable:
+    name: str
+    select: object  # elementpath token
+
+
+@dataclass(frozen=True)
+class Assertion:
+    id: str  # "<rule priority>.<position in the rule>", stable for a given stylesheet
+    test_text: str
+    test: object
+    message: tuple  # str pieces and elementpath tokens (xsl:value-of), in order
+
+
+@dataclass(frozen=True)
+class _Rule:
+    priority: float
+    order: int
+    match_text: str
+    match_xpath1: etree.XPath | None
+    match: object  # elementpath token, used when the pattern is not XPath 1.0
+    steps: tuple
+
+
+class SchematronInterpreter:
+    def __init__(self, stylesheet: Path):
+        xsl = etree.parse(str(stylesheet)).getroot()
+        self._lock = threading.Lock()
+        self._namespaces = {k: v for k, v in xsl.nsmap.items() if k}
+        # Saxon compares strings by codepoint; elementpath's default follows the locale (and sets it, process-wide).
+        # The skeleton writes a version="1.0" stylesheet, which XSLT 2 processors run in XPath 1.0 compatibility
+        # mode (a function given several items where it wants one takes the first…).
+        # Saxon 12 casts by XSD 1.1's rules (year 0000 is a valid xs:dateTime).
+        self._parser = XPath2Parser(namespaces=self._namespaces, default_collation=_CODEPOINT,
+                                    compatibility_mode=float(xsl.get("version")) < 2, xsd_version="1.1")
+        self._static = {}
+        for variable in xsl.findall(f"{_XSL}variable"):
+            uri = _DOC.fullmatch(variable.get("select")).group(1)
+            self._static[variable.get("name")] = elementpath.get_node_tree(
+                etree.parse(uri.removeprefix("file://")), self._namespaces)
+        self._constants: dict[str, str] = {}  # value-set path -> name of the variable holding its value
+        rules = [t for t in xsl.iter(f"{_XSL}template")
+                 if re.fullmatch(r"M\d+", t.get("mode") or "") and float(t.get("priority") or -1) >= 0]
+        if len({t.get("mode") for t in rules}) > 1:
+            raise ValueError(f"{stylesheet}: more than one pattern with error rules; only one is supported")
+        self.rules = [self._rule(t, n) for n, t in enumerate(rules)]
+        self._context_vars = dict(self._static)
+        for expression, name in self._constants.items():
+            self._context_vars[name] = self._parser.parse(expression).evaluate(
+                XPathContext(etree.ElementTree(etree.Element("x")), variables=dict(self._static)))
+
+    @property
+    def assertions(self) -> list[Assertion]:
+        return [s for r in self.rules for s in r.steps if isinstance(s, Assertion)]
+
+    def _xpath(self, text: str):
+        def constant(found: re.Match) -> str:
+            name = self._constants.setdefault(found.group(0), f"dmp-const-{len(self._constants)}")
+            return "$" + name
+        return self._parser.parse(_VALUE_SET_PATH.sub(constant, text))
+
+    def _rule(self, template: etree._Element, order: int) -> _Rule:
+        match = template.get("match")
+        xpath1 = None
+        functions = set(re.findall(r"([A-Za-z][\w.-]*)\s*\(", re.sub(r"'[^']*'|\"[^\"]*\"", "''", match)))
+        if functions <= _XPATH1_FUNCTIONS and "$" not in match:
+            try:
+                xpath1 = etree.XPath(match, namespaces=self._namespaces)
+            except etree.XPathSyntaxError:
+                pass
+        steps = []
+        for child in template:
+            if child.tag == f"{_XSL}variable":
+                steps.append(_Variable(child.get("name"), self._xpath(child.get("select"))))
+            elif child.tag == f"{_XSL}choose":
+                failed = child.find(f"{_XSL}otherwise/{_SVRL}failed-assert")
+                test = child.find(f"{_XSL}when").get("test")
+                steps.append(Assertion(f"{template.get('priority')}.{len(steps)}", failed.get("test"), self._xpath(test),
+                                       self._message(failed.find(f"{_SVRL}text"))))
+            elif child.tag == f"{_XSL}apply-templates":
+                if child.get("select") != "@*|*":
+                    raise ValueError(f"rule {match}: unexpected apply-templates {child.get('select')}")
+            elif isinstance(child.tag, str):
+                raise ValueError(f"rule {match}: unexpected {child.tag}")
+        return _Rule(float(template.get("priority")), order, match, xpath1,
+                     None if xpath1 is not None else self._xpath(match), tuple(steps))
+
+    def _message(self, text: etree._Element) -> tuple:
+        """The pieces of an assertion's svrl:text: literal text (whitespace-only text nodes of the stylesheet
+        are stripped, as XSLT does), xsl:text, and xsl:value-of to evaluate."""
+        pieces = []
+
+        def add_text(value):
+            if value and value.strip():
+                pieces.append(value)
+
+        add_text(text.text)
+        for child in text:
+            if child.tag == f"{_XSL}value-of":
+                pieces.append(self._parser.parse(child.get("select")))
+            elif child.tag == f"{_XSL}text":
+                pieces.append(child.text or "")
+            elif isinstance(child.tag, str):  # a literal result element (svrl:emph…): its text
+                pieces.append("".join(child.itertext()))
+            add_text(child.tail)
+        return tuple(pieces)
+
+    def errors(self, tree: etree._ElementTree) -> list[str]:
+        """Failed assertions as `location: message`, the strings `validate._Schematron.errors` gives."""
+        with self._lock:  # calls are serialised, as for the other validators (lxml XPath objects are shared)
+            return [f"{location}: {message}" for _, location, message in self.failed(tree)]
+
+    def failed(self, tree: etree._ElementTree) -> list[tuple[str, str, str]]:
+        """(assertion id, location, message) of each failed assertion, in the order the XSLT reports them."""
+        # Saxon's implicit timezone is the machine's, at the time of the transform
+        offset = int(datetime.datetime.now().astimezone().utcoffset().total_seconds() // 60)
+        context = XPathContext(tree, namespaces=self._namespaces,
+                               timezone=f"{'-' if offset < 0 else '+'}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}")
+        nodes = {node.value: node for node in context.root.iter_descendants() if isinstance(node, ElementNode)}
+        fired: dict = {}  # lxml element -> rule
+        for rule in self.rules:
+            if rule.match_xpath1 is not None:
+                matched = rule.match_xpath1(tree)
+            else:
+                context.item, context.variables = context.root, dict(self._context_vars)
+                matched = [n.value for n in rule.match.select(context)]
+            for element in matched:
+                if not isinstance(element, etree._Element):
+                    raise ValueError(f"rule {rule.match_text} matched a {type(element).__name__}; only elements are supported")
+                best = fired.get(element)
+                if best is None or (rule.priority, rule.order) > (best.priority, best.order):
+                    fired[element] = rule
+        found = []
+        for element in tree.getroot().iter(etree.Element):
+            rule = fired.get(element)
+            if rule is None:
+                continue
+            node = nodes[element]
+            context.item, context.position, context.size, context.axis = node, 1, 1, None
+            context.variables = _LazyVariables(self._context_vars)
+            at_node = copy.copy(context)
+            for step in rule.steps:
+                context.item, context.position, context.size, context.axis = node, 1, 1, None
+                if isinstance(step, _Variable):
+                    dict.__setitem__(context.variables, step.name, _Deferred(step.select, at_node))
+                elif not step.test.boolean_value(step.test.evaluate(context)):
+                    found.append((step.id, _location(element), self._text(step, context, node)))
+        return found
+
+    def _text(self, assertion: Assertion, context: XPathContext, node) -> str:
+        out = []
+        for piece in assertion.message:
+            if isinstance(piece, str):
+                out.append(piece)
+            else:
+                context.item, context.position, context.size, context.axis = node, 1, 1, None
+                value = piece.evaluate(context)
+                values = value if isinstance(value, list) else [] if value is None else [value]
+                out.append(" ".join(_string(v) for v in values))
+        return " ".join("".join(out).split())
+
+
+class _Deferred:
+    """A rule's `let` variable, evaluated when first read: Saxon evaluates variables lazily, so an error in one
+    that no test reads (e.g. a cardinality error on a doubled element) is never raised, and neither is it here."""
+
+    __slots__ = ("_select", "_context", "_value", "_done")
+
+    def __init__(self, select, context: XPathContext):
+        self._select, self._context, self._done = select, context, False
+
+    def value(self):
+        if not self._done:
+            self._value, self._done = self._select.evaluate(copy.copy(self._context)), True
+        return self._value
+
+
+class _LazyVariables(dict):
+    def __getitem__(self, name):
+        value = dict.__getitem__(self, name)
+        return value.value() if isinstance(value, _Deferred) else value
+
+    def copy(self) -> "_LazyVariables":  # elementpath copies the variables for a quantified expression's own
+        return _LazyVariables(self.items())
+
+def _string(value) -> str:
+    if hasattr(value, "string_value"):
+        return value.string_value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _name(element: etree._Element) -> str:
+    """XPath's name(): the prefixed name as written."""
+    local = etree.QName(element).localname
+    return f"{element.prefix}:{local}" if element.prefix else local
+
+
+def _location(element: etree._Element) -> str:
+    """The skeleton's schematron-get-full-path, shortened as `validate._short_path` does."""
+    steps = []
+    while element is not None:
+        qname = etree.QName(element)
+        parent = element.getparent()
+        siblings = [e for e in parent.iterchildren(etree.Element)] if parent is not None else [element]
+        if qname.namespace:
+            same = [e for e in siblings if etree.QName(e).localname == qname.localname]
+            step = qname.localname
+        else:
+            same = [e for e in siblings if _name(e) == element.tag]
+            step = element.tag
+        if len(same) > 1:
+            step += f"[{same.index(element) + 1}]"
+        steps.append(step)
+        element = parent
+    return "/" + "/".join(reversed(steps))
+
+
+_lock = threading.Lock()
+_interpreter: SchematronInterpreter | None = None
+
+
+def interpreter() -> SchematronInterpreter:
+    """The interpreter of the connector's stylesheet, built once per process (~1 s)."""
+    global _interpreter
+    with _lock:
+        if _interpreter is None:
+            from connector.payload import validate
+            _interpreter = SchematronInterpreter(validate.stylesheet_path(validate.GENERATED_ELEMENTS))
+        return _interpreter
