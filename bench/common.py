@@ -180,11 +180,12 @@ def create_store(directory: Path, n: int, *, seed: int = 7, pool: int = 500, jou
     return info
 
 
-def write_config(directory: Path, base_url: str, max_in_flight: int, schematron: str = "every") -> Path:
-    """The demo's configuration (store in ./store, PKI in ./pki, state in ./state) with the pool size and the
-    validation.schematron mode."""
+def write_config(directory: Path, base_url: str, max_in_flight: int, schematron: str = "every",
+                 engine: str = "saxon") -> Path:
+    """The demo's configuration (store in ./store, PKI in ./pki, state in ./state) with the pool size, the
+    validation.schematron mode and validation.engine."""
     text = config_text(base_url).replace('environment = "test"\n', f'environment = "test"\nmax_in_flight = {max_in_flight}\n')
-    text += f'\n[validation]\nschematron = "{schematron}"\n'
+    text += f'\n[validation]\nschematron = "{schematron}"\nengine = "{engine}"\n'
     path = directory / "dmp-connector.toml"
     path.write_text(text, encoding="utf-8")
     return path

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="sandbox skips its schematron check (default: --fast)")
     parser.add_argument("--schematron", choices=("every", "sample", "off"), default="every",
                         help="the connector's validation.schematron (default: every, the configuration's default)")
+    parser.add_argument("--engine", choices=("saxon", "python"), default="saxon",
+                        help="the connector's validation.engine (default: saxon, the configuration's default)")
     parser.add_argument("--pdf-pool", type=int, default=500, help="distinct PDF files the documents point at")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--store-journal", choices=("delete", "wal"), default="delete",
@@ -104,7 +106,7 @@ def bench_feed(work: Path, args) -> dict:
     load = os.getloadavg()
     sandbox = Sandbox(work, latency_ms=args.latency_ms, fast=args.fast)
     try:
-        config = write_config(work, sandbox.url, args.concurrency, args.schematron)
+        config = write_config(work, sandbox.url, args.concurrency, args.schematron, args.engine)
         sandbox_cpu = sandbox.cpu_seconds()
         cmd = _profiled(args.profile) + CLI[1:] + ["run", "--config", str(config), "--format", "json"]
         with open(work / "run.json", "wb") as out:
@@ -124,6 +126,7 @@ def bench_feed(work: Path, args) -> dict:
         "load average (1 min) before/after": f"{load[0]:.1f} / {os.getloadavg()[0]:.1f}",
         "latency ms": args.latency_ms, "max_in_flight": args.concurrency, "sandbox fast": args.fast,
         "schematron": args.schematron,
+        "engine": args.engine,
         "exit code": m.returncode, "interrupted after s": m.stopped_after,
         "store journal": args.store_journal,
         "write-back failures (log)": (work / "run.log").read_text(errors="replace").count("write-back to the store failed"),
