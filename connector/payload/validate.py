@@ -18,6 +18,9 @@ reduced stylesheets report exactly the errors of the complete one. Generating th
 are cached on disk, keyed by a hash of their inputs; Saxon's compilation (~1 s and ~200 MB for our CDAs;
 SaxonC-HE cannot export it) is paid once per process.
 
+With `validation.engine = "python"` the reduced stylesheet of the connector's own CDAs is interpreted in-process
+instead (`schematron_python.py`), with the same errors.
+
 Error strings never carry patient data: schematron messages have their value-of fragments that could
 echo document values redacted at generation time, and XSD messages have quoted values redacted.
 """
