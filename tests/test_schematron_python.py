@@ -123,3 +123,26 @@ def test_broken_variants_of_our_cda(reference, structure):
     assert ours >= 800
     assertions = {a.id for a in schematron_python.interpreter().assertions}
     assert fired <= assertions and len(fired) >= 350, (len(fired), len(assertions))
+
+
+@pytest.mark.parametrize("validation, started", [
+    ({}, True),
+    ({"engine": "python"}, False),
+    ({"engine": "python", "process": True}, False),
+    ({"schematron": "off"}, False),
+])
+def test_the_python_engine_starts_no_schematron_process(tmp_path, validation, started):
+    from connector.actions import run
+
+    checker = run.schematron_process(make_settings(tmp_path, validation=validation))
+    try:
+        assert (checker is not None) == started
+    finally:
+        if checker is not None:
+            checker.close()
+
+
+def test_the_engine_setting(tmp_path):
+    assert make_settings(tmp_path).validation.engine == "saxon"
+    with pytest.raises(Exception, match="validation.engine"):
+        make_settings(tmp_path, validation={"engine": "xalan"})

@@ -138,6 +138,15 @@ def run(settings: Settings, *, mode: str = "run", progress=None, under_lock=None
         return _run_locked(settings, ledger, store, mode, progress or RunProgress())
 
 
+def schematron_process(settings: Settings) -> SchematronProcess | None:
+    """The process checking CDAs against the schematron beside the run: only for Saxon (the "python" engine
+    runs in the run's own process, without one), and only if CDAs are checked at all."""
+    validation = settings.validation
+    if validation.process and validation.schematron != "off" and validation.engine == "saxon":
+        return SchematronProcess()
+    return None
+
+
 def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, progress) -> Summary:
     if settings.certificates is None:
         raise ConfigError("certificates: missing ([certificates.auth_cli] and [certificates.sign] are needed to run)")
@@ -158,8 +167,7 @@ def _run_locked(settings: Settings, ledger: Ledger, store: Store, mode: str, pro
     slots = threading.BoundedSemaphore(settings.dmp.max_in_flight + 1)
     owner, lease = settings.ledger.instance, dt.timedelta(minutes=settings.ledger.lease_minutes)
     status, failure = "done", None
-    checker = (SchematronProcess() if settings.validation.process and settings.validation.schematron != "off"
-               and settings.validation.engine == "saxon" else None)
+    checker = schematron_process(settings)
     try:
         with ThreadPoolExecutor(settings.dmp.max_in_flight, thread_name_prefix="send") as pool:
 
