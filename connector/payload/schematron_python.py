@@ -86,7 +86,7 @@ class SchematronInterpreter:
         for variable in xsl.findall(f"{_XSL}variable"):
             uri = _DOC.fullmatch(variable.get("select")).group(1)
             self._static[variable.get("name")] = elementpath.get_node_tree(
-                etree.parse(uri.removeprefix("file://")), self._namespaces)
+                etree.parse(uri), self._namespaces)
         self._constants: dict[str, str] = {}  # value-set path -> name of the variable holding its value
         rules = [t for t in xsl.iter(f"{_XSL}template")
                  if re.fullmatch(r"M\d+", t.get("mode") or "") and float(t.get("priority") or -1) >= 0]
