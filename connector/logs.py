@@ -65,7 +65,8 @@ class TextFormatter(logging.Formatter):
         return printable(super().formatMessage(record))
 
 
-QUIET_LIBRARIES = ("urllib3", "zeep", "signxml", "xmlschema", "alembic", "apscheduler.executors", "filelock")
+QUIET_LIBRARIES = ("urllib3", "zeep", "signxml", "xmlschema", "alembic", "apscheduler.executors", "filelock",
+                   "pikepdf")  # pikepdf >= 10 logs its logger bridge at INFO on first use: noise in a dry run's JSON
 
 
 def setup(level: str = "INFO", json_lines: bool = False) -> None:
