@@ -103,14 +103,15 @@ def run(settings, dry_run: bool, fmt: str) -> None:
                 click.echo(chunk, nl=False)
             click.echo()
         else:
-            count = eligible = 0
+            count = eligible = fails = 0
             for r in rows:
                 what = (f"eligible  {r['finess_geo']} activity {r['content_type_code']}" if r["decision"] == "eligible"
-                        else f"skipped  {r['reason']}")
+                        else f"{r['decision']}  {r['reason']}")  # skipped, or fails: the run would record FAILED
                 detail = f"  ({r['detail']})" if r["detail"] else ""
                 click.echo(printable(f"{r['document_id']} v{r['version']}  {what}{detail}"))
-                count, eligible = count + 1, eligible + (r["decision"] == "eligible")
-            click.echo(f"{count} candidates: {eligible} eligible, {count - eligible} skipped")
+                count, eligible, fails = count + 1, eligible + (r["decision"] == "eligible"), fails + (r["decision"] == "fails")
+            click.echo(f"{count} candidates: {eligible} eligible, " + (f"{fails} would fail, " if fails else "")
+                       + f"{count - eligible - fails} skipped")
         return
     malloc.tune(malloc.FEEDING)
     summary = _run_now(settings)

@@ -75,10 +75,10 @@ def start_document_cda(settings: Settings, document: Document, patient: Patient,
     replacing `revision.replaces` (ids and versionNumber from `revision.cda_version`)."""
     if revision is not None:
         document, replaces = dmp_document(document, revision), revision.replaces
-    unique_id = ids.document_unique_id(settings.structure.oid_root, document.document_id, document.version)
-    if document.mime_type == CDA_MIME:
-        xml = cda.check_passthrough_cda(content, document, patient, site, unique_id, replaces)
+    if document.mime_type == CDA_MIME:  # produced elsewhere: its uniqueId is its own id (the metadata's too)
+        unique_id, xml = cda.passthrough_cda(content, document, patient, site, replaces)
     else:
+        unique_id = ids.document_unique_id(settings.structure.oid_root, document.document_id, document.version)
         xml = cda.build_cda(document, patient, site, settings.structure, content, unique_id=unique_id,
                             replaces=replaces)
     finish = validate.start_cda_validation(xml, document.document_id, process=schematron_process,

@@ -4,6 +4,8 @@ thread of the test process (its own asyncio loop), on a free port of 127.0.0.1."
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 import socket
 import threading
 from pathlib import Path
@@ -22,6 +24,41 @@ ORU_DEL = "ORU/Suppression_ORU/message_ORU_CR_Bio_DEL_N3_SEGUR.hl7"
 def example(name: str) -> bytes:
     """An example message as the guide ships it (LF between segments), with CR, as HL7 sends it."""
     return (EXAMPLES / name).read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r")
+
+
+def with_cda(message: bytes, change) -> bytes:
+    """`message` with its document OBX's CDA changed by `change` (bytes -> bytes), base64 again."""
+    out = []
+    for segment in message.split(b"\r"):
+        if segment.startswith(b"OBX|1|ED|"):
+            fields = segment.split(b"|")
+            components = fields[5].split(b"^")
+            data = components[4] + b"=" * (-len(components[4]) % 4)
+            components[4] = base64.b64encode(change(base64.b64decode(data)))
+            fields[5] = b"^".join(components)
+            segment = b"|".join(fields)
+        out.append(segment)
+    return b"\r".join(out)
+
+
+MDM_SET_ID = b'<setId root="1.2.250.1.71.4.2.2.120456789.71024000080"/>'  # shared by the MDM CDA's versions
+
+
+def corrected_cda(cda: bytes) -> bytes:
+    """An example CDA as today's ANS schematron wants it: a setId (mandatory now; the MDM CDAs have none) and no
+    family name of qualifier SP for the patient (only BR and CL now). Nothing else changes."""
+    if b"<setId" not in cda:
+        cda = re.sub(rb"(<versionNumber[^>]*/>)", MDM_SET_ID + rb"\1", cda, count=1)  # setId precedes versionNumber
+    head, end, rest = cda.partition(b"</recordTarget>")
+    return re.sub(rb"\s*<family qualifier=\"SP\">[^<]*</family>", b"", head) + end + rest
+
+
+def qualified(name: str) -> bytes:
+    """A test fixture derived from an example message: its CDA corrected (`corrected_cda`) and its identity status
+    (PID-32) QUAL instead of VALI, so its document may go to the DMP."""
+    message = with_cda(example(name), corrected_cda)
+    assert message.count(b"|N|VALI") == 1
+    return message.replace(b"|N|VALI", b"|N|QUAL")
 
 
 def frame(message: bytes) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import re
 import string
 
 import pytest
@@ -282,6 +283,29 @@ def test_passthrough_rejects_other_identity_traits_or_another_cda_id(patient_cha
         passthrough(EXAMPLE.read_bytes(), make_patient(**{**EXAMPLE_PATIENT, **patient_changes}), unique_id=unique_id)
     assert caught.value.reason == "CDA_INVALID" and f"CDA's {what} " in str(caught.value)
     assert "PAT-" not in str(caught.value) and "1979" not in str(caught.value)
+
+
+def test_passthrough_takes_its_unique_id_from_the_cda_and_a_missing_facility_from_the_store_row():
+    """A CDA produced elsewhere: its own id is its uniqueId (root, or root^extension), whatever the connector
+    would derive; without a healthCareFacility id (the CI-SIS allows it) the store row's FINESS stands."""
+    content = EXAMPLE.read_bytes()
+    document, patient = make_document(mime_type="text/xml"), make_patient(**EXAMPLE_PATIENT)
+    assert cda.passthrough_cda(content, document, patient, EXAMPLE_SITE) == (EXAMPLE_ID, content)
+    no_facility = re.sub(rb'(<healthCareFacility>)\s*<id [^>]*/>', rb"\1", content)
+    assert no_facility != content
+    assert cda.passthrough_cda(no_facility, document, patient, replace(EXAMPLE_SITE, finess_geo="300017985"))[0] == EXAMPLE_ID
+    extended = content.replace(f'<id root="{EXAMPLE_ID}"/>'.encode(), f'<id root="{EXAMPLE_ID}" extension="A-7"/>'.encode())
+    assert extended != content
+    assert cda.passthrough_cda(extended, document, patient, EXAMPLE_SITE)[0] == f"{EXAMPLE_ID}^A-7"
+
+
+@pytest.mark.parametrize("new_id", [b'<id root="not-an-oid"/>', b'<id nullFlavor="UNK"/>',
+                                    b'<id root="1.2.3" extension="' + b"x" * 70 + b'"/>'])
+def test_passthrough_refuses_an_id_that_gives_no_unique_id(new_id):
+    content = EXAMPLE.read_bytes().replace(f'<id root="{EXAMPLE_ID}"/>'.encode(), new_id)
+    with pytest.raises(PayloadError) as caught:
+        cda.passthrough_cda(content, make_document(mime_type="text/xml"), make_patient(**EXAMPLE_PATIENT), EXAMPLE_SITE)
+    assert caught.value.reason == "CDA_INVALID" and "uniqueId" in str(caught.value)
 
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>

@@ -3,7 +3,6 @@ a socket, the store rows they make, acknowledgements after commit, resends recor
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import re
@@ -17,7 +16,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from connector.config import IntakeHl7Settings
 from connector.intake import message as hl7msg
 from hl7_client import (MDM_DEL, MDM_INIT, MDM_INIT_PLACEHOLDER, MDM_RPLC, ORU_DEL, ORU_INIT, ORU_RPLC, Client,
-                        RunningListener, err, example, frame, msa, send)
+                        RunningListener, err, example, frame, msa, send, with_cda)
 from delivery_harness import (NO_PKI, PLACEHOLDER_URL, connector, connector_env, ledger_states, make_folder, run_cli,
                               write_config)
 
@@ -201,19 +200,7 @@ def _wait_listening(process, log, port: int) -> None:
 # --- hostile input ------------------------------------------------------------------------------------
 
 
-def _with_cda(message: bytes, change) -> bytes:
-    """`message` with its document OBX's CDA changed by `change` (bytes -> bytes), base64 again."""
-    out = []
-    for segment in message.split(b"\r"):
-        if segment.startswith(b"OBX|1|ED|"):
-            fields = segment.split(b"|")
-            components = fields[5].split(b"^")
-            data = components[4] + b"=" * (-len(components[4]) % 4)
-            components[4] = base64.b64encode(change(base64.b64decode(data)))
-            fields[5] = b"^".join(components)
-            segment = b"|".join(fields)
-        out.append(segment)
-    return b"\r".join(out)
+_with_cda = with_cda
 
 
 HOSTILE = {

@@ -33,7 +33,9 @@ def entry_version(state: DocState) -> int:
 
 
 def entry_unique_id(oid_root: str, state: DocState) -> str:
-    return ids.document_unique_id(oid_root, state.document_id, entry_version(state))
+    """The uniqueId of a version's DMP entry: as the ledger recorded it when fed (a pass-through CDA's own id),
+    else the one derived from its CDA versionNumber (what the connector's own CDAs carry)."""
+    return state.dmp_unique_id or ids.document_unique_id(oid_root, state.document_id, entry_version(state))
 
 
 def revisions(settings, client, sign, decisions: list, ledger: Ledger | None = None,

@@ -113,6 +113,9 @@ class DocState:
     masking: str | None = None
     cda_version: int | None = None
     fed_at: dt.datetime | None = None
+    # the uniqueId of its DMP entry as sent (a pass-through CDA's is its own id); None: not recorded (older
+    # ledgers), the one `ids.document_unique_id` derives
+    dmp_unique_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -270,7 +273,7 @@ class Ledger:
             rows = conn.execute(
                 sa.select(
                     d.c.document_id, d.c.version, d.c.state, d.c.reason, d.c.held, d.c.next_attempt_at, d.c.submission_id,
-                    d.c.dmp_status, d.c.dmp_entry_uuid, d.c.masking, d.c.cda_version, d.c.fed_at,
+                    d.c.dmp_status, d.c.dmp_entry_uuid, d.c.masking, d.c.cda_version, d.c.fed_at, d.c.unique_id,
                 ).where(d.c.document_id.in_(ids))
             ).all()
             held = conn.execute(sa.select(holds.c.document_id, holds.c.version)
@@ -454,7 +457,7 @@ class Ledger:
                 conn.execute(sa.update(d).where(d.c.document_id == doc.document_id, d.c.version == doc.replaces_version)
                              .values(dmp_status=DEPRECATED, updated_at=now))
             conn.execute(sa.update(d).where(d.c.document_id == doc.document_id, d.c.version == doc.version).values(
-                dmp_status=APPROVED, dmp_entry_uuid=doc.entry_uuid, masking=doc.masking,
+                dmp_status=APPROVED, dmp_entry_uuid=doc.entry_uuid, masking=doc.masking, unique_id=doc.unique_id,
                 cda_version=doc.cda_version if doc.cda_version is not None else doc.version))
 
     def settle_withdrawal(self, sub_id: int, *, outcome: str, message: str) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import re
 
 from lxml import etree
 
@@ -259,17 +260,30 @@ class _Builder:
 
 # --- store documents that already are CDA -------------------------------------------------------
 
-def check_passthrough_cda(content: bytes, document: Document, patient: Patient, site: Site, unique_id: str,
-                          replaces: Replaces | None = None) -> bytes:
-    """Return `content` unchanged if it is this document's CDA, of this patient, produced at this site (and,
-    with `replaces`, a replacement of that version: one relatedDocument RPLC whose parentDocument id is its
-    uniqueId, a higher versionNumber).
+def check_passthrough_cda(content: bytes, document: Document, patient: Patient, site: Site,
+                          unique_id: str | None = None, replaces: Replaces | None = None) -> bytes:
+    """Return `content` unchanged if it is a CDA of this patient that does not contradict the store row (see
+    `passthrough_cda`); with `unique_id`, its id must also give that uniqueId. Raises PayloadError(CDA_INVALID)."""
+    found, _ = passthrough_cda(content, document, patient, site, replaces)
+    if unique_id is not None and found != unique_id:
+        raise PayloadError(CDA_INVALID, f"document {document.document_id}: the CDA's id must be root={unique_id} "
+                                        "without extension (the uniqueId its XDS metadata gives it)")
+    return content
 
-    Parsed without entity expansion, DTD or network (a DOCTYPE, hence any XML bomb or XXE, is refused);
-    its id must be `unique_id` (the XDS uniqueId the metadata gives it), the INS and the identity traits
-    (birth name, birth given names, birth date, sex) must equal the store patient's, and a healthCareFacility
-    id must be `1` + the site's FINESS. Raises PayloadError(CDA_INVALID) naming the document and the mismatch
-    (never the values)."""
+
+def passthrough_cda(content: bytes, document: Document, patient: Patient, site: Site,
+                    replaces: Replaces | None = None) -> tuple[str, bytes]:
+    """(uniqueId, `content` unchanged) of a store document that already is a CDA, produced elsewhere (a DPI, a
+    lab system: the HL7 v2 intake's documents). Its uniqueId is its own id (root, or root^extension), which
+    the XDS metadata then carries: a CDA and its metadata have the same uniqueId.
+
+    Parsed without entity expansion, DTD or network (a DOCTYPE, hence any XML bomb or XXE, is refused). What
+    the CI-SIS leaves optional may be absent (the ANS XSD and schematron, run after, decide validity); only a
+    contradiction with the store is refused: an INS or an identity trait (birth name, birth given names, birth
+    date, sex) other than the store patient's, a healthCareFacility FINESS other than the site's (a CDA without
+    one takes the store row's, i.e. PRT's FINESS géographique). With `replaces`, it must be a replacement of
+    that version (one relatedDocument RPLC whose parentDocument id is its uniqueId, a higher versionNumber).
+    Raises PayloadError(CDA_INVALID) naming the document and the mismatch (never the values)."""
     doc_id = document.document_id
     try:
         root = parse_untrusted(content).getroot()
@@ -282,24 +296,41 @@ def check_passthrough_cda(content: bytes, document: Document, patient: Patient, 
     ins = [(i.get("root"), i.get("extension")) for i in patient_ids if i.get("root") in INS_OIDS]
     if ins != [(patient.ins_oid, patient.ins_matricule)]:
         raise PayloadError(CDA_INVALID, f"document {doc_id}: the CDA's INS does not match the store patient's")
-    ids_ = root.findall(_V3 + "id")
-    if len(ids_) != 1 or ids_[0].get("root") != unique_id or ids_[0].get("extension") is not None:
-        raise PayloadError(CDA_INVALID, f"document {doc_id}: the CDA's id must be root={unique_id} without extension "
-                                        "(the uniqueId its XDS metadata gives it)")
+    unique_id = _own_unique_id(root, doc_id)
     trait = _identity_mismatch(root, patient)
     if trait:
         raise PayloadError(CDA_INVALID, f"document {doc_id}: the CDA's {trait} does not match the store patient's")
     facilities = root.xpath(
         "v3:componentOf/v3:encompassingEncounter/v3:location/v3:healthCareFacility/v3:id", namespaces=ns
     )
-    expected = (hl7.FINESS_AUTHORITY, "1" + site.finess_geo)
-    if expected not in [(f.get("root"), f.get("extension")) for f in facilities]:
+    finess = [f.get("extension") for f in facilities if f.get("root") == hl7.FINESS_AUTHORITY]
+    if finess and "1" + site.finess_geo not in finess:
         raise PayloadError(
-            CDA_INVALID, f"document {doc_id}: no healthCareFacility id equal to the site's FINESS {site.finess_geo}"
+            CDA_INVALID, f"document {doc_id}: the CDA's healthCareFacility FINESS is not the site's "
+                         f"{site.finess_geo} (the store row's finess_geo)"
         )
     if replaces is not None and (problem := _passthrough_replacement_problem(root, unique_id, replaces)):
         raise PayloadError(CDA_INVALID, f"document {doc_id}: {problem}")
-    return content
+    return unique_id, content
+
+
+_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+UNIQUE_ID_MAX = 64  # XDS uniqueId as the ledger keeps it (an OID is at most 64 characters)
+
+
+def _own_unique_id(root, doc_id: str) -> str:
+    """The XDS uniqueId a CDA's own id gives: its root (an OID), `^` and its extension if it has one."""
+    ids_ = root.findall(_V3 + "id")
+    if len(ids_) != 1 or not _OID.match(ids_[0].get("root") or ""):
+        raise PayloadError(CDA_INVALID, f"document {doc_id}: the CDA must have one id whose root is an OID "
+                                        "(its uniqueId)")
+    root_oid, extension = ids_[0].get("root"), ids_[0].get("extension")
+    unique_id = root_oid if not extension else f"{root_oid}^{extension}"
+    if len(unique_id) > UNIQUE_ID_MAX or (extension is not None and not extension.strip()) or \
+            any(c.isspace() for c in unique_id):
+        raise PayloadError(CDA_INVALID, f"document {doc_id}: the CDA's id does not give a uniqueId of at most "
+                                        f"{UNIQUE_ID_MAX} characters without spaces (root, or root^extension)")
+    return unique_id
 
 
 def _passthrough_replacement_problem(root, unique_id: str, replaces: Replaces) -> str | None:
