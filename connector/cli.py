@@ -368,7 +368,7 @@ def status(settings, fmt, since, check: bool, max_age_hours, prometheus) -> None
             click.echo(f"DMP-CONNECTOR UNKNOWN - {exc}")
             sys.exit(action.UNKNOWN)
         raise
-    report = action.collect(ledger, since=since.date() if since else None)
+    report = action.with_intake(action.collect(ledger, since=since.date() if since else None), settings)
     monitoring = settings.monitoring
     if max_age_hours is not None:
         monitoring = dataclasses.replace(monitoring, last_success_warning_hours=max_age_hours,
@@ -377,13 +377,15 @@ def status(settings, fmt, since, check: bool, max_age_hours, prometheus) -> None
     sites = tuple(s.finess_geo for s in settings.structure.sites)
     if fmt or not (check or prometheus):
         # the page's headline is the verdict of --check, on the whole ledger
-        health = action.health(report if not since else action.collect(ledger), monitoring, sites=sites) \
+        health = action.health(report if not since else action.with_intake(action.collect(ledger), settings),
+                               monitoring, sites=sites) \
             if fmt == "html" else None
         text = action.render(report, fmt or "text", health=health,
                              site_names={s.finess_geo: s.name for s in settings.structure.sites})
         click.echo(text if fmt in ("json", "html") else printable_lines(text))
     # monitoring (--prometheus, --check) is about the whole ledger, never a period
-    whole = (action.collect(ledger) if since else report) if (prometheus or check) else None
+    whole = (action.with_intake(action.collect(ledger), settings) if since else report) if (prometheus or check) \
+        else None
     if prometheus:
         action.write_prometheus(whole, prometheus)
     if check:

@@ -193,6 +193,10 @@ class MonitoringSettings:
     certificate_warning_days: float = 30.0
     certificate_critical_days: float = 7.0
     failed_critical: int = 0  # FAILED documents are a WARNING; this many or more a CRITICAL (0: never)
+    # The HL7 intake (when its tables are in the store): a listener not seen for this long is down (CRITICAL);
+    # this many messages refused in the last hour, more than in the hour before, are rising (WARNING).
+    intake_down_minutes: float = 5.0
+    intake_refused_warning: int = 5
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,7 @@ class IntakeHl7Settings:
     workers: int = 2
     read_timeout: float = 60.0  # a message (or an ACK) stalled this long closes its connection
     idle_timeout: float = 600.0  # a connection without a message this long is closed
+    figures_interval: float = 15.0  # its figures and heartbeat are written to the store this often (status reads them)
 
 
 @dataclass(frozen=True)
@@ -413,8 +418,9 @@ def _monitoring(r: _Reader) -> MonitoringSettings:
         **{name: r.number(f"monitoring.{name}", getattr(d, name)) for name in (
             "deferred_warning_hours", "deferred_critical_hours", "submitting_stranded_minutes",
             "last_success_warning_hours", "last_success_critical_hours", "certificate_warning_days",
-            "certificate_critical_days")},
+            "certificate_critical_days", "intake_down_minutes")},
         failed_critical=r.integer("monitoring.failed_critical", d.failed_critical, minimum=0),
+        intake_refused_warning=r.integer("monitoring.intake_refused_warning", d.intake_refused_warning, minimum=1),
     )
     for warning, critical in (("deferred_warning_hours", "deferred_critical_hours"),
                               ("last_success_warning_hours", "last_success_critical_hours")):
@@ -447,6 +453,7 @@ def _intake_hl7(r: _Reader) -> IntakeHl7Settings:
         workers=r.integer("intake.hl7.workers", d.workers, minimum=1),
         read_timeout=r.number("intake.hl7.read_timeout_seconds", d.read_timeout, positive=True),
         idle_timeout=r.number("intake.hl7.idle_timeout_seconds", d.idle_timeout, positive=True),
+        figures_interval=r.number("intake.hl7.figures_interval_seconds", d.figures_interval, positive=True),
     )
 
 

@@ -24,6 +24,23 @@ def collect(ledger: Ledger, *, since: dt.date | None = None, now: dt.datetime | 
     return figures.collect(ledger, since=since, now=now, last_runs=last_runs, failures=failures)
 
 
+def with_intake(report: dict, settings) -> dict:
+    """`report` with the HL7 intake's figures (`report["intake"]`) when the store has the intake's tables; a store
+    out of reach says so there (the ledger's figures stand)."""
+    from connector.intake import figures as intake_figures
+
+    url = settings.store.url
+    if url.startswith("sqlite") and "///" in url and not Path(url.split("///", 1)[1]).exists():
+        return report  # no store file: no intake (never create one here)
+    try:
+        found = intake_figures.collect(url, now=report.get("generated_at"))
+    except Exception as exc:  # noqa: BLE001 - any failure of the store: the figures are unavailable, said so
+        found = {"unavailable": f"store unreachable: {type(getattr(exc, 'orig', exc)).__name__}"}
+    if found is not None:
+        report["intake"] = found
+    return report
+
+
 def render(report: dict, fmt: str = "text", *, health: "Health | None" = None, site_names: dict | None = None) -> str:
     """`health` (the page's headline verdict, as `--check`) and the sites' names are for HTML."""
     if fmt == "html":
@@ -94,6 +111,7 @@ def health(report: dict, m: MonitoringSettings | None = None, *, now: dt.datetim
         for finess in sorted(set(sites) - seen_sites):
             found.append((WARNING, f"site {finess} of structure.sites has no document in the ledger "
                                    "(a typo in its FINESS géo?)"))
+    found += _intake_health(report.get("intake"), m, now)
     if report.get("write_back_pending"):
         found.append((WARNING, f"{report['write_back_pending']} dmp_feed_status row(s) not written since "
                                f"{report['write_back_pending_since']:%Y-%m-%d %H:%M} UTC (`dmp-connector write-back`)"))
@@ -106,6 +124,30 @@ def health(report: dict, m: MonitoringSettings | None = None, *, now: dt.datetim
                              f"more than {m.last_success_warning_hours:g} hours ago"))
     found.sort(key=lambda f: -f[0])
     return Health(max([OK, *(level for level, _ in found)]), found, _perfdata(report, m, now))
+
+
+def _intake_health(intake: dict | None, m: MonitoringSettings, now: dt.datetime) -> list[tuple[int, str]]:
+    """The HL7 intake: a listener whose heartbeat stopped without a clean stop is down (CRITICAL), one stopped
+    cleanly is a WARNING; refusals rising (this hour at least monitoring.intake_refused_warning, more than the
+    hour before) a WARNING."""
+    if not intake:
+        return []
+    if "unavailable" in intake:
+        return [(WARNING, f"HL7 intake figures unavailable ({intake['unavailable']})")]
+    found = []
+    for r in intake["listeners"]:
+        silent = (now - r["seen_at"]).total_seconds() / 60
+        if r["stopped_at"]:
+            found.append((WARNING, f"HL7 intake listener {r['instance']} stopped {r['stopped_at']:%Y-%m-%d %H:%M} UTC"))
+        elif silent >= m.intake_down_minutes:
+            found.append((CRITICAL, f"HL7 intake listener {r['instance']} down: not seen for {silent:.0f} minutes "
+                                    f"(since {r['seen_at']:%Y-%m-%d %H:%M} UTC)"))
+    now_refused, before = intake["this_hour"]["refused"], intake["previous_hour"]["refused"]
+    if now_refused >= m.intake_refused_warning and now_refused > before:
+        codes = ", ".join(f"{c} {n}" for c, n in intake["this_hour"]["refused_by_code"].items())
+        found.append((WARNING, f"HL7 intake: {now_refused} message(s) refused this hour ({codes}), {before} the hour "
+                               "before: see the intake's log"))
+    return found
 
 
 _SKIP_HINTS = {"SITE_UNKNOWN": " (their FINESS géo is not in structure.sites: a typo?)",

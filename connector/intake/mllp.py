@@ -20,12 +20,14 @@ import asyncio
 import logging
 import signal
 import ssl
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from connector import testhooks
 from connector.intake import message as hl7msg
+from connector.intake.figures import ACCEPTED, RESEND, Recorder
 from connector.intake.writer import Writer
 
 log = logging.getLogger("connector.intake")
@@ -50,6 +52,8 @@ class Listener:
         self.max_document_bytes = max_document_bytes
         self.pool = ThreadPoolExecutor(max_workers=intake_settings.workers, thread_name_prefix="intake")
         self.figures = Figures()
+        self.recorder: Recorder | None = None  # the figures written to the store for `status` (once started)
+        self._ticker: asyncio.Task | None = None
         self._connections = 0
         self._control = 0
         self.server: asyncio.base_events.Server | None = None
@@ -63,14 +67,29 @@ class Listener:
                                                  ssl_handshake_timeout=s.read_timeout if s.tls_certificate else None,
                                                  limit=64 * 1024)
         address = self.server.sockets[0].getsockname()
+        self.recorder = Recorder(self.writer.engine, f"{socket.gethostname()}:{address[1]}")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.pool, self.recorder.start)
+        self._ticker = asyncio.create_task(self._tick())
         log.info("intake hl7: listening on %s:%s%s", address[0], address[1], " (TLS)" if s.tls_certificate else "")
         return address[0], address[1]
+
+    async def _tick(self) -> None:
+        """Write the figures and the heartbeat every intake.hl7.figures_interval_seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.settings.figures_interval)
+            await loop.run_in_executor(self.pool, self.recorder.flush)
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        if self._ticker is not None:
+            self._ticker.cancel()
         self.pool.shutdown(wait=True)  # what is being written is committed and acknowledged first
+        if self.recorder is not None:
+            self.recorder.flush(stopping=True)
         f = self.figures
         log.info("intake hl7: stopped; %d accepted, %d resends, refused %s, %d connections over the limit",
                  f.accepted, f.duplicates, dict(sorted(f.refused.items())) or "none", f.connections_refused)
@@ -175,18 +194,19 @@ class Listener:
             written = self.writer.write(intake)
             testhooks.point("intake_after_commit")
         except hl7msg.Refused as refused:
-            self._count_refused(refused, header, peer)
+            self._count_refused(refused, header, peer, started)
             return hl7msg.ack(header, refused.ack_code, refused, self._next_id())
         except Exception:
             log.exception("intake hl7: message %s from %s: internal error, refused AR",
                           _id(header), header.sender if header else peer)
             refused = hl7msg.Refused("internal error of the connector: resend later", "", "207", "AR")
-            self._count_refused(refused, header, peer)
+            self._count_refused(refused, header, peer, started)
             return hl7msg.ack(header, "AR", refused, self._next_id())
         if written.duplicate:
             self.figures.duplicates += 1
         else:
             self.figures.accepted += 1
+        self._record(RESEND if written.duplicate else ACCEPTED, started)
         log.info("intake hl7: message %s from %s: %s of document %s version %d %s (%.0f ms)", _id(header),
                  header.sender, intake.action, written.document_id, written.version,
                  "already recorded (a resend)" if written.duplicate else "committed",
@@ -195,12 +215,17 @@ class Listener:
             log.warning("intake hl7: message %s: %s", _id(header), warning)
         return hl7msg.ack(header, "AA", None, self._next_id())
 
-    def _count_refused(self, refused: hl7msg.Refused, header, peer: str) -> None:
+    def _count_refused(self, refused: hl7msg.Refused, header, peer: str, started: float | None = None) -> None:
         key = f"{refused.ack_code} {refused.code}"
         self.figures.refused[key] = self.figures.refused.get(key, 0) + 1
+        self._record(key, started)
         log.warning("intake hl7: message %s from %s refused %s (ERR %s %s): %s", _id(header),
                     header.sender if header else peer, refused.ack_code, refused.code, refused.location or "-",
                     refused.text)
+
+    def _record(self, outcome: str, started: float | None) -> None:
+        if self.recorder is not None:
+            self.recorder.count(outcome, 0.0 if started is None else (time.monotonic() - started) * 1000)
 
     def _next_id(self) -> str:
         self._control += 1

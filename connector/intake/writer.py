@@ -46,6 +46,27 @@ intake_message = sa.Table(
     sa.Column("received_at", sa.DateTime, nullable=False),
 )
 
+# The listener's figures (connector/intake/figures.py), for `status`: messages per hour and outcome ("accepted",
+# "resend", "AE 204"…) with their ACK latency as a histogram (le_* ms buckets), and each listener's heartbeat.
+intake_figures = sa.Table(
+    "dmp_intake_figures",
+    metadata,
+    sa.Column("hour", sa.DateTime, primary_key=True),  # naive UTC, the hour's start
+    sa.Column("outcome", sa.String(32), primary_key=True),
+    sa.Column("messages", sa.Integer, nullable=False),
+    sa.Column("latency_ms_sum", sa.Float, nullable=False),
+    *(sa.Column(f"le_{bound}", sa.Integer, nullable=False) for bound in (10, 50, 200, 1000, 5000)),
+)
+
+intake_listener = sa.Table(
+    "dmp_intake_listener",
+    metadata,
+    sa.Column("instance", sa.String(200), primary_key=True),  # host:port
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("seen_at", sa.DateTime, nullable=False),  # its last heartbeat (every intake.hl7.figures_interval_seconds)
+    sa.Column("stopped_at", sa.DateTime),  # a clean stop; None while it runs (or if it died)
+)
+
 NOT_FOR_DMP = "NOT_FOR_DMP"  # dmp_document.status of a document whose DESTDMP flag is N: recorded, never fed
 
 
@@ -67,7 +88,8 @@ class Writer:
         self._lock = threading.Lock()
 
     def create_tables(self) -> None:
-        for table in (contract.dmp_patient, contract.dmp_document, intake_document, intake_message):
+        for table in (contract.dmp_patient, contract.dmp_document, intake_document, intake_message, intake_figures,
+                      intake_listener):
             try:
                 table.create(self.engine, checkfirst=True)
             except sa.exc.DBAPIError:  # another instance created it between the check and the create

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
-from connector.report.render import INDICATOR_SECTIONS, rate
+from connector.report.render import INDICATOR_SECTIONS, intake_text, rate
 
 CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}
@@ -157,6 +157,9 @@ def to_html(report: dict, health=None, site_names: dict | None = None) -> str:
                           "running" if r.get("duration_s") is None else r["duration_s"],
                           ", ".join(f"{k} {v}" for k, v in (r["counts"] or {}).items())] for r in report["last_runs"]],
                         99))
+    if report.get("intake"):  # the HL7 intake's section, as the text report words it
+        parts.append("<h2>HL7 intake</h2>")
+        parts.append("<pre>" + escape("\n".join(intake_text(report["intake"])[1:])) + "</pre>")
     parts.append(legend(report))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -71,6 +71,25 @@ def to_prometheus(report: dict) -> str:
         if last.get("duration_s") is not None:
             metric("dmp_connector_last_run_duration_seconds", "gauge", "Duration of the last finished run.",
                    [({}, last["duration_s"])])
+    intake = report.get("intake")
+    if intake and "total" in intake:
+        total = intake["total"]
+        metric("dmp_connector_intake_messages_total", "counter",
+               "HL7 intake messages by outcome (accepted, resend, or the refusal's ACK and ERR codes).",
+               [({"outcome": "accepted"}, total["accepted"]), ({"outcome": "resend"}, total["resends"])]
+               + [({"outcome": code}, n) for code, n in total["refused_by_code"].items()])
+        buckets = [({"le": f"{int(b) / 1000:g}"}, n) for b, n in total["ack_latency_ms_buckets"].items()]
+        out.append("# HELP dmp_connector_intake_ack_latency_seconds HL7 intake: message read to ACK ready.")
+        out.append("# TYPE dmp_connector_intake_ack_latency_seconds histogram")
+        out.extend(f"dmp_connector_intake_ack_latency_seconds_bucket{_labels(**labels)} {n}" for labels, n in buckets)
+        out.append(f'dmp_connector_intake_ack_latency_seconds_bucket{{le="+Inf"}} {total["messages"]}')
+        out.append(f"dmp_connector_intake_ack_latency_seconds_sum {total['ack_latency_ms_sum'] / 1000:g}")
+        out.append(f"dmp_connector_intake_ack_latency_seconds_count {total['messages']}")
+        metric("dmp_connector_intake_listener_seen_timestamp_seconds", "gauge",
+               "Last heartbeat of each HL7 intake listener (host:port).",
+               [({"instance": r["instance"]}, _ts(r["seen_at"])) for r in intake["listeners"]])
+        metric("dmp_connector_intake_listener_running", "gauge", "1 unless the listener recorded a clean stop.",
+               [({"instance": r["instance"]}, 0 if r["stopped_at"] else 1) for r in intake["listeners"]])
     return "\n".join(out) + "\n"
 
 

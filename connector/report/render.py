@@ -68,7 +68,36 @@ def to_text(report: dict) -> str:
         lines.append("  (none yet)")
     if report.get("last_success_at"):
         lines.append(f"Last successful run finished: {report['last_success_at']} UTC")
+    lines += intake_text(report.get("intake"))
     return "\n".join(line.rstrip() for line in lines)  # no trailing spaces (an empty detail)
+
+
+INTAKE_PERIODS = (("this_hour", "this hour"), ("previous_hour", "previous hour"), ("last_24h", "last 24 h"),
+                  ("total", "since the start"))
+
+
+def intake_text(intake: dict | None) -> list[str]:
+    """The HL7 intake's section (listeners, messages by outcome, ACK latency), if the store has one."""
+    if not intake:
+        return []
+    if "unavailable" in intake:
+        return [f"HL7 intake: figures unavailable ({intake['unavailable']})"]
+    lines = ["HL7 intake:"]
+    for r in intake["listeners"]:
+        state = f"stopped {r['stopped_at']} UTC" if r["stopped_at"] else f"running, last seen {r['seen_at']} UTC"
+        lines.append(f"  listener {r['instance']}  {state} (started {r['started_at']} UTC)")
+    for key, label in INTAKE_PERIODS:
+        f = intake[key]
+        refused = ", ".join(f"{code} {n}" for code, n in f["refused_by_code"].items())
+        latency = (f"; ACK p50 <= {_ms(f['ack_latency_ms_p50'])}, p99 <= {_ms(f['ack_latency_ms_p99'])}"
+                   if f["messages"] else "")
+        lines.append(f"  {label:<15} {f['messages']} messages: {f['accepted']} accepted, {f['resends']} resends, "
+                     f"{f['refused']} refused{f' ({refused})' if refused else ''}{latency}")
+    return lines
+
+
+def _ms(bound: int) -> str:
+    return "more than 5000 ms" if bound == -1 else f"{bound} ms"
 
 
 CSV_HEADER = ("section", "key", "metric", "value")
@@ -107,6 +136,19 @@ def csv_rows(report: dict):
         yield "summary", "", "oldest_deferred_since", report["oldest_deferred_since"]
     if report.get("last_success_at"):
         yield "summary", "", "last_success_at", report["last_success_at"]
+    intake = report.get("intake")
+    if intake and "unavailable" in intake:
+        yield "intake", "", "unavailable", intake["unavailable"]
+    elif intake:
+        for r in intake["listeners"]:
+            yield "intake_listener", r["instance"], "seen_at", r["seen_at"]
+            yield "intake_listener", r["instance"], "stopped_at", r["stopped_at"] or ""
+        for key, _label in INTAKE_PERIODS:
+            f = intake[key]
+            for metric in ("messages", "accepted", "resends", "refused", "ack_latency_ms_p50", "ack_latency_ms_p99"):
+                yield "intake", key, metric, "" if f[metric] is None else f[metric]
+            for code, n in f["refused_by_code"].items():
+                yield "intake", key, f"refused:{code}", n
 
 
 def to_csv(report: dict) -> str:
