@@ -93,7 +93,8 @@ def collect(url: str, *, now: dt.datetime | None = None) -> dict | None:
     """The intake's figures for `status`, from the store at `url`; None when it has no intake tables (no intake
     ever ran there). Raises sqlalchemy errors (the caller says the figures are unavailable)."""
     now = now or utcnow()
-    engine = sa.create_engine(url, future=True)
+    # status must answer even when the store is down (monitoring waits on it): a PostgreSQL store gets 5 s
+    engine = sa.create_engine(url, future=True, connect_args={"connect_timeout": 5} if url.startswith("postgres") else {})
     try:
         if not sa.inspect(engine).has_table(intake_listener.name):
             return None
