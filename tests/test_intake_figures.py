@@ -99,3 +99,11 @@ def test_a_clean_stop_is_recorded_and_said(intake):
     assert report["intake"]["total"]["accepted"] == 1 and report["intake"]["listeners"][0]["stopped_at"]
     assert "WARNING: HL7 intake listener " in status(cfg, "--check").output
     running.stop = lambda: None  # stopped already
+
+
+def test_a_store_out_of_reach_is_said_not_alerted(tmp_path):
+    cfg = write_config(tmp_path / "connector.toml", store={"url": "postgresql+psycopg://x@127.0.0.1:1/none"},
+                       **{"": {"state_dir": str(tmp_path / "state")}}, **NO_PKI)
+    open_ledger(config.load(cfg).ledger.url).engine.dispose()
+    assert "HL7 intake: figures unavailable (store unreachable: OperationalError)" in status(cfg).output
+    assert "intake" not in status(cfg, "--check").output.lower()
