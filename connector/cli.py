@@ -107,6 +107,10 @@ def run(settings, dry_run: bool, fmt: str) -> None:
             for r in rows:
                 what = (f"eligible  {r['finess_geo']} activity {r['content_type_code']}" if r["decision"] == "eligible"
                         else f"{r['decision']}  {r['reason']}")  # skipped, or fails: the run would record FAILED
+                if r["correction"] == "WITHDRAW":
+                    what = "withdraw from the DMP"
+                elif r["correction"] == "REPLACE":
+                    what += f"  replaces the DMP entry of v{r['replaces']}"
                 detail = f"  ({r['detail']})" if r["detail"] else ""
                 click.echo(printable(f"{r['document_id']} v{r['version']}  {what}{detail}"))
                 count, eligible, fails = count + 1, eligible + (r["decision"] == "eligible"), fails + (r["decision"] == "fails")

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from connector import config, scan as scan_module
+from connector import config, samples, scan as scan_module
 from connector.actions import demo, run as run_action, status as status_action
 from connector.cli import main
 from connector.ledger.repo import open_ledger, utcnow
@@ -237,3 +237,17 @@ def test_export_as_sent_shows_the_replacement_and_the_withdrawal(dmp, tmp_path):
     [withdrawal] = (tmp_path / "out2").glob("*/iti57-request.http")
     assert b"urn:asip:ci-sis:2010:StatusType:Deleted" in withdrawal.read_bytes()
     assert "erroneous" in next((tmp_path / "out2").glob("*/REASON.txt")).read_text()
+
+
+def test_dry_run_says_what_would_be_replaced_and_withdrawn(dmp, tmp_path):
+    settings, state = dmp
+    run_action.run(settings)
+    samples.apply_corrections(settings.store.content_root)
+    result = CliRunner().invoke(main, ["run", "--dry-run", "--config", str(tmp_path / "dmp-connector.toml")])
+    assert result.exit_code == 0, result.output
+    lines = {line.split("  ")[0]: line for line in result.output.splitlines() if line.startswith("DOC-")}
+    assert "replaces the DMP entry of v1" in lines["DOC-001 v2"]
+    assert "replaces the DMP entry of v1" in lines["DOC-002 v1"] and "masking changed" in lines["DOC-002 v1"]
+    assert "unmask due" in lines["DOC-015 v1"]
+    assert "withdraw from the DMP" in lines["DOC-014 v1"]
+    assert report.report(state)["replacements"] == 0  # nothing sent

@@ -84,3 +84,27 @@ def test_migration_0007_approves_what_was_fed_before(tmp_path):
     assert (fed.dmp_status, fed.dmp_entry_uuid, fed.masking) == (APPROVED, "urn:uuid:a", None)
     assert (skipped.dmp_status, skipped.dmp_entry_uuid) == (None, None)
     assert ledger.submission(1).documents[0].action == "FEED"
+
+
+def test_a_rebuilt_ledger_keeps_withdrawn_documents_withdrawn_and_entry_versions(tmp_path):
+    """`db rebuild` from dmp_feed_status: a WITHDRAWN row stays withdrawn (never fed again), a FED row's CDA
+    versionNumber is its uniqueId's (a later correction's goes above it)."""
+    from connector import samples
+    from connector.actions.rebuild import rebuild
+    from connector.store import Store
+
+    db = samples.create_sample_store(tmp_path / "store")
+    store = Store(f"sqlite:///{db}", tmp_path / "store")
+    store.ensure_write_back_table()
+    now = utcnow()
+    store.write_back([dict(document_id="DOC-001", version=1, status="FED", dmp_unique_id="1.2.250.1.999.1.77.3",
+                           fed_at=now, last_error=None),
+                      dict(document_id="DOC-014", version=1, status="WITHDRAWN", dmp_unique_id="1.2.250.1.999.1.78.1",
+                           fed_at=now, last_error=None)])
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    assert rebuild(ledger, store) == 2
+    fed, withdrawn = _row(ledger, "DOC-001", 1), _row(ledger, "DOC-014", 1)
+    assert (fed.state, fed.dmp_status, fed.cda_version) == (FED, APPROVED, 3)
+    assert (withdrawn.state, withdrawn.dmp_status, withdrawn.reason) == (FED, "Deleted", "WITHDRAWN")
+    rows = {r["document_id"]: r["status"] for r in ledger.write_back_rows(pending_only=False)}
+    assert rows == {"DOC-001": "FED", "DOC-014": "WITHDRAWN"}

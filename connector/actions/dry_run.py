@@ -77,6 +77,9 @@ def as_dict(d: Decision, settings: Settings) -> dict:
         "type_code": d.document.type_code if d.document else None,
         "content_type_code": _content_type(d, settings),
         "decision": "eligible" if d.eligible else "fails" if isinstance(d, WouldFail) else "skipped",
+        # an eligible correction of what the DMP holds: REPLACE (of the version `replaces`) or WITHDRAW
+        "correction": getattr(d, "action", None) if d.eligible else None,
+        "replaces": d.replaces.version if d.eligible and getattr(d, "replaces", None) is not None else None,
         "reason": d.reason,
         "detail": d.detail,
     }

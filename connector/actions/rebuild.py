@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from connector.errors import LedgerError
 from connector.ledger.repo import Ledger, utcnow
-from connector.ledger.schema import FED, documents, submissions
+from connector.ledger.schema import APPROVED, DELETED, FED, WITHDRAWN, documents, submissions
 from connector.store import Store, dmp_document, dmp_feed_status
 
 BATCH = 1000
@@ -56,10 +56,10 @@ def rebuild(ledger: Ledger, store: Store) -> int:
         raise LedgerError(f"the ledger ({_where(ledger)}) already records submissions: `db rebuild` only fills a "
                           "ledger that has sent nothing (a new one in place of a lost one)")
     f, d = dmp_feed_status, dmp_document
-    query = (sa.select(f.c.document_id, f.c.version, f.c.dmp_unique_id, f.c.fed_at,
+    query = (sa.select(f.c.document_id, f.c.version, f.c.status, f.c.dmp_unique_id, f.c.fed_at,
                        d.c.patient_id, d.c.finess_geo, d.c.type_code)
              .select_from(f.outerjoin(d, (d.c.document_id == f.c.document_id) & (d.c.version == f.c.version)))
-             .where(f.c.status == FED).order_by(f.c.document_id, f.c.version))
+             .where(f.c.status.in_([FED, WITHDRAWN])).order_by(f.c.document_id, f.c.version))
     now, count = utcnow(), 0
     with store.engine.connect() as source, ledger.engine.begin() as target:
         rows = source.execution_options(stream_results=True, yield_per=BATCH).execute(query)
@@ -67,9 +67,19 @@ def rebuild(ledger: Ledger, store: Store) -> int:
             keys = [(r.document_id, r.version) for r in batch]
             # what a run before the rebuild decided about them (PENDING, SKIPPED…) gives way to the fact
             target.execute(sa.delete(documents).where(sa.tuple_(documents.c.document_id, documents.c.version).in_(keys)))
+            # a withdrawn document stays withdrawn (never fed again); the CDA versionNumber of a version's entry is
+            # the last arc of its uniqueId (a later correction's must be above it)
             target.execute(sa.insert(documents), [dict(
                 document_id=r.document_id, version=r.version, patient_id=r.patient_id or "", finess_geo=r.finess_geo,
                 type_code=r.type_code, state=FED, detail=REBUILT, unique_id=r.dmp_unique_id,
+                dmp_status=DELETED if r.status == WITHDRAWN else APPROVED, cda_version=_entry_version(r.dmp_unique_id),
+                reason=WITHDRAWN if r.status == WITHDRAWN else None,
                 fed_at=r.fed_at or now, first_seen_at=now, updated_at=now) for r in batch])
             count += len(batch)
     return count
+
+
+def _entry_version(unique_id: str | None) -> int | None:
+    """The CDA versionNumber of a document uniqueId `<oid_root>.1.<document arc>.<version>` (None: not ours)."""
+    last = (unique_id or "").rsplit(".", 1)[-1]
+    return int(last) if last.isdigit() and len(last) <= 10 else None

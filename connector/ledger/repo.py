@@ -575,7 +575,7 @@ class Ledger:
         document (`dmp-connector write-back --all`)."""
         d, sd, w = documents, submission_documents, write_back_pending
         query = (sa.select(d.c.document_id, d.c.version, d.c.state, d.c.fed_at, d.c.reason, d.c.detail,
-                           sd.c.unique_id)
+                           d.c.dmp_status, sd.c.unique_id)
                  .select_from(d.outerjoin(sd, (sd.c.submission_id == d.c.submission_id)
                                           & (sd.c.document_id == d.c.document_id) & (sd.c.version == d.c.version))))
         if pending_only:
@@ -586,7 +586,8 @@ class Ledger:
             query = query.where(sa.tuple_(d.c.document_id, d.c.version) > sa.tuple_(*after))
         query = query.order_by(d.c.document_id, d.c.version).limit(limit)
         with self.engine.connect() as conn:
-            return [dict(document_id=r.document_id, version=r.version, status=r.state,
+            return [dict(document_id=r.document_id, version=r.version,
+                         status=WITHDRAWN if r.state == FED and r.dmp_status == DELETED else r.state,
                          dmp_unique_id=r.unique_id if r.state == FED else None,
                          fed_at=r.fed_at if r.state == FED else None,
                          last_error=None if r.state == FED else (r.detail or r.reason or "")[:1000])
