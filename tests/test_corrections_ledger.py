@@ -108,3 +108,16 @@ def test_a_rebuilt_ledger_keeps_withdrawn_documents_withdrawn_and_entry_versions
     assert (withdrawn.state, withdrawn.dmp_status, withdrawn.reason) == (FED, "Deleted", "WITHDRAWN")
     rows = {r["document_id"]: r["status"] for r in ledger.write_back_rows(pending_only=False)}
     assert rows == {"DOC-001": "FED", "DOC-014": "WITHDRAWN"}
+
+
+def test_a_sandbox_state_file_from_before_the_confidentiality_codes_is_upgraded(tmp_path):
+    import sqlite3
+
+    from connector.sandbox.state import SandboxState
+
+    SandboxState(tmp_path / "sandbox.sqlite3").close()
+    with sqlite3.connect(tmp_path / "sandbox.sqlite3") as db:
+        db.execute("ALTER TABLE documents DROP COLUMN confidentiality")  # as an older sandbox wrote it
+    SandboxState(tmp_path / "sandbox.sqlite3").close()
+    with sqlite3.connect(tmp_path / "sandbox.sqlite3") as db:
+        assert "confidentiality" in {r[1] for r in db.execute("PRAGMA table_info(documents)")}

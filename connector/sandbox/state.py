@@ -142,6 +142,8 @@ class SandboxState:
             columns = {r["name"] for r in db.execute("PRAGMA table_info(documents)")}
             if "status" not in columns:  # a state file from before availability statuses: all were Approved
                 db.execute(f"ALTER TABLE documents ADD COLUMN status TEXT NOT NULL DEFAULT '{APPROVED}'")
+            if "confidentiality" not in columns:  # a state file from before the entries' codes were recorded
+                db.execute("ALTER TABLE documents ADD COLUMN confidentiality TEXT")
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:  # (re)opened on first use, so a closed state can still be read
