@@ -42,19 +42,22 @@ class DmpClient:
     def __exit__(self, *exc):
         self.close()
 
+    def _post(self, url: str, headers: dict, body: bytes) -> outcome.Outcome:
+        """POST one SOAP message and classify the reply, or the failure (sent or not: see request_was_sent)."""
+        try:
+            reply = self.session.post(url, data=body, headers=headers, timeout=self.timeout)
+            return outcome.classify_response(reply.status_code, reply.headers.get("Content-Type"), reply.content,
+                                             sent=True)
+        except requests.RequestException as exc:
+            return outcome.classify_response(None, None, None, exc, sent=outcome.request_was_sent(exc))
+
     def provide_and_register(
         self, request: etree._Element, attachments: dict[str, bytes], vihf: etree._Element
     ) -> outcome.Outcome:
         """Send one ITI-41 ProvideAndRegisterDocumentSet-b; the xdsb:Document bytes travel as MTOM parts."""
         url = self.settings.repository_url
         message_id, headers, body = iti41_message(url, request, attachments, vihf)
-        try:
-            reply = self.session.post(url, data=body, headers=headers, timeout=self.timeout)
-            result = outcome.classify_response(
-                reply.status_code, reply.headers.get("Content-Type"), reply.content, sent=True
-            )
-        except requests.RequestException as exc:
-            result = outcome.classify_response(None, None, None, exc, sent=outcome.request_was_sent(exc))
+        result = self._post(url, headers, body)
         # The submission's outcome is logged by deliver.py, with its cause, at the level it deserves.
         log.debug("ITI-41 %s: %s (%s): %s", message_id, result.kind, result.status, result.message)
         return dataclasses.replace(result, message_id=message_id)
@@ -65,13 +68,7 @@ class DmpClient:
         `get_documents` before anything is resent)."""
         url = self.settings.registry_url
         message_id, headers, body = iti57_message(url, request, vihf)
-        try:
-            reply = self.session.post(url, data=body, headers=headers, timeout=self.timeout)
-            result = outcome.classify_response(
-                reply.status_code, reply.headers.get("Content-Type"), reply.content, sent=True
-            )
-        except requests.RequestException as exc:
-            result = outcome.classify_response(None, None, None, exc, sent=outcome.request_was_sent(exc))
+        result = self._post(url, headers, body)
         log.info(
             "ITI-57 %s: %s (%s) %s", message_id, result.kind, result.status,
             ", ".join(e.code for e in result.errors) or "",

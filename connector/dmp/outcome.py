@@ -183,17 +183,7 @@ def _is_tls_failure(exc: BaseException) -> bool:
 def request_was_sent(exc: BaseException) -> bool:
     """False when `exc` (or what it wraps) shows the request never reached the server; True otherwise
     (read timeout, connection reset or closed while waiting for the reply: it may have been processed)."""
-    seen: set[int] = set()
-    stack = [exc]
-    while stack:
-        e = stack.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, _NOT_SENT):
-            return False
-        stack += [a for a in (*e.args, getattr(e, "reason", None), e.__cause__) if isinstance(a, BaseException)]
-    return True
+    return not any(isinstance(e, _NOT_SENT) for e in _chain(exc))
 
 
 def _media_type(content_type: str | None) -> str:

@@ -267,16 +267,24 @@ def saml_assertion_errors(element_or_bytes) -> list[str]:
     return _hl7_and_saml_xsd.errors(tree)
 
 
+def _signature_tree(element_or_bytes) -> tuple[etree._ElementTree | None, list[str]]:
+    """(the ds:Signature's tree, []) or (None, why it is not one)."""
+    try:
+        tree = _tree(element_or_bytes)
+    except ValueError as exc:
+        return None, [str(exc)]
+    if tree.getroot().tag != f"{_DS}Signature":
+        return None, [f"unexpected root element {tree.getroot().tag}"]
+    return tree, []
+
+
 def xades_errors(element_or_bytes) -> list[str]:
     """Schema errors of the XAdES QualifyingProperties of a ds:Signature (1.1.1 or 1.3.2, each against its
     own schema); [] if valid. The rest of the signature is not checked here: the GIE's own TD2.1 example,
     which the DMP accepts, has a ds:Signature Id that is not an XML ID (a UUID starting with a digit)."""
-    try:
-        tree = _tree(element_or_bytes)
-    except ValueError as exc:
-        return [str(exc)]
-    if tree.getroot().tag != f"{_DS}Signature":
-        return [f"unexpected root element {tree.getroot().tag}"]
+    tree, errors = _signature_tree(element_or_bytes)
+    if errors:
+        return errors
     found = [qp for ns in (XADES_111, XADES_132) for qp in tree.getroot().iterfind(f"{_DS}Object/{{{ns}}}QualifyingProperties")]
     if len(found) != 1:
         return [f"expected one XAdES 1.1.1 or 1.3.2 QualifyingProperties in a ds:Object, found {len(found)}"]
@@ -289,12 +297,9 @@ def signature_errors(element_or_bytes) -> list[str]:
     Its SignatureProperties object is left out: IHE DSG's purposeOfSignature SignatureProperty holds only
     text (as the DMP clients and the GIE's TD2.1 send it), which XML-DSig's SignaturePropertyType does not
     allow; TD2.1 puts it in no namespace, where ds:Object's lax wildcard skips it."""
-    try:
-        tree = _tree(element_or_bytes)
-    except ValueError as exc:
-        return [str(exc)]
-    if tree.getroot().tag != f"{_DS}Signature":
-        return [f"unexpected root element {tree.getroot().tag}"]
+    tree, errors = _signature_tree(element_or_bytes)
+    if errors:
+        return errors
     tree = etree.ElementTree(copy.deepcopy(tree.getroot()))
     for properties in tree.getroot().findall(f"{_DS}Object/{_DS}SignatureProperties"):
         properties.getparent().remove(properties)
