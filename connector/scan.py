@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from connector import pdfa, rules
+from connector.payload import header
 from connector.config import Settings
 from connector.content import content_probe
 from connector.ledger.repo import DocState, Ledger, utcnow
@@ -37,7 +38,8 @@ class Decision:
     patient: Patient | None = None
     content: bytes | None = None  # loaded for eligible documents only, when asked for
     ledger_state: str | None = None
-    warning: str | None = None  # eligible, but something to tell the operator (PDF/A triage): no content in it
+    # eligible, but something to tell the operator ("CODE: what", PDF/A triage, a value left out): no content in it
+    warnings: tuple[str, ...] = ()
     # A correction of what the DMP holds (issue 17): REPLACE (RPLC of `replaces`: a new version, or this version
     # with new masking codes) or WITHDRAW (`replaces` is the version withdrawn); None: a first feeding.
     action: str | None = None
@@ -197,7 +199,7 @@ def _feed(base: dict, doc: Document, patient: Patient | None, store: Store, sett
     skip = check(doc, data, settings, error=error)
     if skip is not None:
         return Decision(**base, reason=skip.reason, detail=skip.detail)
-    warning = None
+    warnings = _left_out(doc)
     if _pdfa_due(doc, settings, load_content):
         try:
             found = pdfa.problems(data if load_content else store.content(doc, limit))
@@ -210,8 +212,20 @@ def _feed(base: dict, doc: Document, patient: Patient | None, store: Store, sett
             return Decision(**base, reason=pdfa.CONTENT_NOT_PDFA,
                             detail="not PDF/A (validation.pdfa = reject): " + "; ".join(found))
         if found:
-            warning = f"{pdfa.CONTENT_NOT_PDFA}: " + "; ".join(found)
-    return Decision(**base, reason=None, detail=note, content=data if load_content else None, warning=warning)
+            warnings += (f"{pdfa.CONTENT_NOT_PDFA}: " + "; ".join(found),)
+    return Decision(**base, reason=None, detail=note, content=data if load_content else None, warnings=warnings)
+
+
+SPECIALTY_NOT_IN_J01 = "SPECIALTY_NOT_IN_J01"
+
+
+def _left_out(doc: Document) -> tuple[str, ...]:
+    """What the store gives that the DMP will not get: an author specialty outside JDV_J01 is carried by neither
+    the CDA nor the metadata (the document is fed without it), which the operator must hear of."""
+    if doc.author_specialty_code and header.author_specialty(doc) is None:
+        return (f"{SPECIALTY_NOT_IN_J01}: author_specialty_code is not a JDV_J01 code: fed without the author's "
+                "specialty",)
+    return ()
 
 
 def _pdfa_due(doc: Document, settings: Settings, load_content: bool) -> bool:

@@ -107,17 +107,17 @@ def test_reject_skips_a_pdf_that_is_not_pdfa(tmp_path, load_content):
     d = decided["DOC-001"]
     assert (d.reason, d.detail) == (pdfa.CONTENT_NOT_PDFA, "not PDF/A (validation.pdfa = reject): no PDF/A claim "
                                     "in its XMP metadata (pdfaid:part); 1 font(s) not embedded")
-    assert decided["DOC-002"].eligible and decided["DOC-002"].warning is None  # the samples claim PDF/A
+    assert decided["DOC-002"].eligible and decided["DOC-002"].warnings == ()  # the samples claim PDF/A
 
 
 def test_warn_feeds_it_with_a_warning_and_off_says_nothing(tmp_path):
     directory = _sample_store_with_one_plain_pdf(tmp_path)
     warned = _decisions(tmp_path, directory, "warn", True)["DOC-001"]
-    assert warned.eligible and warned.warning == (
-        "CONTENT_NOT_PDFA: no PDF/A claim in its XMP metadata (pdfaid:part); 1 font(s) not embedded")
-    assert _decisions(tmp_path, directory, "warn", False)["DOC-001"].warning is None  # a dry run reads no PDF whole
+    assert warned.eligible and warned.warnings == (
+        "CONTENT_NOT_PDFA: no PDF/A claim in its XMP metadata (pdfaid:part); 1 font(s) not embedded",)
+    assert _decisions(tmp_path, directory, "warn", False)["DOC-001"].warnings == ()  # a dry run reads no PDF whole
     off = _decisions(tmp_path, directory, "off", True)["DOC-001"]
-    assert off.eligible and off.warning is None
+    assert off.eligible and off.warnings == ()
 
 
 def test_a_run_logs_the_warning_by_document_id_and_counts_it_in_status(tmp_path, caplog):
@@ -144,3 +144,20 @@ def test_a_run_logs_the_warning_by_document_id_and_counts_it_in_status(tmp_path,
     result = CliRunner().invoke(main, ["status", "--format", "json", "--config", str(tmp_path / "dmp-connector.toml")])
     (last,) = json.loads(result.output)["last_runs"]
     assert last["counts"]["warning:CONTENT_NOT_PDFA"] == 1
+
+
+def test_an_author_specialty_outside_j01_is_fed_without_it_and_said(tmp_path):
+    """Carried by neither the CDA nor the metadata (README, store contract): the operator hears of it."""
+    import sqlite3
+
+    from connector import samples
+    from connector.scan import SPECIALTY_NOT_IN_J01
+
+    directory = tmp_path / "samples"
+    samples.create_sample_store(directory)
+    with sqlite3.connect(directory / "store.sqlite3") as db:
+        db.execute("UPDATE dmp_document SET author_specialty_code = 'S' || 'PECIALITE-INCONNUE' WHERE document_id = 'DOC-001'")
+    decided = _decisions(tmp_path, directory, "warn", True)
+    assert decided["DOC-001"].eligible
+    assert [w.split(":")[0] for w in decided["DOC-001"].warnings] == [SPECIALTY_NOT_IN_J01]
+    assert decided["DOC-002"].warnings == ()  # a J01 specialty: nothing to say

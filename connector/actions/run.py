@@ -312,9 +312,9 @@ def _start_patient(settings, ledger: Ledger, summary: Summary, group: list[Decis
     rows = []
     for d in group:
         if d.eligible:
-            if d.warning:
-                log.warning("document %s v%d: %s", d.document_id, d.version, d.warning)
-                summary.warnings[d.warning.split(":", 1)[0]] += 1
+            for warning in d.warnings:
+                log.warning("document %s v%d: %s", d.document_id, d.version, warning)
+                summary.warnings[warning.split(":", 1)[0]] += 1
             rows.append(dict(document_id=d.document_id, version=d.version, patient_id=d.patient_id, state=PENDING,
                              finess_geo=d.document.finess_geo, type_code=d.document.type_code))
         else:
