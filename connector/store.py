@@ -240,8 +240,7 @@ class Store:
                 query = query.where(key > sa.tuple_(*last))
             rows = self._read(query)
             for row in rows:
-                raw_id = row["document_id"]
-                raw_key = (raw_id.strip(" ") if isinstance(raw_id, str) else raw_id, row["version"])
+                raw_key = (_as_trimmed(row["document_id"]), row["version"])
                 if raw_key in repeated:
                     if raw_key not in reported:
                         reported.add(raw_key)
@@ -520,6 +519,17 @@ def _key(row, key: str, required: bool = True) -> str | None:
     if len(value) > KEY_LIMITS[key]:
         raise _BadColumn(f"column {_column(key)}: longer than {KEY_LIMITS[key]} characters")
     return value
+
+
+def _as_trimmed(raw_id):
+    """A document_id as SQL's trim() gives it back in `_repeated_keys`: text (a BLOB is read as UTF-8 text, as
+    SQLite's trim() does) without its spaces."""
+    if isinstance(raw_id, (bytes, bytearray)):
+        try:
+            raw_id = bytes(raw_id).decode("utf-8")
+        except UnicodeDecodeError:
+            return raw_id
+    return raw_id.strip(" ") if isinstance(raw_id, str) else raw_id
 
 
 def _key_or_none(row, key: str) -> str | None:
