@@ -246,14 +246,7 @@ def submission(
     errors = validate.xds_request_errors(request) or xds.metadata_errors(request, attachments)
     if errors:
         raise PayloadError("METADATA_INVALID", f"submission set {submission_set_uid}: {'; '.join(errors[:3])}")
-    token = vihf.build_vihf(
-        sign,
-        settings.vihf,
-        finess_geo=site.finess_geo,
-        facility_type=site.healthcare_facility_type,
-        patient_ins_cx=xds.ins_cx(patient),
-        **vihf_subject(settings, [d for d, _, _ in documents]),
-    )
+    token = lookup_vihf(settings, sign, site=site, patient=patient, documents=[d for d, _, _ in documents])
     return Prepared(submission_set_uid, request, attachments, token, signature_xml,
                     {uid: xml for _, uid, xml in documents})
 
@@ -295,20 +288,14 @@ def withdrawal(
     errors = validate.update_request_errors(request) or update.update_errors(request)
     if errors:
         raise PayloadError("METADATA_INVALID", f"document {document.document_id}: ITI-57 request: {'; '.join(errors[:3])}")
-    token = vihf.build_vihf(
-        sign,
-        settings.vihf,
-        finess_geo=site.finess_geo,
-        facility_type=site.healthcare_facility_type,
-        patient_ins_cx=xds.ins_cx(patient),
-        **vihf_subject(settings, [document]),
-    )
+    token = lookup_vihf(settings, sign, site=site, patient=patient, documents=[document])
     return PreparedUpdate(uid, request, token)
 
 
 def lookup_vihf(settings: Settings, sign: Credential, *, site: Site, patient: Patient,
                 documents: list[Document]) -> etree._Element:
-    """The VIHF of an ITI-18 lookup alone, for a submission that can no longer be rebuilt (its content gone)."""
+    """The signed VIHF of a request about `patient`'s `documents` at `site`: an ITI-41 or ITI-57, or an ITI-18
+    lookup alone (for a submission that can no longer be rebuilt, its content gone)."""
     return vihf.build_vihf(sign, settings.vihf, finess_geo=site.finess_geo, facility_type=site.healthcare_facility_type,
                            patient_ins_cx=xds.ins_cx(patient), **vihf_subject(settings, documents))
 
