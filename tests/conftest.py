@@ -162,3 +162,29 @@ def pg_url():
         with admin.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+# --- the sandbox DMP, started on demand (several per test if needed), stopped afterwards ---------------
+
+@pytest.fixture
+def state_path(tmp_path):
+    return tmp_path / "sandbox.sqlite3"
+
+
+@pytest.fixture
+def start(pki, state_path):
+    """start(**options) -> a running sandbox (fast checks unless told); every one is stopped after the test."""
+    from connector.sandbox.server import serve
+
+    servers = []
+
+    def start(**options):
+        options.setdefault("fast", True)
+        options.setdefault("state_path", state_path)
+        server = serve(pki_dir=pki.directory, **options).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

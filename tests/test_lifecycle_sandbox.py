@@ -19,7 +19,6 @@ from connector.payload import ids, xds
 from connector.payload.lifecycle import APPROVED, ARCHIVED, DELETED, DEPRECATED, Replaces
 from connector.sandbox import checks
 from connector.sandbox import report as sandbox_report
-from connector.sandbox.server import serve
 from connector.sandbox.state import SandboxState
 from connector.trust import vihf as vihf_module
 from conftest import make_document, make_patient, make_settings
@@ -82,21 +81,6 @@ class World:
 
     def report(self) -> dict:
         return sandbox_report.report(self.sandbox.state.path)
-
-
-@pytest.fixture
-def start(pki, tmp_path):
-    servers = []
-
-    def start(**options):
-        options.setdefault("fast", True)
-        server = serve(pki_dir=pki.directory, state_path=tmp_path / "sandbox.sqlite3", **options).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from connector.payload import ids, xds
 from connector.resources import ans_kit
 from connector.sandbox import checks
 from connector.sandbox import report as sandbox_report
-from connector.sandbox.server import serve
 from connector.sandbox.state import SandboxState
 from connector.trust import pki as test_pki
 from connector.trust.certs import load_credential
@@ -50,27 +49,6 @@ def session(pki, credentials):
     s = requests.Session()
     s.mount("https://", MutualTlsAdapter(client_context(pki.ca_cert, credentials[0])))
     return s
-
-
-@pytest.fixture
-def state_path(tmp_path):
-    return tmp_path / "sandbox.sqlite3"
-
-
-@pytest.fixture
-def start(pki, state_path):
-    servers = []
-
-    def start(**options):
-        options.setdefault("fast", True)
-        options.setdefault("state_path", state_path)
-        server = serve(pki_dir=pki.directory, **options).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture
