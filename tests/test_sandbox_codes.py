@@ -6,7 +6,7 @@ from __future__ import annotations
 from conftest import make_document
 from connector.sandbox import checks
 from test_sandbox import (  # noqa: F401 (fixtures)
-    build_request, credentials, post, registry_response, sandbox, session, settings, start, state_path,
+    build_request, credentials, post, registry_response, sandbox, session, settings,
 )
 
 
