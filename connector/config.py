@@ -175,6 +175,8 @@ class VihfSettings:
     lps_version: str = "0.1.0"
     lps_id_homologation_dmp: str = ""  # given by the GIE SESAM-Vitale; required in production
     lps_id: str = ""
+    # rsa-sha1 with SHA-1 digests as every GIE example VIHF (signed ones: 3 of 3); sha256 [UNKNOWN]
+    digest: str = "sha1"
 
 
 @dataclass(frozen=True)
@@ -540,6 +542,7 @@ def _vihf(r: _Reader, structure: Structure, environment: str) -> VihfSettings:
                           "without it)")
     return VihfSettings(
         version=r.string("vihf.version", d.version),
+        digest=r.string("vihf.digest", d.digest, choices=("sha1", "sha256")),
         authn_context=r.string("vihf.authn_context", d.authn_context),
         authentification_mode_attribute=r.string(
             "vihf.authentification_mode_attribute", d.authentification_mode_attribute,

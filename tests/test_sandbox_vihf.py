@@ -41,7 +41,7 @@ def _resigned(assertion, credential, change):
     assertion.remove(assertion.find("ds:Signature", NS))
     change(assertion)
     assertion = etree.fromstring(etree.tostring(assertion))
-    sign_assertion(assertion, credential)
+    sign_assertion(assertion, credential, "sha1")
     return assertion
 
 

@@ -51,7 +51,7 @@ def _attributes(element):
 
 def test_assertion_skeleton(vihf, sign_credential):
     assert vihf.tag == f"{{{SAML_NS}}}Assertion"
-    assert vihf.get("Version") == "2.0" and vihf.get("IssueInstant") == "2026-11-20T01:02:03Z"
+    assert vihf.get("Version") == "2.0" and vihf.get("IssueInstant") == "2026-11-20T01:02:03.000Z"
     assert vihf.get("ID").startswith("_")
     issuer, signature = vihf[0], vihf[1]
     assert issuer.tag == f"{{{SAML_NS}}}Issuer" and issuer.text == sign_credential.subject_dn
@@ -59,21 +59,22 @@ def test_assertion_skeleton(vihf, sign_credential):
     assert signature.tag == f"{{{DS_NS}}}Signature"  # right after Issuer
     assert vihf.findtext("saml:Subject/saml:NameID", namespaces=NS) == "810001234567"  # national id: 8 + RPPS
     authn = vihf.find("saml:AuthnStatement", NS)
-    assert authn.get("AuthnInstant") == "2026-11-20T01:02:03Z"
+    assert authn.get("AuthnInstant") == "2026-11-20T01:02:03.000Z"
     assert authn.findtext("saml:AuthnContext/saml:AuthnContextClassRef", namespaces=NS) == VIHF.authn_context
 
 
-def test_signature_algorithms_follow_the_ans_example(vihf):
+def test_signature_algorithms_follow_the_gie_example(vihf):
     sig = vihf.find("ds:Signature", NS)
     assert sig.find("ds:SignedInfo/ds:CanonicalizationMethod", NS).get("Algorithm") == "http://www.w3.org/2001/10/xml-exc-c14n#"
-    assert sig.find("ds:SignedInfo/ds:SignatureMethod", NS).get("Algorithm").endswith("rsa-sha256")
+    # rsa-sha1 and sha1 as every GIE example VIHF (`vihf.digest`; the ANS mapping's example has sha256)
+    assert sig.find("ds:SignedInfo/ds:SignatureMethod", NS).get("Algorithm") == "http://www.w3.org/2000/09/xmldsig#rsa-sha1"
     ref = sig.find("ds:SignedInfo/ds:Reference", NS)
     assert ref.get("URI") == "#" + vihf.get("ID")
     transforms = ref.findall("ds:Transforms/ds:Transform", NS)
     assert [t.get("Algorithm") for t in transforms] == [
         "http://www.w3.org/2000/09/xmldsig#enveloped-signature", "http://www.w3.org/2001/10/xml-exc-c14n#"]
     assert transforms[1][0].get("PrefixList") == "ds saml #default xsi"
-    assert ref.find("ds:DigestMethod", NS).get("Algorithm") == "http://www.w3.org/2001/04/xmlenc#sha256"
+    assert ref.find("ds:DigestMethod", NS).get("Algorithm") == "http://www.w3.org/2000/09/xmldsig#sha1"
     assert sig.find("ds:KeyInfo/ds:X509Data/ds:X509Certificate", NS) is not None
 
 

@@ -96,13 +96,33 @@ def test_skeleton_is_the_gie_example_s(gie, ours):
     assert [_local(e) for e in authn.iter()] == [_local(e) for e in gie_authn.iter()]
 
 
+def test_instants_are_written_as_in_the_gie_example(gie, ours):
+    # UTC with milliseconds and Z: 2019-06-26T08:46:06.839Z
+    instant = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+    for assertion in (gie, ours):
+        assert instant.fullmatch(assertion.get("IssueInstant"))
+        assert instant.fullmatch(assertion.find("saml:AuthnStatement", NS).get("AuthnInstant"))
+    assert ours.get("IssueInstant") == "2026-11-20T01:02:03.000Z"
+
+
+def test_digest_is_a_setting(sign_credential, tmp_path, pki):
+    settings = make_settings(tmp_path, vihf={"digest": "sha256"})
+    assertion = _build(sign_credential, settings.vihf)
+    assert verify_vihf(assertion, pki.ca_cert.read_bytes()).name_id == "810001234567"
+    signature = assertion[1]
+    assert signature.find("ds:SignedInfo/ds:SignatureMethod", NS).get("Algorithm").endswith("rsa-sha256")
+    assert signature.find("ds:SignedInfo/ds:Reference/ds:DigestMethod", NS).get("Algorithm").endswith("sha256")
+
+
 def test_signature_is_placed_and_built_as_in_the_gie_example(gie, ours):
     signature, gie_signature = ours[1], gie[1]
     assert signature.tag == gie_signature.tag == f"{{{DS_NS}}}Signature"
-    for path in ("ds:SignedInfo/ds:CanonicalizationMethod", "ds:SignedInfo/ds:Reference/ds:Transforms"):
+    for path in ("ds:SignedInfo/ds:CanonicalizationMethod", "ds:SignedInfo/ds:Reference/ds:Transforms",
+                 "ds:SignedInfo/ds:SignatureMethod", "ds:SignedInfo/ds:Reference/ds:DigestMethod"):
         ours_algorithms = [e.get("Algorithm") for e in signature.find(path, NS).iter() if e.get("Algorithm")]
         gie_algorithms = [e.get("Algorithm") for e in gie_signature.find(path, NS).iter() if e.get("Algorithm")]
-        assert ours_algorithms == gie_algorithms  # exc-c14n; enveloped-signature then exc-c14n
+        # exc-c14n; enveloped-signature then exc-c14n; rsa-sha1 and sha1 (`vihf.digest` default)
+        assert ours_algorithms == gie_algorithms
     for assertion, sig in ((ours, signature), (gie, gie_signature)):
         assert sig.find("ds:SignedInfo/ds:Reference", NS).get("URI") == "#" + assertion.get("ID")
         assert sig.find("ds:KeyInfo/ds:X509Data/ds:X509Certificate", NS) is not None

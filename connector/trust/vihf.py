@@ -103,7 +103,8 @@ def build_vihf(
         raise ValueError(f"VIHF subject role: {exc}") from None
 
     instant = (issue_instant or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
-    stamp = instant.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # milliseconds and Z, as every GIE example VIHF (2019-06-26T08:46:06.839Z)
+    stamp = instant.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     assertion_id = "_" + uuid.uuid4().hex
     E = etree.SubElement
 
@@ -155,7 +156,7 @@ def build_vihf(
     # Sign what a receiver will parse: lxml's in-memory namespace declarations (xsi:type set on a child)
     # can canonicalize differently from their serialization.
     root = parse(etree.tostring(root))
-    sign_assertion(root, credential)
+    sign_assertion(root, credential, vihf.digest)
     return root
 
 
@@ -172,20 +173,20 @@ def rpps_of(name_id: str | None) -> str | None:
     return name_id
 
 
-def sign_assertion(root: etree._Element, credential: Credential) -> None:
-    """Enveloped rsa-sha256 signature right after Issuer, as in the ANS example VIHF.
+def sign_assertion(root: etree._Element, credential: Credential, algorithm: str) -> None:
+    """Enveloped signature right after Issuer, as in the GIE's example VIHF (rsa-sha1 there, `vihf.digest`).
 
     Signed by hand rather than with signxml: signxml 5 (enveloped mode) digests with the InclusiveNamespaces
     PrefixList but omits it from the Transform, so nobody can verify the result.
     """
     # The digest of the assertion before the signature is inserted = what the enveloped transform yields.
-    value = digest(canonicalize(root, EXC_C14N, INCLUSIVE_PREFIXES), DIGEST_URIS["sha256"])
+    value = digest(canonicalize(root, EXC_C14N, INCLUSIVE_PREFIXES), DIGEST_URIS[algorithm])
     signature = etree.Element(ds("Signature"), nsmap={"ds": DS_NS})
     root[0].addnext(signature)
-    signed_info = new_signed_info(signature, EXC_C14N, "sha256")
-    add_reference(signed_info, "#" + root.get("ID"), "sha256", value,
+    signed_info = new_signed_info(signature, EXC_C14N, algorithm)
+    add_reference(signed_info, "#" + root.get("ID"), algorithm, value,
                   transforms=((ENVELOPED, None), (EXC_C14N, INCLUSIVE_PREFIXES)))
-    finish_signature(signature, credential.private_key, credential.certificate, "sha256")
+    finish_signature(signature, credential.private_key, credential.certificate, algorithm)
 
 
 def verify_vihf(element: etree._Element | bytes, ca_cert_pem: bytes) -> VihfInfo:
@@ -199,7 +200,8 @@ def verify_vihf(element: etree._Element | bytes, ca_cert_pem: bytes) -> VihfInfo
         raise VihfError("VIHF: the assertion is not signed (no ds:Signature child)")
     try:
         signer = signer_certificate(signature, ca_cert_pem)
-        (result,) = verify_signed_info(root, signer, expect_references=1, id_attribute="ID")
+        # rsa-sha1 as in every GIE example VIHF, or rsa-sha256 (the ANS mapping's example)
+        (result,) = verify_signed_info(root, signer, expect_references=1, id_attribute="ID", allow_sha1=True)
     except SignatureError as exc:
         raise VihfError(f"VIHF: {exc}") from None
     signed = result.signed_xml
