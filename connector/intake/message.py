@@ -298,6 +298,12 @@ def _check_ins(root, patient: dict) -> None:
         raise Refused("the CDA's INS (recordTarget/patientRole/id) differs from PID-3's", "PID^1^3", "207")
 
 
+def ins_pseudonym(ins_oid: str | None, ins: str) -> str:
+    """The patient id of a patient known only by its INS: a stable pseudonym, so that logs and reports (which
+    show patient ids) never show the INS."""
+    return "INS-" + hashlib.sha256(f"{ins_oid}|{ins}".encode()).hexdigest()[:24]
+
+
 def _patient(m: _Message, pid) -> dict:
     ins, ins_oid, ipp = None, None, None
     for rep in m.repetitions(pid, 3):
@@ -310,7 +316,7 @@ def _patient(m: _Message, pid) -> dict:
         if ins is None:
             raise Refused("PID-3 has neither an INS nor an IPP (identifier type PI)", "PID^1^3", "101")
         # No IPP: a stable pseudonym of the INS, so that logs and reports (which show patient ids) never show it.
-        ipp = "INS-" + hashlib.sha256(f"{ins_oid}|{ins}".encode()).hexdigest()[:24]
+        ipp = ins_pseudonym(ins_oid, ins)
     if len(ipp) > 64:
         raise Refused("PID-3: the IPP is longer than 64 characters", "PID^1^3", "102")
     row = {"patient_id": ipp, "ins_matricule": ins, "ins_oid": ins_oid, "identity_status": m.get(pid, 32) or None,
@@ -340,6 +346,27 @@ def _patient(m: _Message, pid) -> dict:
 
 def _document(m: _Message, header: Header, root, obx, warnings: list) -> dict:
     """dmp_document columns from the CDA header first (the XDS metadata must agree with it), then the message."""
+    sender = next((p for p in m.all("PRT") if m.get(p, 4) == "SB"), None)
+    row = cda_document(root)
+    row["type_code"] = row["type_code"] or m.get(obx, 3) or None
+    row["title"] = row["title"] or m.get(obx, 3, 1, 2) or None
+    row["activity"] = m.get(m.all("PV1")[0], 2) or None if m.all("PV1") else None
+    if sender is not None and _rpps(m.get(sender, 5)):  # PRT SB's author, else the CDA's first author
+        row["author_rpps"] = _rpps(m.get(sender, 5))
+        row["author_family_name"] = m.get(sender, 5, 1, 2) or None
+        row["author_given_name"] = m.get(sender, 5, 1, 3) or None
+    if sender is not None and m.get(sender, 8, 1, 7) == "FINEG" and m.get(sender, 8, 1, 10):
+        row["finess_geo"] = _finess(m.get(sender, 8, 1, 10))  # PRT's FINESS before the CDA's
+    for flag, column in MASKING_FLAGS.items():
+        row[column] = _flag(m, flag) is True
+    row["destined_to_dmp"] = _flag(m, DESTINED_TO_DMP) is not False  # absent: the DMP (the connector's purpose)
+    check_lengths(row)
+    return row
+
+
+def cda_document(root) -> dict:
+    """The dmp_document columns a CDA's header gives (None where it has nothing): the intakes fill the store row
+    from it first, so that the XDS metadata agrees with the CDA."""
     def cda(xpath: str, attribute: str | None = None) -> str | None:
         found = root.xpath(xpath, namespaces=_NS)
         if not found:
@@ -347,46 +374,37 @@ def _document(m: _Message, header: Header, root, obx, warnings: list) -> dict:
         value = found[0].get(attribute) if attribute else " ".join("".join(found[0].itertext()).split())
         return value or None
 
-    sender = next((p for p in m.all("PRT") if m.get(p, 4) == "SB"), None)
+    author = "v3:author/v3:assignedAuthor"
+    facility = root.xpath("v3:componentOf/v3:encompassingEncounter/v3:location/v3:healthCareFacility/v3:id"
+                          "[@root='1.2.250.1.71.4.2.2']", namespaces=_NS)
     row = {
-        "type_code": cda("v3:code", "code") or m.get(obx, 3) or None,
-        "title": cda("v3:title") or m.get(obx, 3, 1, 2) or None,
+        "type_code": cda("v3:code", "code"),
+        "title": cda("v3:title"),
         "created_at": _timestamp(cda("v3:effectiveTime", "value"), "ClinicalDocument/effectiveTime"),
         "service_start": _timestamp(cda("v3:documentationOf/v3:serviceEvent/v3:effectiveTime/v3:low", "value"),
                                     "serviceEvent/effectiveTime/low"),
         "service_stop": _timestamp(cda("v3:documentationOf/v3:serviceEvent/v3:effectiveTime/v3:high", "value"),
                                    "serviceEvent/effectiveTime/high"),
-        "author_rpps": None, "author_family_name": None, "author_given_name": None, "author_specialty_code": None,
+        "author_rpps": _rpps(cda(f"{author}/v3:id", "extension")),
+        "author_family_name": cda(f"{author}/v3:assignedPerson/v3:name/v3:family"),
+        "author_given_name": cda(f"{author}/v3:assignedPerson/v3:name/v3:given"),
+        "author_specialty_code": None,
         "legal_authenticator_rpps": _rpps(cda("v3:legalAuthenticator/v3:assignedEntity/v3:id", "extension")),
-        "finess_geo": None,
+        "finess_geo": _finess(facility[0].get("extension")) if facility else None,
         "mime_type": "text/xml",
-        "activity": m.get(m.all("PV1")[0], 2) or None if m.all("PV1") else None,
+        "activity": None,
     }
     if row["service_start"] is None:
         row["service_start"] = row["created_at"]
-    if sender is not None:
-        row["author_rpps"] = _rpps(m.get(sender, 5))
-        row["author_family_name"] = m.get(sender, 5, 1, 2) or None
-        row["author_given_name"] = m.get(sender, 5, 1, 3) or None
-        if m.get(sender, 8, 1, 7) == "FINEG":
-            row["finess_geo"] = _finess(m.get(sender, 8, 1, 10))
-    if row["author_rpps"] is None:  # no PRT SB: the CDA's first author
-        author = "v3:author/v3:assignedAuthor"
-        row["author_rpps"] = _rpps(cda(f"{author}/v3:id", "extension"))
-        row["author_family_name"] = cda(f"{author}/v3:assignedPerson/v3:name/v3:family")
-        row["author_given_name"] = cda(f"{author}/v3:assignedPerson/v3:name/v3:given")
-    if row["finess_geo"] is None:
-        facility = root.xpath("v3:componentOf/v3:encompassingEncounter/v3:location/v3:healthCareFacility/v3:id"
-                              "[@root='1.2.250.1.71.4.2.2']", namespaces=_NS)
-        row["finess_geo"] = _finess(facility[0].get("extension")) if facility else None
-    for flag, column in MASKING_FLAGS.items():
-        row[column] = _flag(m, flag) is True
-    row["destined_to_dmp"] = _flag(m, DESTINED_TO_DMP) is not False  # absent: the DMP (the connector's purpose)
+    return row
+
+
+def check_lengths(row: dict) -> None:
+    """The store contract's text lengths (a longer value would fail the insert, or be cut by some databases)."""
     for key, limit in (("type_code", 32), ("finess_geo", 9), ("title", 500), ("author_family_name", 200),
                        ("author_given_name", 200), ("activity", 64)):
-        if row[key] is not None and len(row[key]) > limit:
+        if row.get(key) is not None and len(row[key]) > limit:
             raise Refused(f"{key}: longer than the store contract's {limit} characters", "", "102")
-    return row
 
 
 def _flag(m: _Message, code: str) -> bool | None:
