@@ -33,6 +33,7 @@ class Reason(StrEnum):
     PATIENT_OPPOSED = "PATIENT_OPPOSED"
     PATIENT_DECEASED = "PATIENT_DECEASED"
     DOCUMENT_NOT_VALIDATED = "DOCUMENT_NOT_VALIDATED"
+    NOT_FOR_DMP = "NOT_FOR_DMP"  # its sender marked it not destined to the DMP (HL7 intake: OBX DESTDMP = N)
     SITE_UNKNOWN = "SITE_UNKNOWN"
     TYPE_NOT_ALLOWED = "TYPE_NOT_ALLOWED"
     ACTIVITY_INVALID = "ACTIVITY_INVALID"  # dmp_document.activity is neither an encounter class nor a JDV_J59 code
@@ -56,6 +57,7 @@ class Skip:
 QUALIFIED = "QUAL"
 VALIDATED = "VALIDATED"
 CANCELLED = "CANCELLED"
+NOT_FOR_DMP = "NOT_FOR_DMP"  # dmp_document.status of a document its sender did not destine to the DMP
 SEXES = frozenset({"M", "F", "U"})  # HL7 AdministrativeGender as used by the CDA
 SUPPORTED_MIME_TYPES = ("application/pdf", "text/xml")
 _RPPS = re.compile(r"^[0-9]{11}$")
@@ -73,7 +75,8 @@ def check_record(
     """None if the document may be fed, else the first reason why not.
 
     Order matters, since only the first reason is reported:
-    1. ALREADY_FED first: a fed document is done, whatever changed since (a patient who died later).
+    1. ALREADY_FED first: a fed document is done, whatever changed since (a patient who died later). Then
+       NOT_FOR_DMP: its sender decided it never goes, so nothing else about it needs fixing.
     2. Patient checks, from the most fundamental: no patient row, then a malformed INS, then an INS of
        the wrong kind for the platform (a safety net: never send a real NIR to a test DMP nor a test NIR
        to production), then the referentiel's exclusions (§4.1: not qualified, opposed, deceased), which
@@ -85,6 +88,9 @@ def check_record(
     """
     if already_fed:
         return Skip(Reason.ALREADY_FED, "this document version is already in the DMP")
+    if document.status == NOT_FOR_DMP:
+        return Skip(Reason.NOT_FOR_DMP, "status is NOT_FOR_DMP: its sender marked it not destined to the DMP "
+                                        "(DESTDMP = N)")
     if patient is None:
         return Skip(Reason.PATIENT_UNKNOWN, "dmp_patient has no row for the document's patient_id")
     problem = ins.check_ins(patient.ins_matricule, patient.ins_oid)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from connector.config import IntakeHl7Settings
 from connector.intake import message as hl7msg
 from hl7_client import (MDM_DEL, MDM_INIT, MDM_INIT_PLACEHOLDER, MDM_RPLC, ORU_DEL, ORU_INIT, ORU_RPLC, Client,
-                        RunningListener, err, example, frame, msa, send, with_cda)
+                        RunningListener, err, example, frame, msa, qualified, send, with_cda)
 from delivery_harness import (NO_PKI, PLACEHOLDER_URL, connector, connector_env, ledger_states, make_folder, run_cli,
                               write_config)
 
@@ -124,10 +124,23 @@ def test_postgresql_store_with_tables_created(pg_url):
     assert rows(pg_url, "SELECT document_id, version, status FROM dmp_document") == [(ORU_ID, 1, "VALIDATED")]
 
 
-def test_destdmp_n_is_recorded_not_for_the_dmp(listener, store_url):
-    message = example(MDM_INIT).replace(b"DESTDMP^Destinataire DMP^MetaDMPMSS||Y", b"DESTDMP^Destinataire DMP^MetaDMPMSS||N")
+def test_destdmp_n_is_recorded_then_skipped_not_for_dmp(tmp_path, listener, store_url):
+    """A document its sender marks not destined to the DMP is stored and skipped with its own reason (not
+    DOCUMENT_NOT_VALIDATED: nothing is wrong with it), which status and the Prometheus labels show."""
+    message = qualified(MDM_INIT).replace(b"DESTDMP^Destinataire DMP^MetaDMPMSS||Y",
+                                          b"DESTDMP^Destinataire DMP^MetaDMPMSS||N")
     assert msa(send(listener.address, message)) == ["AA", "015"]
     assert rows(store_url, "SELECT status FROM dmp_document") == [("NOT_FOR_DMP",)]
+    folder = make_folder(tmp_path / "connector")
+    cfg = folder.configure(PLACEHOLDER_URL, store={"url": store_url})  # nothing to send: the DMP is not called
+    result = run_cli(cfg)
+    assert result.returncode == 0, result.stderr
+    set_id = "1.2.250.1.71.4.2.2.120456789.71024000080"  # the corrected CDA's setId: its document id
+    assert ledger_states(folder.ledger_url) == {(set_id, 1): ("SKIPPED", "NOT_FOR_DMP")}
+    status = subprocess.run(connector("status", "--format", "json", "--prometheus", str(tmp_path / "prom"),
+                                      "--config", str(cfg)), env=connector_env(), capture_output=True, text=True)
+    assert {"state": "SKIPPED", "reason": "NOT_FOR_DMP", "count": 1} in json.loads(status.stdout)["documents_by_reason"]
+    assert 'dmp_connector_documents_by_reason{state="SKIPPED",reason="NOT_FOR_DMP"} 1' in (tmp_path / "prom").read_text()
 
 
 # --- a run over what the intake wrote ----------------------------------------------------------------

@@ -41,6 +41,9 @@ RECORD_CASES = [
     ({}, {"status": "DRAFT"}, {}, Reason.DOCUMENT_NOT_VALIDATED, "DRAFT"),
     ({}, {"status": "CANCELLED"}, {}, Reason.DOCUMENT_NOT_VALIDATED, "CANCELLED"),
     ({}, {"status": None}, {}, Reason.DOCUMENT_NOT_VALIDATED, "empty"),
+    ({}, {"status": "NOT_FOR_DMP"}, {}, Reason.NOT_FOR_DMP, "DESTDMP"),  # the sender said so (HL7 intake)
+    # not destined to the DMP: said as such, not as an identity problem nobody needs to fix
+    ({"identity_status": "VALI"}, {"status": "NOT_FOR_DMP"}, {}, Reason.NOT_FOR_DMP, "not destined"),
     ({}, {"finess_geo": "0B0999996"}, {}, Reason.SITE_UNKNOWN, "0B0999996"),
     ({}, {"finess_geo": None}, {}, Reason.SITE_UNKNOWN, "finess_geo"),
     ({}, {"type_code": "11526-1"}, {}, Reason.TYPE_NOT_ALLOWED, "JDV_J07"),

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from connector import store as contract
 from connector.intake.message import DELETION, INITIAL, REPLACEMENT, Intake, Refused
+from connector.rules import NOT_FOR_DMP  # the status of a document whose DESTDMP flag is N: recorded, never fed
 
 log = logging.getLogger("connector.intake")
 
@@ -66,8 +67,6 @@ intake_listener = sa.Table(
     sa.Column("seen_at", sa.DateTime, nullable=False),  # its last heartbeat (every intake.hl7.figures_interval_seconds)
     sa.Column("stopped_at", sa.DateTime),  # a clean stop; None while it runs (or if it died)
 )
-
-NOT_FOR_DMP = "NOT_FOR_DMP"  # dmp_document.status of a document whose DESTDMP flag is N: recorded, never fed
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ LEGEND = {
     "PATIENT_OPPOSED": "the patient opposed feeding",
     "PATIENT_DECEASED": "the patient died",
     "DOCUMENT_NOT_VALIDATED": "a draft or cancelled document",
+    "NOT_FOR_DMP": "its sender marked it not destined to the DMP",
     "SITE_UNKNOWN": "the producing site is not configured (a FINESS typo?)",
     "TYPE_NOT_ALLOWED": "a document type the DMP or the configuration does not take",
     "IDENTITY_INCOMPLETE": "an identity trait the DMP requires is missing",
