@@ -11,13 +11,15 @@ from hostile_server import running_server, server_context
 from lxml import etree
 
 from connector.dmp import iti18, outcome, soap
-from connector.payload import update
+from connector.payload import update, validate
 from connector.payload.lifecycle import APPROVED, DELETED, DEPRECATED
 from connector.trust.vihf import verify_vihf
 from test_dmp_client import INS_CX, make_client, test_pki, vihf  # noqa: F401 (fixtures)
 from test_update import ours
 
-TD31_REPLY = Path(__file__).resolve().parents[1] / "schemas/gie-dmp-package/messages/TD3.1_Recherche_de_document_reponse.xml"
+GIE_MESSAGES = Path(__file__).resolve().parents[1] / "schemas/gie-dmp-package/messages"
+TD31_REPLY = GIE_MESSAGES / "TD3.1_Recherche_de_document_reponse.xml"
+TD31_REQUEST = GIE_MESSAGES / "TD3.1_Recherche_de_document_requete.xml"
 ENTRY_1 = "urn:uuid:11111111-1111-4111-8111-111111111111"
 ENTRY_2 = "urn:uuid:22222222-2222-4222-8222-222222222222"
 
@@ -105,6 +107,47 @@ def test_get_documents_by_unique_id_gives_each_entry_and_its_status(server, test
     assert slot.get("name") == "$XDSDocumentEntryUniqueId"
     assert slot.findtext("rim:ValueList/rim:Value", namespaces=soap.NS) == "('1.2.3.1','1.2.3.2')"
     assert query.find("query:ResponseOption", soap.NS).get("returnType") == "LeafClass"
+
+
+def _shape(element: etree._Element) -> list:
+    """Tags and attribute names of a tree, in document order (values left out: ids, dates, patients differ)."""
+    return [(e.tag, sorted(e.attrib)) for e in element.iter(etree.Element)]
+
+
+def test_get_documents_is_shaped_as_the_gie_td31_stored_query(server, test_pki, vihf):  # noqa: F811
+    """Golden test of our ITI-18 request against the DMP operator's own stored query (TD3.1, a FindDocuments):
+    the same WS-Addressing headers with the same Action, the same ResponseOption, and an AdhocQuery built the
+    same way (Slot / ValueList / Value, quoted values); both valid against the ebRS query schema."""
+    server.behaviour.body = entries_reply()
+    with make_client(test_pki, server.server_port) as client:
+        client.get_documents(unique_ids=["1.2.3.1", "1.2.3.2"], patient_ins_cx=INS_CX, vihf=vihf)
+    ours = soap.parse_xml(server.behaviour.requests[0][2])
+    gie = soap.parse_xml(TD31_REQUEST.read_bytes())
+
+    def headers(env):
+        return sorted(etree.QName(h).localname for h in env.find("soap:Header", soap.NS))
+    assert headers(ours) == headers(gie) == ["Action", "MessageID", "ReplyTo", "Security", "To"]
+    for name in ("Action", "To"):
+        assert len(ours.findall(f"soap:Header/wsa:{name}", soap.NS)) == 1
+    assert soap.header_value(ours, "Action") == soap.header_value(gie, "Action") == "urn:ihe:iti:2007:RegistryStoredQuery"
+    address = "soap:Header/wsa:ReplyTo/wsa:Address"
+    assert ours.findtext(address, namespaces=soap.NS) == gie.findtext(address, namespaces=soap.NS) == soap.ANONYMOUS
+
+    query, gie_query = soap.body_child(ours), soap.body_child(gie)
+    assert query.tag == gie_query.tag == f"{{{soap.QUERY}}}AdhocQueryRequest"
+    option = "query:ResponseOption"
+    assert dict(query.find(option, soap.NS).attrib) == dict(gie_query.find(option, soap.NS).attrib) == {
+        "returnComposedObjects": "true", "returnType": "LeafClass"}
+    # One AdhocQuery with an id, Slots of one ValueList each: the GIE's two slots, our one, same shape.
+    slot_shape = [(f"{{{soap.RIM}}}Slot", ["name"]), (f"{{{soap.RIM}}}ValueList", []), (f"{{{soap.RIM}}}Value", [])]
+    assert _shape(query)[:3] == _shape(gie_query)[:3]
+    assert _shape(query)[3:] == slot_shape and _shape(gie_query)[3:] == slot_shape * 2
+    # A list parameter is `('a','b')`, as the GIE's $XDSDocumentEntryStatus `('urn:…:Approved')`.
+    gie_status = gie_query.find("rim:AdhocQuery/rim:Slot[@name='$XDSDocumentEntryStatus']/rim:ValueList/rim:Value",
+                                soap.NS).text
+    assert gie_status.startswith("('") and gie_status.endswith("')")
+    assert query.findtext("rim:AdhocQuery/rim:Slot/rim:ValueList/rim:Value", namespaces=soap.NS) == "('1.2.3.1','1.2.3.2')"
+    assert validate.xds_request_errors(gie_query) == [] and validate.xds_request_errors(query) == []
 
 
 def test_get_documents_by_entry_uuid(server, test_pki, vihf):  # noqa: F811

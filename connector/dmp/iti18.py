@@ -98,6 +98,9 @@ def _headers(registry_url: str, vihf: etree._Element) -> list[etree._Element]:
     return list(env.find(f"{{{soap.SOAP12}}}Header"))
 
 
+_QUERY_DEFAULTS = {"federated": "false", "maxResults": "-1", "startIndex": "0"}  # query.xsd
+
+
 class _OurHeaders(zeep.Plugin):
     """zeep adds WS-Addressing headers of its own for an operation with a wsaw:Action (a second Action,
     MessageID and To: InvalidCardinality for a WS-Addressing endpoint) and prunes the namespace declarations
@@ -112,6 +115,12 @@ class _OurHeaders(zeep.Plugin):
         for child in list(header):
             header.remove(child)
         header.extend(copy.deepcopy(h) for h in self.headers)
+        # zeep also writes out the AdhocQueryRequest attributes whose values are the schema's defaults; the GIE's
+        # stored query (TD3.1) leaves them off, and so do we.
+        request = envelope.find(f"{{{soap.SOAP12}}}Body/{{{soap.QUERY}}}AdhocQueryRequest")
+        for name, default in _QUERY_DEFAULTS.items():
+            if request is not None and request.get(name) == default:
+                del request.attrib[name]
         return envelope, http_headers
 
 
