@@ -129,6 +129,8 @@ def test_get_documents_is_shaped_as_the_gie_td31_stored_query(server, test_pki, 
     assert headers(ours) == headers(gie) == ["Action", "MessageID", "ReplyTo", "Security", "To"]
     for name in ("Action", "To"):
         assert len(ours.findall(f"soap:Header/wsa:{name}", soap.NS)) == 1
+    security = "soap:Header/wsse:Security"
+    assert dict(ours.find(security, soap.NS).attrib) == dict(gie.find(security, soap.NS).attrib) == {}
     assert soap.header_value(ours, "Action") == soap.header_value(gie, "Action") == "urn:ihe:iti:2007:RegistryStoredQuery"
     address = "soap:Header/wsa:ReplyTo/wsa:Address"
     assert ours.findtext(address, namespaces=soap.NS) == gie.findtext(address, namespaces=soap.NS) == soap.ANONYMOUS

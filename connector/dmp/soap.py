@@ -61,8 +61,9 @@ def envelope(
     etree.SubElement(reply_to, f"{{{WSA}}}Address").text = ANONYMOUS
     security = list(security)
     if security:
+        # no soap:mustUnderstand, as in every GIE example request: the DMP reads the VIHF without our asking,
+        # and a SOAP stack without a WS-Security handler would answer a MustUnderstand fault
         sec = etree.SubElement(header, f"{{{WSSE}}}Security", nsmap={"wsse": WSSE})
-        sec.set(f"{{{SOAP12}}}mustUnderstand", "true")
         for element in security:
             sec.append(copy.deepcopy(element))
     etree.SubElement(env, f"{{{SOAP12}}}Body").append(copy.deepcopy(body))
