@@ -53,10 +53,39 @@ def corrected_cda(cda: bytes) -> bytes:
     return re.sub(rb"\s*<family qualifier=\"SP\">[^<]*</family>", b"", head) + end + rest
 
 
+def cda_of(message: bytes) -> bytes:
+    """The CDA a message's document OBX carries."""
+    found = []
+    with_cda(message, lambda cda: found.append(cda) or cda)
+    [cda] = found
+    return cda
+
+
+ORU_INIT_ID = b"1.2.250.1.213.1.1.9"  # the ORU initial CDA's id (and setId)
+
+
+def chained(name: str) -> bytes:
+    """An example message such that the ORU examples make one chain, as the MDM ones do as published. The ORU
+    examples' README (examples/ORU/readme.md, "Cas du remplacement de document") says to set the replaced
+    document's id in the replacement's CDA (its relatedDocument names …12, an id no example sent: the initial's is
+    …9); and the deletion carries "la dernière version du CR à supprimer" (examples/ORU/Suppression_ORU/README.md),
+    which its folder ships as SEGUR_CR_Bio_CDA_Niv3_v2.xml, the replacement's CDA byte for byte (CRLF aside), while
+    its message embeds another patient's CDA: the deletion gets the (chained) replacement's CDA. The MDM examples
+    are returned as published."""
+    message = example(name)
+    if name == ORU_RPLC:
+        message = with_cda(message, lambda cda: re.sub(rb'(<parentDocument>\s*<id root=")1\.2\.250\.1\.213\.1\.1\.12"',
+                                                       rb"\g<1>" + ORU_INIT_ID + b'"', cda))
+    elif name == ORU_DEL:
+        replacement = cda_of(chained(ORU_RPLC))
+        message = with_cda(message, lambda _: replacement)
+    return message
+
+
 def qualified(name: str) -> bytes:
-    """A test fixture derived from an example message: its CDA corrected (`corrected_cda`) and its identity status
-    (PID-32) QUAL instead of VALI, so its document may go to the DMP."""
-    message = with_cda(example(name), corrected_cda)
+    """A test fixture derived from an example message: chained (`chained`), its CDA corrected (`corrected_cda`)
+    and its identity status (PID-32) QUAL instead of VALI, so its document may go to the DMP."""
+    message = with_cda(chained(name), corrected_cda)
     assert message.count(b"|N|VALI") == 1
     return message.replace(b"|N|VALI", b"|N|QUAL")
 

@@ -11,18 +11,28 @@ import subprocess
 import pytest
 
 from delivery_harness import connector, connector_env, ledger_rows, make_folder, sandbox
-from hl7_client import MDM_DEL, MDM_INIT, MDM_RPLC, RunningListener, example, msa, qualified, send
+from hl7_client import (MDM_DEL, MDM_INIT, MDM_RPLC, ORU_DEL, ORU_INIT, ORU_RPLC, RunningListener, err, example, msa,
+                        qualified, send)
 from connector.config import IntakeHl7Settings
 
 INTAKE = IntakeHl7Settings(port=0, read_timeout=20, idle_timeout=60)
 MDM_DOC = "1.2.250.1.71.4.2.2.120456789.71024000080"  # the corrected CDAs' setId: the store's document id
 MDM_ID = "1.2.250.1.71.4.2.2.120456789.71024000081"  # the initial CDA's own id (TXA-12): its uniqueId
 MDM_V2 = "1.2.250.1.71.4.2.2.120456789.71024000082"  # the replacement CDA's own id
-PRT_FINESS = "300017985"  # the FINESS géographique of the examples' PRT (their CDAs have no healthCareFacility id)
-SITE = f"""
+ORU_DOC = ORU_ID = "1.2.250.1.213.1.1.9"  # the ORU initial CDA's id and setId
+ORU_V2 = "1.2.250.1.213.1.1.13"  # the ORU replacement CDA's own id
+# The FINESS géographique of the examples' PRT (their CDAs have no healthCareFacility id): MDM's, ORU's (PRT-8.10
+# 1120459876, the ANS structure id: "1" + FINESS).
+SITE = """
 [[structure.sites]]
-finess_geo = "{PRT_FINESS}"
+finess_geo = "300017985"
 name = "Organisation-Y"
+healthcare_facility_type = "SA07"
+practice_setting = "AMBULATOIRE"
+
+[[structure.sites]]
+finess_geo = "120459876"
+name = "labo"
 healthcare_facility_type = "SA07"
 practice_setting = "AMBULATOIRE"
 """
@@ -69,30 +79,37 @@ def _entries(folder) -> list[tuple]:
         sandbox_state.close()
 
 
-def test_mdm_examples_go_end_to_end_initial_replacement_deletion(intake):
+# (initial, replacement, deletion messages; the store's document id; the initial's and the replacement's CDA ids)
+CHAINS = {"MDM": (MDM_INIT, MDM_RPLC, MDM_DEL, MDM_DOC, MDM_ID, MDM_V2),
+          "ORU": (ORU_INIT, ORU_RPLC, ORU_DEL, ORU_DOC, ORU_ID, ORU_V2)}
+
+
+@pytest.mark.parametrize("kind", CHAINS)
+def test_examples_go_end_to_end_initial_replacement_deletion(intake, kind):
+    init, rplc, delete, doc, v1, v2 = CHAINS[kind]
     address, folder, store_url = intake
     with sandbox(folder) as dmp:
         cfg = _configure(folder, dmp.url, store_url)
 
-        assert msa(send(address, qualified(MDM_INIT))) == ["AA", "015"]
+        assert msa(send(address, qualified(init))) == ["AA", "015"]
         dry = run_cli(cfg, "--dry-run", "--format", "json")
-        assert [(r["document_id"], r["decision"]) for r in json.loads(dry.stdout)] == [(MDM_DOC, "eligible")]
+        assert [(r["document_id"], r["decision"]) for r in json.loads(dry.stdout)] == [(doc, "eligible")]
         first = run_cli(cfg)
         assert first.returncode == 0, first.stdout + first.stderr
-        assert _ledger(folder) == {(MDM_DOC, 1): ("FED", None, "Approved")}
-        assert _entries(folder) == [(MDM_ID, "Approved")]  # its uniqueId is the CDA's own id
+        assert _ledger(folder) == {(doc, 1): ("FED", None, "Approved")}
+        assert _entries(folder) == [(v1, "Approved")]  # its uniqueId is the CDA's own id
 
-        assert msa(send(address, qualified(MDM_RPLC))) == ["AA", "015"]
+        assert msa(send(address, qualified(rplc))) == ["AA", "015"]
         second = run_cli(cfg)
         assert second.returncode == 0, second.stdout + second.stderr
-        assert _ledger(folder) == {(MDM_DOC, 1): ("FED", None, "Deprecated"), (MDM_DOC, 2): ("FED", None, "Approved")}
-        assert _entries(folder) == [(MDM_ID, "Deprecated"), (MDM_V2, "Approved")]
+        assert _ledger(folder) == {(doc, 1): ("FED", None, "Deprecated"), (doc, 2): ("FED", None, "Approved")}
+        assert _entries(folder) == [(v1, "Deprecated"), (v2, "Approved")]
 
-        assert msa(send(address, qualified(MDM_DEL))) == ["AA", "015"]
+        assert msa(send(address, qualified(delete))) == ["AA", "015"]
         third = run_cli(cfg)
         assert third.returncode == 0, third.stdout + third.stderr
-        assert _ledger(folder)[(MDM_DOC, 2)] == ("FED", "WITHDRAWN", "Deleted")
-        assert _entries(folder) == [(MDM_ID, "Deprecated"), (MDM_V2, "Deleted")]
+        assert _ledger(folder)[(doc, 2)] == ("FED", "WITHDRAWN", "Deleted")
+        assert _entries(folder) == [(v1, "Deprecated"), (v2, "Deleted")]
 
 
 def test_example_cdas_as_published_fail_cda_invalid_with_the_schematrons_message(intake):

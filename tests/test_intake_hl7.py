@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from connector.config import IntakeHl7Settings
 from connector.intake import message as hl7msg
 from hl7_client import (MDM_DEL, MDM_INIT, MDM_INIT_PLACEHOLDER, MDM_RPLC, ORU_DEL, ORU_INIT, ORU_RPLC, Client,
-                        RunningListener, err, example, frame, msa, qualified, send, with_cda)
+                        RunningListener, cda_of, err, example, frame, msa, qualified, send, with_cda)
 from delivery_harness import (NO_PKI, PLACEHOLDER_URL, connector, connector_env, ledger_states, make_folder, run_cli,
                               write_config)
 
@@ -82,11 +82,26 @@ def test_official_examples_over_a_socket_give_their_acks_and_rows(listener, stor
 
     # as published, two examples cannot be taken: say why, write nothing
     before = rows(store_url, DOCS)
-    placeholder = send(listener.address, example(MDM_INIT_PLACEHOLDER))  # OBX-5 is a sentence, not a CDA
+    # MDM_CR_Radio_INIT_N1's OBX-5.5 is the base64 of a sentence ("Document medcial au format CDA niveau 1"), an
+    # illustration: its README calls its _Base64 twin "identique au précédent mais contenant le document en
+    # Base64". The guide wants the CDA there (profils-messages.md, document OBX: OBX-5.3 "XML", OBX-5.5 "Intégrer
+    # le document CDA-R2"; "un segment OBX contenant un document au format CDA-R2"), and nothing could be sent to
+    # the DMP without one: AE, ERR-2 OBX-5, ERR-8 saying it is not a CDA and why.
+    placeholder = send(listener.address, example(MDM_INIT_PLACEHOLDER))
     assert msa(placeholder) == ["AE", "015"] and err(placeholder)[2] == "OBX^1^5"
-    assert "not a CDA" in err(placeholder)[8]
-    other_patient = send(listener.address, example(ORU_DEL))  # its CDA is another patient's (INS ≠ PID-3)
+    assert err(placeholder)[3].startswith("102^")
+    assert "not a CDA" in err(placeholder)[8] and "not well-formed XML" in err(placeholder)[8]
+    # The ORU deletion as published carries another patient's CDA (another INS than PID-3). A deletion's CDA is not
+    # ignored by the guide: "Côté consommateur, l'id du document à supprimer est extrait du CDA à partir de
+    # l'élément clinicalDocument@id" (exemples.md, deletion), "Le PID-3 doit être identique aux identifiants de
+    # patient portés par le document CDA" (profils-messages.md, PID), for every message: AE naming PID-3.
+    other_patient = send(listener.address, example(ORU_DEL).replace(b"|N|VALI", b"|N|QUAL"))
     assert msa(other_patient) == ["AE", "015"] and err(other_patient)[2] == "PID^1^3"
+    assert "differs from PID-3" in err(other_patient)[8]
+    # its own patient's CDA but the id of a version never sent (…12, the replacement's stated parent): AE 204
+    unknown = with_cda(example(ORU_DEL), lambda _: cda_of(example(ORU_RPLC)).replace(
+        b'<id root="1.2.250.1.213.1.1.13"/>', b'<id root="1.2.250.1.213.1.1.12"/>'))
+    assert msa(ack := send(listener.address, unknown)) == ["AE", "015"] and err(ack)[3].startswith("204^")
     assert rows(store_url, DOCS) == before
 
 
@@ -140,7 +155,8 @@ def test_destdmp_n_is_recorded_then_skipped_not_for_dmp(tmp_path, listener, stor
     status = subprocess.run(connector("status", "--format", "json", "--prometheus", str(tmp_path / "prom"),
                                       "--config", str(cfg)), env=connector_env(), capture_output=True, text=True)
     assert {"state": "SKIPPED", "reason": "NOT_FOR_DMP", "count": 1} in json.loads(status.stdout)["documents_by_reason"]
-    assert 'dmp_connector_documents_by_reason{state="SKIPPED",reason="NOT_FOR_DMP"} 1' in (tmp_path / "prom").read_text()
+    prometheus = (tmp_path / "prom").read_text()
+    assert 'dmp_connector_documents_by_reason{state="SKIPPED",reason="NOT_FOR_DMP"} 1' in prometheus
 
 
 # --- a run over what the intake wrote ----------------------------------------------------------------

@@ -162,6 +162,9 @@ def read(raw: bytes, max_document_bytes: int) -> Intake:
                 raise Refused("TXA-13 (the replaced document's id) is required with T10", "TXA^1^13", "101")
     if parent_id is None and action == REPLACEMENT:
         parent_id = _cda_parent(root)
+    # A deletion too: its CDA is not ignored, the guide takes the document to delete from it ("l'id du document à
+    # supprimer est extrait du CDA à partir de l'élément clinicalDocument@id", exemples.md) and wants PID-3
+    # "identique aux identifiants de patient portés par le document CDA" in every message (profils-messages.md).
     _check_ins(root, patient)
     warnings = []
     document = _document(m, header, root, document_obx, warnings)
@@ -251,7 +254,8 @@ def _cda_root(cda: bytes):
     try:
         root = parse_untrusted(cda).getroot()
     except ValueError as exc:
-        raise Refused(f"OBX-5: the document is not a CDA: {exc}", "OBX^1^5", "102") from None
+        raise Refused(f"OBX-5: the document is not a CDA (OBX-5.5 must carry the CDA-R2 document, in base64): {exc}",
+                      "OBX^1^5", "102") from None
     if root.tag != f"{{{V3_NS}}}ClinicalDocument":
         raise Refused("OBX-5: the document is not an HL7 v3 ClinicalDocument", "OBX^1^5", "102")
     return root
