@@ -12,6 +12,7 @@ from lxml import etree
 from connector.payload import hl7, ids, validate, xds
 from connector.payload.errors import PayloadError
 from connector.payload.xds_read import metadata_errors, parse_request
+from connector.trust.xmlsig import XML_DECLARATION, CanonicalDocument
 from conftest import make_document, make_patient, make_settings
 
 R = "{urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0}"
@@ -23,7 +24,7 @@ def schema_errors(element) -> list[str]:
     return validate.xds_request_errors(element)
 
 
-def build(tmp_path, n=1, *, patient=None, documents=None, signed=True, settings=None, **doc_overrides):
+def build(tmp_path, n=1, *, patient=None, documents=None, signed=True, settings=None, cda=None, **doc_overrides):
     settings = settings or make_settings(tmp_path)
     structure = settings.structure
     site = structure.sites[0]
@@ -35,7 +36,7 @@ def build(tmp_path, n=1, *, patient=None, documents=None, signed=True, settings=
         xds.Entry(
             document=d,
             patient=patient,
-            cda=f"<ClinicalDocument>{d.document_id}</ClinicalDocument>".encode(),
+            cda=cda or f"<ClinicalDocument>{d.document_id}</ClinicalDocument>".encode(),
             unique_id=ids.document_unique_id(structure.oid_root, d.document_id, d.version),
             entry_uuid=ids.entry_uuid(structure.oid_root, d.document_id, d.version),
         )
@@ -316,6 +317,22 @@ def test_wrong_hash_and_size_are_reported(tmp_path):
     ]
     missing = {k: v for k, v in attachments.items() if k != entry.entry_uuid}
     assert metadata_errors(element, missing) == [f"DocumentEntry {entry.entry_uuid}: no attached document"]
+
+
+def test_a_built_cda_is_hashed_once_and_a_different_attachment_still_caught(tmp_path, monkeypatch):
+    """The CDA builder's bytes (CanonicalDocument) keep their SHA-1 for the request's self-check; an attachment
+    that is not the hashed object (one byte changed, same size) is hashed afresh: the mismatch is still caught."""
+    cda = CanonicalDocument(XML_DECLARATION + b"<ClinicalDocument>DOC0001</ClinicalDocument>")
+    element, attachments, (entry,), _ = build(tmp_path, cda=cda)
+    assert parse_request(element).entries[0].hash == hashlib.sha1(cda).hexdigest()
+    sha1 = hashlib.sha1
+    hashed = []
+    monkeypatch.setattr(hashlib, "sha1", lambda data: hashed.append(bytes(data)) or sha1(data))
+    assert metadata_errors(element, attachments) == []
+    assert bytes(cda) not in hashed  # the self-check did not hash the CDA again
+    tampered = CanonicalDocument(cda.replace(b"DOC0001", b"DOC0002"))
+    assert metadata_errors(element, {**attachments, entry.entry_uuid: tampered}) == [
+        f"DocumentEntry {entry.entry_uuid}: hash does not match the attached document"]
 
 
 def test_inconsistent_finess_is_reported(tmp_path):

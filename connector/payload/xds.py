@@ -25,6 +25,7 @@ from connector.payload import activity, codes, header, hl7, ids
 from connector.payload.errors import METADATA_INVALID, PayloadError
 from connector.payload.lifecycle import RPLC, Replaces
 from connector.store import Document, Patient
+from connector.trust.xmlsig import CanonicalDocument
 
 XDSB = "urn:ihe:iti:xds-b:2007"
 LCM = "urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0"
@@ -107,7 +108,8 @@ class SignatureEntry:
 
 
 def sha1_hex(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
+    """The XDS hash of a document (a built CDA keeps its own: the bytes are immutable)."""
+    return data.sha1_hex if isinstance(data, CanonicalDocument) else hashlib.sha1(data).hexdigest()
 
 
 def format_code(document: Document) -> Code:

@@ -20,7 +20,6 @@ Messages name object ids and metadata names, never patient data.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ from connector.payload.lifecycle import RPLC
 from connector.payload.xds import (
     DE_AUTHOR, DE_CLASS_CODE, DE_CONFIDENTIALITY, DE_FACILITY_TYPE, DE_FORMAT_CODE, DE_PATIENT_ID,
     DE_PRACTICE_SETTING, DE_TYPE_CODE, DE_UNIQUE_ID, DOCUMENT_ENTRY, HAS_MEMBER, RIM, SIGNATURE_CLASS, SIGNS,
-    SS_AUTHOR, SS_CONTENT_TYPE, SS_PATIENT_ID, SS_SOURCE_ID, SS_UNIQUE_ID, SUBMISSION_SET, XDSB,
+    SS_AUTHOR, SS_CONTENT_TYPE, SS_PATIENT_ID, SS_SOURCE_ID, SS_UNIQUE_ID, SUBMISSION_SET, XDSB, sha1_hex,
 )
 
 _R = f"{{{RIM}}}"
@@ -385,7 +384,7 @@ def _content_errors(eo: _Object, where: str, attachments: dict[str, bytes]) -> l
     errors = []
     declared_hash, declared_size = eo.slot("hash"), eo.slot("size")
     if declared_hash and (
-        not SHA1_RE.match(declared_hash) or declared_hash.lower() != hashlib.sha1(content).hexdigest()
+        not SHA1_RE.match(declared_hash) or declared_hash.lower() != sha1_hex(content)
     ):
         errors.append(f"{where}: hash does not match the attached document")
     if declared_size and declared_size != str(len(content)):

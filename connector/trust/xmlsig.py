@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
+import hashlib
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -70,6 +72,11 @@ class CanonicalDocument(bytes):
 
     def canonical(self) -> memoryview:
         return memoryview(self)[len(XML_DECLARATION):]
+
+    @functools.cached_property
+    def sha1_hex(self) -> str:
+        """SHA-1 of the bytes (the XDS hash): computed once though the metadata and its self-check both ask."""
+        return hashlib.sha1(self).hexdigest()
 
 
 def canonicalize(node: etree._Element | etree._ElementTree, algorithm_uri: str, prefixes=None) -> bytes:
