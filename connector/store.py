@@ -86,6 +86,11 @@ dmp_feed_status = sa.Table(
     sa.Column("last_error", sa.String(1000)),
 )
 
+# Built once: a statement built per row cost more than its execution.
+_WRITE_BACK_UPDATE = sa.update(dmp_feed_status).where(
+    dmp_feed_status.c.document_id == sa.bindparam("key_id"), dmp_feed_status.c.version == sa.bindparam("key_version"))
+_WRITE_BACK_INSERT = sa.insert(dmp_feed_status)
+
 
 @dataclass(frozen=True)
 class Patient:
@@ -389,12 +394,11 @@ class Store:
         """Upsert `dmp_feed_status` rows (document_id, version, status, dmp_unique_id, fed_at, last_error)."""
         if not self.write_back_enabled or not rows:
             return
-        t = dmp_feed_status
         with self.engine.begin() as conn:
             for row in rows:
-                key = (t.c.document_id == row["document_id"]) & (t.c.version == row["version"])
-                if conn.execute(sa.update(t).where(key).values(**row)).rowcount == 0:
-                    conn.execute(sa.insert(t).values(**row))
+                if conn.execute(_WRITE_BACK_UPDATE, {**row, "key_id": row["document_id"],
+                                                     "key_version": row["version"]}).rowcount == 0:
+                    conn.execute(_WRITE_BACK_INSERT, row)
 
 
 def _inside(path: str, root: str) -> bool:

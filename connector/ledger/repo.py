@@ -81,6 +81,11 @@ _JOURNAL_DOCUMENTS = (
             first_attempt_at=sa.case((_D.c.state == FED, sa.bindparam("now")),
                                      else_=sa.func.coalesce(_D.c.first_attempt_at, sa.bindparam("now"))))
 )
+_BY_KEY = (_D.c.document_id == sa.bindparam("key_id")) & (_D.c.version == sa.bindparam("key_version"))
+_DEPRECATE_ENTRY = sa.update(_D).where(_BY_KEY).values(dmp_status=DEPRECATED, updated_at=sa.bindparam("now"))
+_APPROVE_ENTRY = sa.update(_D).where(_BY_KEY).values(
+    dmp_status=APPROVED, dmp_entry_uuid=sa.bindparam("entry_uuid"), masking=sa.bindparam("masking"),
+    unique_id=sa.bindparam("uid"), cda_version=sa.bindparam("cda_version"))
 _SUBMISSION = sa.select(_S).where(_S.c.id == sa.bindparam("sub_id"))
 _SUBMISSION_DOCUMENTS = (
     sa.select(submission_documents.c.document_id, submission_documents.c.version,
@@ -450,15 +455,19 @@ class Ledger:
     def _record_dmp_entries(conn, sub_id: int, now: dt.datetime) -> None:
         """A FED submission's entries are Approved in the DMP under their ids, with the codes and CDA version sent;
         the entries they replace are Deprecated there (the registry does so on an accepted RPLC)."""
-        d = documents
+        approved = []  # executed as one statement for many rows, flushed before a deprecation to keep the order
         for row in conn.execute(_SUBMISSION_DOCUMENTS, dict(sub_id=sub_id)).all():
             doc = SubmissionDoc(*row)
             if doc.action == REPLACE and doc.replaces_version is not None and doc.replaces_version != doc.version:
-                conn.execute(sa.update(d).where(d.c.document_id == doc.document_id, d.c.version == doc.replaces_version)
-                             .values(dmp_status=DEPRECATED, updated_at=now))
-            conn.execute(sa.update(d).where(d.c.document_id == doc.document_id, d.c.version == doc.version).values(
-                dmp_status=APPROVED, dmp_entry_uuid=doc.entry_uuid, masking=doc.masking, unique_id=doc.unique_id,
-                cda_version=doc.cda_version if doc.cda_version is not None else doc.version))
+                if approved:
+                    conn.execute(_APPROVE_ENTRY, approved)
+                    approved = []
+                conn.execute(_DEPRECATE_ENTRY, dict(key_id=doc.document_id, key_version=doc.replaces_version, now=now))
+            approved.append(dict(key_id=doc.document_id, key_version=doc.version, entry_uuid=doc.entry_uuid,
+                                 masking=doc.masking, uid=doc.unique_id,
+                                 cda_version=doc.cda_version if doc.cda_version is not None else doc.version))
+        if approved:
+            conn.execute(_APPROVE_ENTRY, approved)
 
     def settle_withdrawal(self, sub_id: int, *, outcome: str, message: str) -> None:
         """A withdrawal (ITI-57) done: its document version is Deleted in the DMP. The document stays FED (it
