@@ -438,6 +438,39 @@ def intake_hl7(settings) -> None:
              f"{exc.strerror or exc}", EXIT_UNAVAILABLE)
 
 
+@intake.command("folder")
+@with_settings
+@click.option("--once", is_flag=True, help="Sweep the folder once and exit (for a cron job or a timer).")
+def intake_folder(settings, once: bool) -> None:
+    """Take the documents dropped in [intake.folder] path: a CDA (X.xml) or a PDF (X.pdf) with a sidecar (X.json)
+    of store-contract columns, committed to the store (store.url), then moved to done/ (or rejected/ with
+    X.reason). Watches until SIGTERM, sweeping every poll_seconds; --once: one sweep, exit 1 if a file was
+    rejected."""
+    import sqlalchemy as sa
+
+    from connector.intake import folder
+
+    s = settings.intake_folder
+    if s.path is None:
+        fail("intake.folder.path: not set (the drop folder)", EXIT_CONFIG)
+    if not s.path.is_dir():
+        fail(f"intake.folder.path: {s.path} is not a directory", EXIT_CONFIG)
+    try:
+        outcomes = folder.run(s, settings.store.url, once=once)
+    except sa.exc.SQLAlchemyError as exc:
+        fail(f"store: cannot create the intake's tables: {type(getattr(exc, 'orig', exc)).__name__}",
+             EXIT_UNAVAILABLE)
+    except OSError as exc:
+        fail(f"intake.folder.path: {exc.strerror or exc}", EXIT_UNAVAILABLE)
+    if once:
+        left = [o for o in outcomes if o.outcome not in ("accepted", "resend")]
+        click.echo(f"intake folder: {len(outcomes) - len(left)} taken, {len(left)} not taken"
+                   + "".join(f"\n  {printable(o.name, 200)}: {o.outcome}" for o in left))
+        if any(o.outcome == "store_unavailable" for o in left):
+            sys.exit(EXIT_UNAVAILABLE)
+        sys.exit(EXIT_ATTENTION if left else EXIT_OK)
+
+
 @main.group()
 def audit() -> None:
     """The audit trail of DMP transactions (EXI 16)."""

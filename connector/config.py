@@ -219,6 +219,17 @@ class IntakeHl7Settings:
 
 
 @dataclass(frozen=True)
+class IntakeFolderSettings:
+    """`dmp-connector intake folder`: the drop folder (connector/intake/folder.py)."""
+
+    path: Path | None = None  # None: no drop folder configured
+    poll_seconds: float = 5.0  # the watcher sweeps the folder this often
+    max_file_bytes: int = 20 * 1024 * 1024  # a bigger file is rejected TOO_LARGE without being read
+    orphan_minutes: float = 60.0  # a PDF without its sidecar (or a sidecar without its document) waits this long
+    figures_interval: float = 15.0  # its figures and heartbeat are written to the store this often
+
+
+@dataclass(frozen=True)
 class Settings:
     source: Path | None
     state_dir: Path
@@ -237,6 +248,7 @@ class Settings:
     audit_retention_days: int = 183
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     intake_hl7: IntakeHl7Settings = field(default_factory=IntakeHl7Settings)
+    intake_folder: IntakeFolderSettings = field(default_factory=IntakeFolderSettings)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -315,6 +327,7 @@ def from_dict(data: dict[str, Any], base: Path, source: Path | None = None) -> S
         audit_retention_days=r.integer("audit.retention_days", 183, minimum=1),
         monitoring=_monitoring(r),
         intake_hl7=_intake_hl7(r),
+        intake_folder=_intake_folder(r),
     )
     r.reject_unknown()
     return settings
@@ -456,6 +469,17 @@ def _intake_hl7(r: _Reader) -> IntakeHl7Settings:
         read_timeout=r.number("intake.hl7.read_timeout_seconds", d.read_timeout, positive=True),
         idle_timeout=r.number("intake.hl7.idle_timeout_seconds", d.idle_timeout, positive=True),
         figures_interval=r.number("intake.hl7.figures_interval_seconds", d.figures_interval, positive=True),
+    )
+
+
+def _intake_folder(r: _Reader) -> IntakeFolderSettings:
+    d = IntakeFolderSettings()
+    return IntakeFolderSettings(
+        path=r.path("intake.folder.path", None),
+        poll_seconds=r.number("intake.folder.poll_seconds", d.poll_seconds, positive=True),
+        max_file_bytes=r.integer("intake.folder.max_file_bytes", d.max_file_bytes, minimum=1),
+        orphan_minutes=r.number("intake.folder.orphan_minutes", d.orphan_minutes, positive=True),
+        figures_interval=r.number("intake.folder.figures_interval_seconds", d.figures_interval, positive=True),
     )
 
 

@@ -7,7 +7,8 @@ import threading
 
 POINTS = ("after_journal", "before_send", "after_send", "before_settle", "after_settle")
 # Also "migration_step": after each step of a ledger migration (connector/ledger/migrations/env.py), and
-# "intake_after_commit": after `intake hl7` committed a message, before its ACK (connector/intake/mllp.py).
+# "intake_after_commit": after `intake hl7` committed a message, before its ACK (connector/intake/mllp.py);
+# "intake_folder_after_commit": after `intake folder` committed a file, before moving it (connector/intake/folder.py).
 
 _spec = os.environ.get("DMP_CONNECTOR_CRASH_AT", "")
 _target, _, _nth = _spec.partition(":")

@@ -181,3 +181,10 @@ class RunningListener:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
+
+
+def example_cda(name: str) -> bytes:
+    """The CDA an example message carries (its document OBX-5, decoded), as the guide ships it."""
+    found = []
+    with_cda(example(name), lambda cda: found.append(cda) or cda)
+    return found[0]

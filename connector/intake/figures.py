@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from types import SimpleNamespace
 
 import sqlalchemy as sa
 
@@ -18,6 +19,7 @@ log = logging.getLogger("connector.intake")
 
 BUCKETS_MS = (10, 50, 200, 1000, 5000)  # ACK latency histogram: upper bounds (ms); above the last: only in the sum
 ACCEPTED, RESEND = "accepted", "resend"
+FOLDER = "folder:"  # the drop folder's outcomes and watchers (connector/intake/folder.py) carry this prefix
 
 
 def utcnow() -> dt.datetime:
@@ -43,9 +45,10 @@ class Recorder:
                 if latency_ms <= bound:
                     row[2 + i] += 1
 
-    def flush(self, *, stopping: bool = False) -> None:
+    def flush(self, *, stopping: bool = False, heartbeat: bool = True) -> None:
         """Add what was counted since the last flush to the store's figures and beat the heartbeat (or record the
-        stop), in one transaction. On a store error the counts wait for the next flush (logged, never raised)."""
+        stop), in one transaction. On a store error the counts wait for the next flush (logged, never raised).
+        Without `heartbeat` (a single sweep of `intake folder --once`), the figures only."""
         with self._lock:
             pending, self._pending = self._pending, {}
         now = self.clock()
@@ -53,6 +56,8 @@ class Recorder:
             with self.engine.begin() as conn:
                 for (hour, outcome), row in sorted(pending.items()):
                     _add(conn, hour, outcome, row)
+                if not heartbeat:
+                    return
                 beat = dict(seen_at=now, stopped_at=now if stopping else None)
                 if not conn.execute(sa.update(intake_listener).where(intake_listener.c.instance == self.instance)
                                     .values(**beat)).rowcount:
@@ -107,6 +112,17 @@ def collect(url: str, *, now: dt.datetime | None = None) -> dict | None:
                                           *(getattr(f, f"le_{b}") for b in BUCKETS_MS))).all()
     finally:
         engine.dispose()
+    hl7 = {"listeners": [r for r in listeners if not r["instance"].startswith(FOLDER)],
+           **_periods([r for r in rows if not r.outcome.startswith(FOLDER)], this_hour)}
+    folder_rows = [SimpleNamespace(**dict(r._mapping, outcome=r.outcome[len(FOLDER):]))
+                   for r in rows if r.outcome.startswith(FOLDER)]
+    watchers = [dict(r, instance=r["instance"][len(FOLDER):]) for r in listeners if r["instance"].startswith(FOLDER)]
+    if folder_rows or watchers:
+        hl7["folder"] = {"watchers": watchers, **_periods(folder_rows, this_hour)}
+    return hl7
+
+
+def _periods(rows, this_hour: dt.datetime) -> dict:
     total, last_hour, hour_before, day = _Sums(), _Sums(), _Sums(), _Sums()
     for r in rows:
         total.add(r)
@@ -116,8 +132,8 @@ def collect(url: str, *, now: dt.datetime | None = None) -> dict | None:
             hour_before.add(r)
         if r.hour >= this_hour - dt.timedelta(hours=23):
             day.add(r)
-    return {"listeners": listeners, "this_hour": last_hour.as_dict(), "previous_hour": hour_before.as_dict(),
-            "last_24h": day.as_dict(), "total": total.as_dict()}
+    return {"this_hour": last_hour.as_dict(), "previous_hour": hour_before.as_dict(), "last_24h": day.as_dict(),
+            "total": total.as_dict()}
 
 
 class _Sums:
