@@ -5,7 +5,7 @@ by one, the sweep goes on."""
 
 from __future__ import annotations
 
-import dataclasses
+import datetime as dt
 import json
 import logging
 import os
@@ -271,3 +271,36 @@ def test_cli_refuses_a_missing_folder(tmp_path):
     result = subprocess.run(connector("intake", "folder", "--once", "--config", str(cfg)), env=connector_env(),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 3 and "intake.folder.path" in result.stderr
+
+
+def test_status_check_and_prometheus_show_the_folder_intake(drop, tmp_path):
+    path, folder, url = drop
+    cfg = write_config(tmp_path / "c.toml", store={"url": url}, **NO_PKI,
+                       **{"": {"state_dir": str(tmp_path / "state")}})
+    open_ledger(config.load(cfg).ledger.url).engine.dispose()
+    (path / "notes.txt").write_text("x")
+    (path / "a.json").write_text(json.dumps(PDF_SIDECAR))
+    (path / "a.pdf").write_bytes(minimal_pdf(["Document fictif"]))
+    assert outcomes(folder) == [("a.pdf", "accepted"), ("notes.txt", "NOT_A_DOCUMENT")]
+    folder.recorder.flush(heartbeat=False)  # as `--once` does: figures, no watcher
+    long_ago = figures.utcnow() - dt.timedelta(minutes=30)
+    figures.Recorder(folder.writer.engine, "folder:host:/srv/drop", clock=lambda: long_ago).start()  # then killed
+
+    def status(*args):
+        return CliRunner().invoke(main, ["status", *args, "--config", str(cfg)])
+
+    text = status().output
+    assert "Folder intake:" in text and "HL7 intake:" not in text
+    assert "watcher host:/srv/drop  running, last seen" in text
+    assert "this hour       2 files: 1 accepted, 0 resends, 1 refused (NOT_A_DOCUMENT 1)" in text
+    assert "<h2>Folder intake</h2>" in status("--format", "html").output
+    assert "intake_folder,total,refused:NOT_A_DOCUMENT,1" in status("--format", "csv").output
+    check = status("--check")
+    assert check.exit_code == 2 and "CRITICAL: folder intake watcher host:/srv/drop down: not seen for 30 minutes" \
+        in check.output
+    status("--prometheus", str(tmp_path / "m.prom"))
+    metrics = (tmp_path / "m.prom").read_text()
+    assert 'dmp_connector_intake_folder_files_total{outcome="NOT_A_DOCUMENT"} 1' in metrics
+    assert 'dmp_connector_intake_folder_watcher_running{instance="host:/srv/drop"} 1' in metrics
+    assert "dmp_connector_intake_messages_total" in metrics  # the HL7 intake's figures stay apart: none
+    assert 'dmp_connector_intake_messages_total{outcome="accepted"} 0' in metrics

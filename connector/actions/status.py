@@ -127,25 +127,33 @@ def health(report: dict, m: MonitoringSettings | None = None, *, now: dt.datetim
 
 
 def _intake_health(intake: dict | None, m: MonitoringSettings, now: dt.datetime) -> list[tuple[int, str]]:
-    """The HL7 intake: a listener whose heartbeat stopped without a clean stop is down (CRITICAL), one stopped
-    cleanly is a WARNING; refusals rising (this hour at least monitoring.intake_refused_warning, more than the
-    hour before) a WARNING."""
+    """The intakes: a listener (or drop folder watcher) whose heartbeat stopped without a clean stop is down
+    (CRITICAL), one stopped cleanly is a WARNING; refusals rising (this hour at least
+    monitoring.intake_refused_warning, more than the hour before) a WARNING."""
     if not intake:
         return []
     if "unavailable" in intake:  # a store out of reach: status says so; a store without intake must not alert
         return []
+    folder = intake.get("folder") or {"watchers": []}
+    return (_intake_checks("HL7 intake listener", "HL7 intake", "message(s)", intake["listeners"], intake, m, now)
+            + (_intake_checks("folder intake watcher", "folder intake", "file(s)", folder["watchers"], folder, m, now)
+               if intake.get("folder") else []))
+
+
+def _intake_checks(who: str, what: str, unit: str, running: list, figures_: dict, m: MonitoringSettings,
+                   now: dt.datetime) -> list[tuple[int, str]]:
     found = []
-    for r in intake["listeners"]:
+    for r in running:
         silent = (now - r["seen_at"]).total_seconds() / 60
         if r["stopped_at"]:
-            found.append((WARNING, f"HL7 intake listener {r['instance']} stopped {r['stopped_at']:%Y-%m-%d %H:%M} UTC"))
+            found.append((WARNING, f"{who} {r['instance']} stopped {r['stopped_at']:%Y-%m-%d %H:%M} UTC"))
         elif silent >= m.intake_down_minutes:
-            found.append((CRITICAL, f"HL7 intake listener {r['instance']} down: not seen for {silent:.0f} minutes "
+            found.append((CRITICAL, f"{who} {r['instance']} down: not seen for {silent:.0f} minutes "
                                     f"(since {r['seen_at']:%Y-%m-%d %H:%M} UTC)"))
-    now_refused, before = intake["this_hour"]["refused"], intake["previous_hour"]["refused"]
+    now_refused, before = figures_["this_hour"]["refused"], figures_["previous_hour"]["refused"]
     if now_refused >= m.intake_refused_warning and now_refused > before:
-        codes = ", ".join(f"{c} {n}" for c, n in intake["this_hour"]["refused_by_code"].items())
-        found.append((WARNING, f"HL7 intake: {now_refused} message(s) refused this hour ({codes}), {before} the hour "
+        codes = ", ".join(f"{c} {n}" for c, n in figures_["this_hour"]["refused_by_code"].items())
+        found.append((WARNING, f"{what}: {now_refused} {unit} refused this hour ({codes}), {before} the hour "
                                "before: see the intake's log"))
     return found
 

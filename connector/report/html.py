@@ -158,9 +158,15 @@ def to_html(report: dict, health=None, site_names: dict | None = None) -> str:
                           "running" if r.get("duration_s") is None else r["duration_s"],
                           ", ".join(f"{k} {v}" for k, v in (r["counts"] or {}).items())] for r in report["last_runs"]],
                         99))
-    if report.get("intake"):  # the HL7 intake's section, as the text report words it
-        parts.append("<h2>HL7 intake</h2>")
-        parts.append("<pre>" + escape("\n".join(intake_text(report["intake"])[1:])) + "</pre>")
+    sections: list[list[str]] = []
+    for line in intake_text(report.get("intake")):  # the intakes' sections, as the text report words them
+        if line.startswith(" "):
+            sections[-1].append(line[2:])
+        else:
+            sections.append([line.rstrip(":")])
+    for title, *lines in sections:
+        parts.append(f"<h2>{escape(title)}</h2>")
+        parts.append("<pre>" + escape("\n".join(lines)) + "</pre>")
     parts.append(legend(report))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -90,6 +90,18 @@ def to_prometheus(report: dict) -> str:
                [({"instance": r["instance"]}, _ts(r["seen_at"])) for r in intake["listeners"]])
         metric("dmp_connector_intake_listener_running", "gauge", "1 unless the listener recorded a clean stop.",
                [({"instance": r["instance"]}, 0 if r["stopped_at"] else 1) for r in intake["listeners"]])
+    folder = (intake or {}).get("folder")
+    if folder:
+        total = folder["total"]
+        metric("dmp_connector_intake_folder_files_total", "counter",
+               "Drop folder files by outcome (accepted, resend, or the rejection's code).",
+               [({"outcome": "accepted"}, total["accepted"]), ({"outcome": "resend"}, total["resends"])]
+               + [({"outcome": code}, n) for code, n in total["refused_by_code"].items()])
+        metric("dmp_connector_intake_folder_watcher_seen_timestamp_seconds", "gauge",
+               "Last heartbeat of each drop folder watcher (host:path).",
+               [({"instance": r["instance"]}, _ts(r["seen_at"])) for r in folder["watchers"]])
+        metric("dmp_connector_intake_folder_watcher_running", "gauge", "1 unless the watcher recorded a clean stop.",
+               [({"instance": r["instance"]}, 0 if r["stopped_at"] else 1) for r in folder["watchers"]])
     return "\n".join(out) + "\n"
 
 

@@ -77,23 +77,40 @@ INTAKE_PERIODS = (("this_hour", "this hour"), ("previous_hour", "previous hour")
 
 
 def intake_text(intake: dict | None) -> list[str]:
-    """The HL7 intake's section (listeners, messages by outcome, ACK latency), if the store has one."""
+    """The intakes' sections, if the store has them: the HL7 listeners and messages by outcome with their ACK
+    latency; the drop folder's watchers and files by outcome."""
     if not intake:
         return []
     if "unavailable" in intake:
         return [f"HL7 intake: figures unavailable ({intake['unavailable']})"]
-    lines = ["HL7 intake:"]
-    for r in intake["listeners"]:
-        state = f"stopped {r['stopped_at']} UTC" if r["stopped_at"] else f"running, last seen {r['seen_at']} UTC"
-        lines.append(f"  listener {r['instance']}  {state} (started {r['started_at']} UTC)")
-    for key, label in INTAKE_PERIODS:
-        f = intake[key]
-        refused = ", ".join(f"{code} {n}" for code, n in f["refused_by_code"].items())
-        latency = (f"; ACK p50 <= {_ms(f['ack_latency_ms_p50'])}, p99 <= {_ms(f['ack_latency_ms_p99'])}"
-                   if f["messages"] else "")
-        lines.append(f"  {label:<15} {f['messages']} messages: {f['accepted']} accepted, {f['resends']} resends, "
-                     f"{f['refused']} refused{f' ({refused})' if refused else ''}{latency}")
+    lines = []
+    if intake["listeners"] or intake["total"]["messages"] or "folder" not in intake:
+        lines.append("HL7 intake:")
+        for r in intake["listeners"]:
+            lines.append(f"  listener {r['instance']}  {_running(r)}")
+        for key, label in INTAKE_PERIODS:
+            f = intake[key]
+            latency = (f"; ACK p50 <= {_ms(f['ack_latency_ms_p50'])}, p99 <= {_ms(f['ack_latency_ms_p99'])}"
+                       if f["messages"] else "")
+            lines.append(f"  {label:<15} {f['messages']} messages: {_outcomes(f)}{latency}")
+    if "folder" in intake:
+        folder = intake["folder"]
+        lines.append("Folder intake:")
+        for r in folder["watchers"]:
+            lines.append(f"  watcher {r['instance']}  {_running(r)}")
+        for key, label in INTAKE_PERIODS:
+            lines.append(f"  {label:<15} {folder[key]['messages']} files: {_outcomes(folder[key])}")
     return lines
+
+
+def _running(r: dict) -> str:
+    state = f"stopped {r['stopped_at']} UTC" if r["stopped_at"] else f"running, last seen {r['seen_at']} UTC"
+    return f"{state} (started {r['started_at']} UTC)"
+
+
+def _outcomes(f: dict) -> str:
+    refused = ", ".join(f"{code} {n}" for code, n in f["refused_by_code"].items())
+    return f"{f['accepted']} accepted, {f['resends']} resends, {f['refused']} refused{f' ({refused})' if refused else ''}"
 
 
 def _ms(bound: int) -> str:
@@ -149,6 +166,16 @@ def csv_rows(report: dict):
                 yield "intake", key, metric, "" if f[metric] is None else f[metric]
             for code, n in f["refused_by_code"].items():
                 yield "intake", key, f"refused:{code}", n
+        folder = intake.get("folder")
+        for r in folder["watchers"] if folder else ():
+            yield "intake_folder_watcher", r["instance"], "seen_at", r["seen_at"]
+            yield "intake_folder_watcher", r["instance"], "stopped_at", r["stopped_at"] or ""
+        for key, _label in INTAKE_PERIODS if folder else ():
+            f = folder[key]
+            for metric in ("messages", "accepted", "resends", "refused"):
+                yield "intake_folder", key, metric.replace("messages", "files"), f[metric]
+            for code, n in f["refused_by_code"].items():
+                yield "intake_folder", key, f"refused:{code}", n
 
 
 def to_csv(report: dict) -> str:
