@@ -284,6 +284,16 @@ def document_row(did: str, pid: str, *, n: int = 0, **overrides) -> dict:
     return row
 
 
+def folder_sidecar(did: str, pid: str, matricule: str, **overrides) -> dict:
+    """The JSON sidecar of a PDF dropped in the intake folder: the store rows `patient_row` and `document_row`
+    make, as JSON (ISO dates), without what the folder intake sets itself."""
+    from connector.intake.folder import DOCUMENT_KEYS, PATIENT_KEYS
+
+    rows = {**patient_row(pid, matricule), **document_row(did, pid)}
+    return {k: v.isoformat() if isinstance(v, (dt.date, dt.datetime)) else v for k, v in rows.items()
+            if k in PATIENT_KEYS + DOCUMENT_KEYS and v is not None and v is not False} | overrides
+
+
 # --- the sandbox and the ledger, as the tests read them --------------------------------------------
 
 

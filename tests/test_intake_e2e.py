@@ -6,13 +6,15 @@ published, refused CDA_INVALID with the schematron's own message, by the run and
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
 
-from delivery_harness import connector, connector_env, ledger_rows, make_folder, sandbox
-from hl7_client import (MDM_DEL, MDM_INIT, MDM_RPLC, ORU_DEL, ORU_INIT, ORU_RPLC, RunningListener, err, example, msa,
-                        qualified, send)
+from connector.samples import minimal_pdf
+from delivery_harness import connector, connector_env, folder_sidecar, ledger_rows, make_folder, sandbox
+from hl7_client import (MDM_DEL, MDM_INIT, MDM_RPLC, ORU_DEL, ORU_INIT, ORU_RPLC, RunningListener, corrected_cda, err,
+                        example, example_cda, msa, qualified, send)
 from connector.config import IntakeHl7Settings
 
 INTAKE = IntakeHl7Settings(port=0, read_timeout=20, idle_timeout=60)
@@ -128,3 +130,27 @@ def test_example_cdas_as_published_fail_cda_invalid_with_the_schematrons_message
     assert result.returncode == 1, result.stdout + result.stderr
     [failed] = ledger_rows(folder.ledger_url, "SELECT state, reason, detail FROM documents")
     assert (failed.state, failed.reason) == ("FAILED", "CDA_INVALID") and failed.detail == row["detail"]
+
+
+def test_drop_folder_documents_go_end_to_end(tmp_path):
+    """`intake folder --once`: a CDA (the MDM example's, corrected; its FINESS, which it lacks, in a sidecar) and
+    a PDF with its sidecar, into the store; `run` feeds both to the sandbox."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    store_url = f"sqlite:///{tmp_path / 'intake-store.sqlite3'}"
+    folder = make_folder(tmp_path / "connector")
+    (drop / "cr.json").write_text(json.dumps({"finess_geo": "300017985"}))  # the MDM PRT's
+    (drop / "cr.xml").write_bytes(corrected_cda(example_cda(MDM_INIT)))
+    (drop / "lettre.json").write_text(json.dumps(folder_sidecar("PDF-1", "IPP-1", "180017510101101")))
+    (drop / "lettre.pdf").write_bytes(minimal_pdf(["Document fictif", "Données de test"]))
+    with sandbox(folder) as dmp:
+        cfg = _configure(folder, dmp.url, store_url)
+        cfg.write_text(cfg.read_text(encoding="utf-8") + f'\n[intake.folder]\npath = "{drop}"\n', encoding="utf-8")
+        taken = subprocess.run(connector("intake", "folder", "--once", "--config", str(cfg)), env=connector_env(),
+                               capture_output=True, text=True, timeout=120)
+        assert taken.returncode == 0 and "2 taken, 0 not taken" in taken.stdout, taken.stdout + taken.stderr
+        assert sorted(os.listdir(drop / "done")) == ["cr.json", "cr.xml", "lettre.json", "lettre.pdf"]
+        result = run_cli(cfg)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert _ledger(folder) == {(MDM_DOC, 1): ("FED", None, "Approved"), ("PDF-1", 1): ("FED", None, "Approved")}
+        assert [uid for uid, _ in _entries(folder)][:1] == [MDM_ID]  # the CDA's own id is its uniqueId

@@ -24,21 +24,14 @@ from connector.intake import figures
 from connector.intake.folder import Folder
 from connector.intake.writer import Writer
 from connector.samples import minimal_pdf
-from delivery_harness import NO_PKI, SITE_MAIN, TEST_INS_OID, connector, connector_env, write_config
+from delivery_harness import NO_PKI, SITE_MAIN, connector, connector_env, folder_sidecar, write_config
 from hl7_client import MDM_INIT, corrected_cda, example_cda
 
 CDA = corrected_cda(example_cda(MDM_INIT))  # a CI-SIS CDA without healthCareFacility id (its FINESS in a sidecar)
 CDA_DOC = "1.2.250.1.71.4.2.2.120456789.71024000080"  # its setId: the store's document id
 CDA_INS = "279035121518989"
-PDF_INS = "180017510101144"
-PDF_SIDECAR = {
-    "document_id": "PDF-1", "patient_id": "IPP-1", "ins_matricule": PDF_INS, "ins_oid": TEST_INS_OID,
-    "identity_status": "QUAL", "birth_family_name": "TESTEUR", "birth_given_names": "CAMILLE ANDRÉ", "sex": "M",
-    "birth_date": "1980-01-15", "birth_place_code": "75101", "finess_geo": SITE_MAIN, "type_code": "11490-0",
-    "title": "Lettre de liaison à la sortie", "created_at": "2026-11-01T10:00:00",
-    "service_start": "2026-10-30T10:00:00", "author_rpps": "10001234567", "author_family_name": "MARTIN",
-    "author_given_name": "Claire", "author_specialty_code": "G15_10/SM26", "invisible_to_patient": True,
-}
+PDF_INS = "180017510101101"
+PDF_SIDECAR = folder_sidecar("PDF-1", "IPP-1", PDF_INS, invisible_to_patient=True)
 
 
 @pytest.fixture
