@@ -9,7 +9,9 @@ import datetime as dt
 import json
 import logging
 import os
+import signal
 import subprocess
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -297,3 +299,33 @@ def test_status_check_and_prometheus_show_the_folder_intake(drop, tmp_path):
     assert 'dmp_connector_intake_folder_watcher_running{instance="host:/srv/drop"} 1' in metrics
     assert "dmp_connector_intake_messages_total" in metrics  # the HL7 intake's figures stay apart: none
     assert 'dmp_connector_intake_messages_total{outcome="accepted"} 0' in metrics
+
+
+def test_the_watcher_takes_files_as_they_come_and_stops_cleanly_on_sigterm(tmp_path):
+    path = tmp_path / "drop"
+    path.mkdir()
+    store = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    cfg = write_config(tmp_path / "c.toml", store={"url": store}, **NO_PKI, **{"intake.folder": {
+        "path": str(path), "poll_seconds": 0.2, "figures_interval_seconds": 0.2}})
+    watcher = subprocess.Popen(connector("intake", "folder", "--config", str(cfg)), env=connector_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        (path / "a.json.part").write_text(json.dumps(PDF_SIDECAR))
+        os.rename(path / "a.json.part", path / "a.json")
+        (path / "a.pdf.part").write_bytes(minimal_pdf(["Document fictif"]))
+        os.rename(path / "a.pdf.part", path / "a.pdf")
+        for _ in range(600):  # until the watcher took it (a bound, not a timed assertion)
+            taken = (path / "done" / "a.pdf").exists()
+            if watcher.poll() is not None or (taken and rows(store, "SELECT count(*) FROM dmp_intake_figures") != [(0,)]):
+                break
+            time.sleep(0.1)
+        assert watcher.poll() is None and taken, watcher.stderr.read() if watcher.poll() is not None else ""
+        watcher.send_signal(signal.SIGTERM)
+        assert watcher.wait(60) == 0
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    assert rows(store, "SELECT document_id FROM dmp_document") == [("PDF-1",)]
+    [(instance, stopped)] = rows(store, "SELECT instance, stopped_at FROM dmp_intake_listener")
+    assert instance.startswith("folder:") and instance.endswith(str(path)) and stopped is not None
+    assert "watching" in watcher.stderr.read()

@@ -13,7 +13,8 @@ import delivery_harness as h
 from connector.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ["README.md", "config.example.toml", "dmp-connector-intake.service", "dmp-connector-run-prometheus.conf",
+SHIPPED = ["README.md", "config.example.toml", "dmp-connector-intake-folder.service", "dmp-connector-intake.service",
+           "dmp-connector-run-prometheus.conf",
            "dmp-connector-run.service",
            "dmp-connector-run.timer", "dmp-connector.service"]
 

@@ -12,7 +12,8 @@ import pytest
 
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 INSTALLED = "/opt/dmp-connector/bin/dmp-connector"  # the ExecStart path of the README's install
-NAMES = ("dmp-connector.service", "dmp-connector-run.service", "dmp-connector-run.timer", "dmp-connector-intake.service")
+NAMES = ("dmp-connector.service", "dmp-connector-run.service", "dmp-connector-run.timer", "dmp-connector-intake.service",
+         "dmp-connector-intake-folder.service")
 
 
 def _analyze() -> str:
