@@ -35,6 +35,10 @@ _DOC = re.compile(r"doc\('([^']+)'\)")
 # A path into a value set, which depends on nothing but that static document: evaluated once, at compile time.
 _VALUE_SET_PATH = re.compile(
     r"\$(dmp-[\w.-]+?-DYNAMIC)((?:/\*/valueSet|//valueSet\[1\])/conceptList/concept/(?:@code|concat\(@code, @codeSystem\)))")
+# elementpath's resolve-QName() does not atomize its first argument as XPath 2.0's function conversion rules do
+# (an attribute node raised FORG0006, where Saxon reads its value): the kit's `resolve-QName(@xsi:type, .)` is given
+# the attribute's value as a string, which is what Saxon passes it (none when there is no attribute).
+_RESOLVE_QNAME = re.compile(r"resolve-QName\((@[\w:]+)\s*,")
 _CODEPOINT = "http://www.w3.org/2005/xpath-functions/collation/codepoint"
 _XPATH1_FUNCTIONS = {
     "not", "count", "string", "string-length", "normalize-space", "concat", "contains", "starts-with", "substring",
@@ -106,7 +110,7 @@ class SchematronInterpreter:
         def constant(found: re.Match) -> str:
             name = self._constants.setdefault(found.group(0), f"dmp-const-{len(self._constants)}")
             return "$" + name
-        return self._parser.parse(_VALUE_SET_PATH.sub(constant, text))
+        return self._parser.parse(_atomized(_VALUE_SET_PATH.sub(constant, text)))
 
     def _rule(self, template: etree._Element, order: int) -> _Rule:
         match = template.get("match")
@@ -146,7 +150,7 @@ class SchematronInterpreter:
         add_text(text.text)
         for child in text:
             if child.tag == f"{_XSL}value-of":
-                pieces.append(self._parser.parse(child.get("select")))
+                pieces.append(self._parser.parse(_atomized(child.get("select"))))
             elif child.tag == f"{_XSL}text":
                 pieces.append(child.text or "")
             elif isinstance(child.tag, str):  # a literal result element (svrl:emph…): its text
@@ -231,6 +235,11 @@ class _LazyVariables(dict):
 
     def copy(self) -> "_LazyVariables":  # elementpath copies the variables for a quantified expression's own
         return _LazyVariables(self.items())
+
+
+def _atomized(expression: str) -> str:
+    return _RESOLVE_QNAME.sub(r"resolve-QName(\1/string(),", expression)
+
 
 def _string(value) -> str:
     if hasattr(value, "string_value"):
