@@ -222,8 +222,7 @@ class Sandbox:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the sandbox so far (from /proc)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -249,15 +248,18 @@ class Measured:
 
 
 def run_measured(cmd: list[str], *, log: Path, cwd: Path | None = None, stdout=None, time_limit: float | None = None,
-                 sample_every: float = 5.0) -> Measured:
+                 sample_every: float = 5.0, on_start=None) -> Measured:
     """Run `cmd` and measure exactly that child: wall time, CPU and peak RSS through wait4 (not
     RUSAGE_CHILDREN, which would mix in every other child; wait4 counts the child's own children, e.g. the
     schematron process); RSS sampled from /proc along the way, of the child and of it with its children.
     With `time_limit`, SIGINT after that many seconds (the run then finishes its run record and stops).
+    `on_start(proc)` is called once it runs (another thread may then drive and stop it: a server).
     The child's stderr goes to `log` (a pipe could fill up while we wait)."""
     started = time.monotonic()
     with open(log, "wb") as err:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=stdout, stderr=err)
+    if on_start is not None:
+        on_start(proc)
     samples: list[tuple[float, float]] = []
     tree_samples: list[tuple[float, float]] = []
     stop = threading.Event()
@@ -266,11 +268,11 @@ def run_measured(cmd: list[str], *, log: Path, cwd: Path | None = None, stdout=N
     def watch():
         while not stop.wait(sample_every):
             try:
-                at, own = round(time.monotonic() - started, 1), _rss_mb(proc.pid)
+                at, own = round(time.monotonic() - started, 1), rss_mb(proc.pid)
             except OSError:
                 return
             samples.append((at, own))
-            tree_samples.append((at, own + sum(_rss_mb(child, missing=0.0) for child in _children(proc.pid))))
+            tree_samples.append((at, own + sum(rss_mb(child, missing=0.0) for child in _children(proc.pid))))
             if time_limit and time.monotonic() - started > time_limit and not stopped:
                 stopped.append(round(time.monotonic() - started, 1))
                 proc.send_signal(2)
@@ -287,7 +289,13 @@ def run_measured(cmd: list[str], *, log: Path, cwd: Path | None = None, stdout=N
                     tree_samples, stopped[0] if stopped else None)
 
 
-def _rss_mb(pid: int, missing: float | None = None) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int, missing: float | None = None) -> float:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
