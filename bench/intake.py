@@ -171,6 +171,14 @@ class Store:
         with self._admin() as conn:
             return conn.exec_driver_sql(f"SELECT pg_database_size('{self.scratch}')").scalar() / 2**20
 
+    def server_cpu(self) -> dict[int, float]:
+        """CPU seconds so far of each PostgreSQL backend serving the scratch database (same machine), by pid."""
+        if self.scratch is None:
+            return {}
+        with self._admin() as conn:
+            pids = conn.exec_driver_sql(f"SELECT pid FROM pg_stat_activity WHERE datname = '{self.scratch}'").scalars()
+            return {pid: cpu_seconds(pid) for pid in pids}
+
     def rows(self) -> int:
         engine = sa.create_engine(self.url)
         try:
@@ -274,11 +282,13 @@ def bench(work: Path, store: Store, args) -> dict:
             rotations.append(count)
 
     own_cpu, cpu, began = time.process_time(), cpu_seconds(proc.pid), time.monotonic()
+    server_cpu = store.server_cpu()
     try:
         results = send_all(("127.0.0.1", port), templates, args.messages, args.connections, args.oru_every, acked)
     finally:
         ended, cpu = time.monotonic(), cpu_seconds(proc.pid) - cpu
         own_cpu = time.process_time() - own_cpu
+        server_cpu = sum(s - server_cpu.get(pid, 0.0) for pid, s in store.server_cpu().items())
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(60)
@@ -306,6 +316,7 @@ def bench(work: Path, store: Store, args) -> dict:
         "ACK ms p99": round(_pct(latencies, 0.99), 1), "ACK ms max": round(latencies[-1], 1) if latencies else None,
         "listener CPU ms/message": round(1000 * cpu / max(1, n), 1),
         "listener CPU % of one core": round(100 * cpu / (ended - began)),
+        "PostgreSQL backends CPU ms/message": round(1000 * server_cpu / max(1, n), 1) if store.scratch else "-",
         "bench clients CPU ms/message": round(1000 * own_cpu / max(1, n), 1),
         "listener RSS MB start / peak": f"{rss_start:.0f} / {m.peak_rss_mb:.0f}",
         f"listener RSS every {args.sample_every:g} s (s:MB)": ", ".join(f"{t:g}:{r:.0f}" for t, r in _thin(samples, 24)),
