@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import feed, floor  # noqa: E402
+from bench import feed, floor, intake  # noqa: E402
 from bench.common import PDF_MAX, PDF_MIN, pdf_size, store_rows, synthetic_pdf, fictitious_nir  # noqa: E402
 from connector import ins  # noqa: E402
 
@@ -69,3 +69,11 @@ def test_dry_run_and_status_modes_run(work):
     assert dry["exit code"] == 0 and dry["documents"] == 20
     status = feed.main(["--status-ledger", "1000", "--keep", str(work), "--json"])
     assert status["exit code"] == 0 and status["ledger documents"] == 1000
+
+
+def test_intake_smoke_run_acknowledges_and_stores_every_message(tmp_path):
+    figures = intake.main(["--messages", "20", "--cda-kb", "40", "--connections", "2", "--oru-every", "4",
+                           "--rotate-every", "10", "--keep", str(tmp_path), "--json"])
+    assert figures["ACKs"] == "AA 20" and figures["store rows"] == 20 and figures["listener exit code"] == 0
+    assert 35 <= figures["CDA KB"] <= 45 and figures["contents dropped (rotations)"] == 2
+    assert figures["listener CPU ms/message"] > 0 and figures["ACK ms p99"] >= figures["ACK ms p50"] > 0
