@@ -77,13 +77,14 @@ def start_document_cda(settings: Settings, document: Document, patient: Patient,
         document, replaces = dmp_document(document, revision), revision.replaces
     if document.mime_type == CDA_MIME:  # produced elsewhere: its uniqueId is its own id (the metadata's too)
         unique_id, xml = cda.passthrough_cda(content, document, patient, site, replaces)
+        tree = None  # parsed from its bytes by the validation
     else:
         unique_id = ids.document_unique_id(settings.structure.oid_root, document.document_id, document.version)
-        xml = cda.build_cda(document, patient, site, settings.structure, content, unique_id=unique_id,
-                            replaces=replaces)
+        xml, tree = cda.build_cda_tree(document, patient, site, settings.structure, content, unique_id=unique_id,
+                                       replaces=replaces)
     finish = validate.start_cda_validation(xml, document.document_id, process=schematron_process,
                                            schematron=_schematron_due(settings, site, document),
-                                           engine=settings.validation.engine)
+                                           engine=settings.validation.engine, tree=tree)
     return unique_id, xml, finish
 
 

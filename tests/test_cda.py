@@ -324,3 +324,44 @@ def test_passthrough_refuses_bombs_xxe_and_non_cda(content):
         passthrough(content)
     assert caught.value.reason == "CDA_INVALID"
     assert "root:" not in str(caught.value)  # nothing of /etc/passwd leaks
+
+
+# --- the tree the builder validates instead of parsing its bytes back ---------------------------
+
+
+@pytest.mark.parametrize("replaces", [None, "rplc"])
+def test_the_validated_tree_is_the_bytes_but_for_the_body(structure, site, replaces):
+    """`build_cda_tree`'s tree (what prepare validates) is exactly the sent bytes once their base64 body is put back
+    to the placeholder: the XSD and the schematron see what is sent."""
+    from connector.payload.lifecycle import Replaces
+
+    document = make_document(version=2)
+    uid = ids.document_unique_id(structure.oid_root, document.document_id, document.version)
+    old = Replaces("urn:uuid:11111111-1111-1111-1111-111111111111",
+                   ids.document_unique_id(structure.oid_root, document.document_id, 1), 1)
+    xml, tree = cda.build_cda_tree(document, make_patient(), site, structure, PDF, unique_id=uid,
+                                   replaces=old if replaces else None)
+    sent = etree.fromstring(xml)
+    sent.find("v3:component/v3:nonXMLBody/v3:text", NS).text = cda._BODY_MARK
+    assert etree.tostring(sent, method="c14n") == etree.tostring(tree, method="c14n")
+    assert xml == cda.build_cda(document, make_patient(), site, structure, PDF, unique_id=uid,
+                                replaces=old if replaces else None)
+
+
+def test_a_built_cda_the_xsd_refuses_is_still_caught(tmp_path, monkeypatch):
+    """A builder defect (no typeId, which the ANS CDA XSD requires) fails the document CDA_INVALID with the errors a
+    parse of its bytes gives, though prepare validates the built tree."""
+    from connector import prepare
+
+    settings = make_settings(tmp_path)
+    add = cda._Builder.add
+    monkeypatch.setattr(cda._Builder, "add", lambda self, parent, tag, *a, **k: (
+        etree.SubElement(parent, "{urn:hl7-org:v3}realmCode", code="FR") if tag == "typeId" else add(self, parent, tag, *a, **k)))
+    document = make_document()
+    with pytest.raises(PayloadError) as caught:
+        prepare.document_cda(settings, document, make_patient(), settings.structure.sites[0], PDF)
+    assert caught.value.reason == "CDA_INVALID"
+    from_bytes = validate.cda_errors(build(settings.structure, settings.structure.sites[0], document), schematron=False)
+    assert from_bytes and "typeId" in from_bytes[0]
+    assert str(caught.value) == f"CDA_INVALID: {document.document_id}: {'; '.join(from_bytes[:3])}" + (
+        f" (+{len(from_bytes) - 3} more)" if len(from_bytes) > 3 else "")

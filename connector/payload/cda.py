@@ -71,6 +71,25 @@ def build_cda(
     `now` is only used when the store gives no creation time (pass the stored submission time to keep
     resends identical). Raises PayloadError(METADATA_INVALID) naming the document and the missing or
     unknown field."""
+    return build_cda_tree(document, patient, site, structure, content, unique_id=unique_id, now=now,
+                          replaces=replaces)[0]
+
+
+def build_cda_tree(
+    document: Document,
+    patient: Patient,
+    site: Site,
+    structure: Structure,
+    content: bytes,
+    *,
+    unique_id: str,
+    now: dt.datetime | None = None,
+    replaces: Replaces | None = None,
+) -> tuple[bytes, etree._ElementTree]:
+    """`build_cda`, and the tree its bytes are written from, for the validation: the bytes are that tree's
+    canonical form with the body's placeholder text replaced by the PDF's base64, which neither the XSD (ED is
+    mixed text) nor the schematron (a non-empty body) tells apart; parsing the bytes back would cost a parse of
+    the whole base64 for the same verdict."""
     doc_id = document.document_id
     type_code = codes.type_code(document.type_code)
     missing = _missing_fields(document, patient, type_code, now)
@@ -166,7 +185,8 @@ def build_cda(
     # megabytes of text, and the signature digests the bytes without parsing them again. The body is
     # the document's last text, so the last mark is the body's whatever the header holds.
     before, _, after = etree.tostring(root, method="c14n").rpartition(_BODY_MARK.encode("ascii"))
-    return CanonicalDocument(b"".join((XML_DECLARATION, before, base64.b64encode(content), after)))
+    return (CanonicalDocument(b"".join((XML_DECLARATION, before, base64.b64encode(content), after))),
+            etree.ElementTree(root))
 
 
 _BODY_MARK = "@BODY@"

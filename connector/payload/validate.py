@@ -604,10 +604,12 @@ def cda_errors(xml: bytes, *, schematron: bool = True, engine: str = "saxon") ->
     return _start_cda_errors(xml, schematron, None, engine)()
 
 
-def _start_cda_errors(xml: bytes, schematron: bool, process, engine: str = "saxon") -> Callable[[], list[str]]:
+def _start_cda_errors(xml: bytes, schematron: bool, process, engine: str = "saxon",
+                      tree: etree._ElementTree | None = None) -> Callable[[], list[str]]:
     """The XSD errors now, the schematron's now or, given a `SchematronProcess`, in that process: a callable
-    that gives them all (waiting for that process if need be)."""
-    errors, tree = _xsd_checked(xml)
+    that gives them all (waiting for that process if need be). `tree`: the tree `xml` was written from (see
+    `cda.build_cda_tree`), checked instead of a parse of `xml`; the check may change its body."""
+    errors, tree = _xsd_checked(xml) if tree is None else _xsd_checked_tree(tree)
     if tree is None or not schematron:
         return lambda: errors
     _shrink_body(tree)
@@ -625,6 +627,10 @@ def _xsd_checked(xml: bytes) -> tuple[list[str], etree._ElementTree | None]:
         tree = parse_untrusted(xml)
     except ValueError as exc:
         return [str(exc)], None
+    return _xsd_checked_tree(tree)
+
+
+def _xsd_checked_tree(tree: etree._ElementTree) -> tuple[list[str], etree._ElementTree | None]:
     if tree.getroot().tag != "{urn:hl7-org:v3}ClinicalDocument":  # the schema also accepts SAML roots
         return [f"XSD /: the root element is {etree.QName(tree.getroot()).localname}, not ClinicalDocument"], None
     return [f"XSD {e}" for e in _hl7_and_saml_xsd.errors(tree)], tree
@@ -645,10 +651,11 @@ def validate_cda(xml: bytes, document_id: str, *, schematron: bool = True) -> No
 
 
 def start_cda_validation(xml: bytes, document_id: str, *, schematron: bool = True, process=None,
-                         engine: str = "saxon"):
+                         engine: str = "saxon", tree: etree._ElementTree | None = None):
     """`validate_cda` in two steps: the XSD now, the schematron now or, given a `SchematronProcess`, in that
-    process while the caller goes on. Returns the second step: a callable that raises as `validate_cda` does."""
-    all_errors = _start_cda_errors(xml, schematron, process, engine)
+    process while the caller goes on. Returns the second step: a callable that raises as `validate_cda` does.
+    `tree`: see `_start_cda_errors`."""
+    all_errors = _start_cda_errors(xml, schematron, process, engine, tree)
 
     def finish() -> None:
         if found := all_errors():
