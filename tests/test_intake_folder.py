@@ -329,3 +329,14 @@ def test_the_watcher_takes_files_as_they_come_and_stops_cleanly_on_sigterm(tmp_p
     [(instance, stopped)] = rows(store, "SELECT instance, stopped_at FROM dmp_intake_listener")
     assert instance.startswith("folder:") and instance.endswith(str(path)) and stopped is not None
     assert "watching" in watcher.stderr.read()
+
+
+def test_the_folder_settings_are_read_and_checked(tmp_path):
+    cfg = write_config(tmp_path / "c.toml", **NO_PKI, **{"intake.folder": {
+        "path": "drop", "poll_seconds": 2, "max_file_bytes": 1000, "orphan_minutes": 5, "figures_interval_seconds": 30}})
+    s = config.load(cfg).intake_folder
+    assert (s.path, s.poll_seconds, s.max_file_bytes, s.orphan_minutes, s.figures_interval) == (
+        tmp_path / "drop", 2, 1000, 5, 30)  # a relative path is the configuration file's directory's
+    assert config.load(write_config(tmp_path / "d.toml", **NO_PKI)).intake_folder.path is None
+    with pytest.raises(config.ConfigError, match="intake.folder.poll_seconds"):
+        config.load(write_config(tmp_path / "e.toml", **NO_PKI, **{"intake.folder": {"poll_seconds": 0}}))
