@@ -76,10 +76,12 @@ def test_a_cda_and_a_pdf_with_sidecars_are_committed_then_moved_to_done(drop):
     path, folder, url = drop
     (path / "cr.json").write_text(json.dumps({"finess_geo": SITE_MAIN, "mask_professionals": True}))
     (path / "cr.xml").write_bytes(CDA)
-    (path / "lettre.json").write_text(json.dumps(PDF_SIDECAR))
+    (path / "lettre.json").write_text(json.dumps(dict(PDF_SIDECAR, created_at="2026-11-01T09:00:00+00:00")))
     (path / "lettre.pdf").write_bytes(minimal_pdf(["Document fictif"]))
 
     assert outcomes(folder) == [("cr.xml", "accepted"), ("lettre.pdf", "accepted")]
+    # a time with an offset is stored as the store's local time (Europe/Paris)
+    assert rows(url, "SELECT created_at FROM dmp_document WHERE document_id = 'PDF-1'") == [("2026-11-01 10:00:00.000000",)]
     assert listing(path) == {"": ["done", "rejected"], "done": ["cr.json", "cr.xml", "lettre.json", "lettre.pdf"],
                              "rejected": []}
     assert rows(url, "SELECT document_id, version, patient_id, finess_geo, mime_type, status, mask_professionals, "

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import stat
 import threading
 import time
@@ -76,7 +77,6 @@ class Folder:
     def __init__(self, settings, writer: Writer, recorder: Recorder | None = None, clock=time.time):
         self.settings, self.writer, self.recorder, self.clock = settings, writer, recorder, clock
         self.path = Path(settings.path)
-        self.sender = "folder^" + str(self.path)[-190:]
 
     def prepare(self) -> None:
         for sub in (DONE, REJECTED):
@@ -105,7 +105,7 @@ class Folder:
         others = [n for n in names if n not in sidecars and n not in documents]
         out = [self._reject([n], Rejected("NOT_A_DOCUMENT", "not a .xml (CDA), .pdf or .json (sidecar) file"))
                for n in others]
-        if len(documents) + len(sidecars) > 2 or len(documents) > 1 or len(sidecars) > 1:
+        if len(documents) > 1 or len(sidecars) > 1:
             return out + [self._reject(documents + sidecars, Rejected(
                 "AMBIGUOUS", f"several documents or sidecars named {stem}.*: one document and one sidecar"))]
         sidecar = sidecars[0] if sidecars else None
@@ -133,7 +133,7 @@ class Folder:
         try:
             content = self._read(entries[name])
             fields = self._sidecar(self._read(entries[sidecar])) if sidecar else {}
-            intake = self.intake(name, content, fields)
+            intake = self._intake(name, content, fields)
             written = self.writer.write(intake)
             testhooks.point("intake_folder_after_commit")
         except Rejected as exc:
@@ -201,7 +201,7 @@ class Folder:
                                               + ", ".join(printable(k, 40) for k in unknown[:5]))
         return {key: _column_value(key, value) for key, value in fields.items()}
 
-    def intake(self, name: str, content: bytes, fields: dict) -> Intake:
+    def _intake(self, name: str, content: bytes, fields: dict) -> Intake:
         """The store rows a document file and its sidecar's fields make; raises Rejected."""
         mime = DOCUMENTS[os.path.splitext(name)[1].lower()]
         patient = {k: v for k, v in fields.items() if k in PATIENT_KEYS}
@@ -298,8 +298,9 @@ def _column_value(key: str, value):
     if not isinstance(value, str):
         raise bad
     try:
-        if isinstance(kind, sa.DateTime):
-            return dt.datetime.fromisoformat(value)
+        if isinstance(kind, sa.DateTime):  # the store's local time (Europe/Paris); with an offset, converted
+            parsed = dt.datetime.fromisoformat(value)
+            return parsed.astimezone(hl7msg.PARIS).replace(tzinfo=None) if parsed.tzinfo else parsed
         if isinstance(kind, sa.Date):
             return dt.date.fromisoformat(value)
     except ValueError:
@@ -329,7 +330,7 @@ def _from_cda(content: bytes, patient: dict, document: dict) -> tuple:
     try:
         root = parse_untrusted(content).getroot()
     except ValueError as exc:
-        raise Rejected("NOT_A_CDA", f"not well-formed XML: {exc}") from None
+        raise Rejected("NOT_A_CDA", str(exc)) from None  # says where, never what
     if root.tag != f"{{{V3_NS}}}ClinicalDocument":
         raise Rejected("NOT_A_CDA", "the root element is not an HL7 v3 ClinicalDocument")
     ids = root.findall("v3:id", _NS)
@@ -395,8 +396,6 @@ def run(settings, store_url: str, *, once: bool = False) -> list[Outcome]:
     and figures written for `status` every figures_interval_seconds."""
     writer = Writer(store_url)
     writer.create_tables()
-    import socket
-
     instance = f"{FOLDER}{socket.gethostname()}:{str(settings.path)[-120:]}"
     recorder = Recorder(writer.engine, instance)
     folder = Folder(settings, writer, recorder)
