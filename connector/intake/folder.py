@@ -106,8 +106,8 @@ class Folder:
         out = [self._reject([n], Rejected("NOT_A_DOCUMENT", "not a .xml (CDA), .pdf or .json (sidecar) file"))
                for n in others]
         if len(documents) > 1 or len(sidecars) > 1:
-            return out + [self._reject(documents + sidecars, Rejected(
-                "AMBIGUOUS", f"several documents or sidecars named {stem}.*: one document and one sidecar"))]
+            return out + [self._reject(documents + sidecars, Rejected("AMBIGUOUS", (
+                f"several documents or sidecars named {printable(stem, 200)}.*: one document and one sidecar")))]
         sidecar = sidecars[0] if sidecars else None
         if not documents or (DOCUMENTS[os.path.splitext(documents[0])[1].lower()] != "text/xml" and not sidecar):
             waiting = documents[0] if documents else sidecar
@@ -160,10 +160,11 @@ class Folder:
     def _read(self, entry: os.DirEntry) -> bytes:
         """The bytes of a regular file of the folder itself, at most max_file_bytes; raises Rejected (or
         FileNotFoundError: gone meanwhile)."""
+        shown = printable(entry.name, 200)
         if entry.is_symlink():
-            raise Rejected("SYMLINK", f"{entry.name} is a symbolic link (never followed)")
+            raise Rejected("SYMLINK", f"{shown} is a symbolic link (never followed)")
         if entry.is_dir(follow_symlinks=False):
-            raise Rejected("NOT_A_FILE", f"{entry.name} is a directory")
+            raise Rejected("NOT_A_FILE", f"{shown} is a directory")
         limit = self.settings.max_file_bytes
         try:
             fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -171,20 +172,20 @@ class Folder:
             if exc.errno == errno.ENOENT:
                 raise FileNotFoundError(entry.path) from None
             if exc.errno == errno.ELOOP:
-                raise Rejected("SYMLINK", f"{entry.name} is a symbolic link (never followed)") from None
-            raise Rejected("UNREADABLE", f"{entry.name} cannot be opened: {exc.strerror}") from None
+                raise Rejected("SYMLINK", f"{shown} is a symbolic link (never followed)") from None
+            raise Rejected("UNREADABLE", f"{shown} cannot be opened: {exc.strerror}") from None
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode):
-                raise Rejected("NOT_A_FILE", f"{entry.name} is not a regular file")
+                raise Rejected("NOT_A_FILE", f"{shown} is not a regular file")
             if st.st_size > limit:
-                raise Rejected("TOO_LARGE", f"{entry.name} is over intake.folder.max_file_bytes ({limit})")
+                raise Rejected("TOO_LARGE", f"{shown} is over intake.folder.max_file_bytes ({limit})")
             try:
                 data = fh.read(limit + 1)
             except OSError as exc:
-                raise Rejected("UNREADABLE", f"{entry.name} cannot be read: {exc.strerror}") from None
+                raise Rejected("UNREADABLE", f"{shown} cannot be read: {exc.strerror}") from None
         if len(data) > limit:  # grew meanwhile
-            raise Rejected("TOO_LARGE", f"{entry.name} is over intake.folder.max_file_bytes ({limit})")
+            raise Rejected("TOO_LARGE", f"{shown} is over intake.folder.max_file_bytes ({limit})")
         return data
 
     @staticmethod
@@ -411,7 +412,10 @@ def run(settings, store_url: str, *, once: bool = False) -> list[Outcome]:
     log.info("intake folder: watching %s every %g s", settings.path, settings.poll_seconds)
     flushed = time.monotonic()
     while not stop.is_set():
-        folder.sweep()
+        try:
+            folder.sweep()
+        except Exception:  # a defect of ours: logged, and the watcher goes on (the next sweep tries again)
+            log.exception("intake folder: the sweep ended by an internal error")
         if time.monotonic() - flushed >= settings.figures_interval:
             recorder.flush()
             flushed = time.monotonic()

@@ -110,7 +110,8 @@ def _running(r: dict) -> str:
 
 def _outcomes(f: dict) -> str:
     refused = ", ".join(f"{code} {n}" for code, n in f["refused_by_code"].items())
-    return f"{f['accepted']} accepted, {f['resends']} resends, {f['refused']} refused{f' ({refused})' if refused else ''}"
+    return (f"{f['accepted']} accepted, {f['resends']} resends, {f['refused']} refused"
+            + (f" ({refused})" if refused else ""))
 
 
 def _ms(bound: int) -> str:
