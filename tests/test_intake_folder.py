@@ -342,3 +342,26 @@ def test_the_folder_settings_are_read_and_checked(tmp_path):
     assert config.load(write_config(tmp_path / "d.toml", **NO_PKI)).intake_folder.path is None
     with pytest.raises(config.ConfigError, match="intake.folder.poll_seconds"):
         config.load(write_config(tmp_path / "e.toml", **NO_PKI, **{"intake.folder": {"poll_seconds": 0}}))
+
+
+def test_a_postgresql_store(tmp_path, pg_url):
+    path = tmp_path / "drop"
+    path.mkdir()
+    writer = Writer(pg_url)
+    writer.create_tables()
+    folder = Folder(IntakeFolderSettings(path=path), writer)
+    folder.prepare()
+    try:
+        (path / "cr.json").write_text(json.dumps({"finess_geo": SITE_MAIN, "identity_status": "VALI"}))
+        (path / "cr.xml").write_bytes(CDA)
+        (path / "lettre.json").write_text(json.dumps(PDF_SIDECAR))
+        (path / "lettre.pdf").write_bytes(minimal_pdf(["Document fictif"]))
+        assert outcomes(folder) == [("cr.xml", "accepted"), ("lettre.pdf", "accepted")]
+        (path / "lettre.json").write_text(json.dumps(PDF_SIDECAR))
+        (path / "lettre.pdf").write_bytes(minimal_pdf(["Document fictif"]))
+        assert outcomes(folder) == [("lettre.pdf", "resend")]
+    finally:
+        writer.engine.dispose()
+    assert rows(pg_url, "SELECT d.document_id, d.version, p.identity_status, p.birth_date, d.invisible_to_patient "
+                        "FROM dmp_document d JOIN dmp_patient p USING (patient_id) ORDER BY d.document_id") == [
+        (CDA_DOC, 1, "VALI", dt.date(1979, 3, 28), False), ("PDF-1", 1, "QUAL", dt.date(1980, 1, 15), True)]
