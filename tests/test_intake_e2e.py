@@ -14,7 +14,7 @@ import pytest
 from connector.samples import minimal_pdf
 from delivery_harness import connector, connector_env, folder_sidecar, ledger_rows, make_folder, sandbox
 from hl7_client import (MDM_DEL, MDM_INIT, MDM_RPLC, ORU_DEL, ORU_INIT, ORU_RPLC, RunningListener, corrected_cda, err,
-                        example, example_cda, msa, qualified, send)
+                        example, example_cda, msa, qualified, send, with_cda)
 from connector.config import IntakeHl7Settings
 
 INTAKE = IntakeHl7Settings(port=0, read_timeout=20, idle_timeout=60)
@@ -130,6 +130,27 @@ def test_example_cdas_as_published_fail_cda_invalid_with_the_schematrons_message
     assert result.returncode == 1, result.stdout + result.stderr
     [failed] = ledger_rows(folder.ledger_url, "SELECT state, reason, detail FROM documents")
     assert (failed.state, failed.reason) == ("FAILED", "CDA_INVALID") and failed.detail == row["detail"]
+
+
+def test_oru_replacement_as_published_fails_cda_invalid_in_the_run_and_the_dry_run(intake):
+    """The ORU replacement as published (CDA corrected, PID-32 QUAL, not chained) names …12 in its relatedDocument,
+    an id never sent: the intake takes it (its setId finds the document; the ACK is technical), the run refuses it
+    CDA_INVALID naming the replaced version's id, and the dry run says the same before; the DMP keeps version 1."""
+    address, folder, store_url = intake
+    with sandbox(folder) as dmp:
+        cfg = _configure(folder, dmp.url, store_url)
+        assert msa(send(address, qualified(ORU_INIT))) == ["AA", "015"]
+        assert run_cli(cfg).returncode == 0
+        unchained = with_cda(example(ORU_RPLC), corrected_cda).replace(b"|N|VALI", b"|N|QUAL")
+        assert msa(send(address, unchained)) == ["AA", "015"]
+        dry = run_cli(cfg, "--dry-run", "--format", "json")
+        [row] = [r for r in json.loads(dry.stdout) if r["version"] == 2]
+        assert (row["decision"], row["reason"]) == ("fails", "CDA_INVALID")
+        assert f"relatedDocument typeCode=RPLC whose parentDocument id is root={ORU_ID}" in row["detail"]
+        result = run_cli(cfg)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert _ledger(folder)[(ORU_DOC, 2)][:2] == ("FAILED", "CDA_INVALID")
+        assert _entries(folder) == [(ORU_ID, "Approved")]
 
 
 def test_drop_folder_documents_go_end_to_end(tmp_path):
