@@ -130,6 +130,7 @@ def read(raw: bytes, max_document_bytes: int) -> Intake:
         text = raw.decode(codec)
     except UnicodeDecodeError:
         raise Refused(f"the message is not valid {codec} (MSH-18)", "MSH^1^18", "102") from None
+    text, payloads = _set_aside(text, header)
     segments = [s for s in re.split(r"\r\n|\r|\n", text) if s.strip()]
     if any(not re.fullmatch(r"[A-Z][A-Z0-9]{2}", s[:3]) or (len(s) > 3 and s[3] != header.field_separator)
            for s in segments):
@@ -139,7 +140,7 @@ def read(raw: bytes, max_document_bytes: int) -> Intake:
         message = hl7.parse("\r".join(segments))
     except Exception:  # python-hl7 raises what it meets (ParseException, IndexError…): all mean malformed
         raise Refused("the message cannot be parsed as HL7 v2", "", "100") from None
-    m = _Message(message)
+    m = _Message(message, payloads)
 
     action = _action(header, m)
     pid = m.one("PID")
@@ -169,16 +170,66 @@ def read(raw: bytes, max_document_bytes: int) -> Intake:
     warnings = []
     document = _document(m, header, root, document_obx, warnings)
     document["status"] = "CANCELLED" if action == DELETION else "VALIDATED"
-    digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(body.encode("utf-8"))
+    for _, data in sorted(payloads.items()):
+        digest.update(b"\x1c" + data.encode("ascii"))
+    digest = digest.hexdigest()
     return Intake(header, action, unique_id, parent_id, _set_id(root), cda, patient, document, digest, warnings)
+
+
+def _set_aside(text: str, header: Header) -> tuple[str, dict[int, str]]:
+    """`text` without the data of its ED fields (OBX-5.5), and those data by OBX rank (0: the first OBX).
+
+    python-hl7 splits and copies the whole message at each level (segments, fields, repetitions, components), and
+    so would a multi-megabyte base64 CDA each time; set aside here with a few memchr-fast `find`s, it is copied
+    once. Data holding the escape character, or not ASCII (not base64 either way), stay in place, read as
+    before."""
+    sep = header.field_separator
+    component, repetition, escape, subcomponent = header.encoding
+    kept, payloads, at, rank, start = [], {}, 0, -1, 0
+    while (start := text.find("OBX", start)) >= 0:
+        if start and text[start - 1] not in "\r\n":
+            start += 3
+            continue
+        rank += 1
+        end = min((i for i in (text.find("\r", start), text.find("\n", start)) if i >= 0), default=len(text))
+        fields = [start]
+        while len(fields) < 6 and (i := text.find(sep, fields[-1], end)) >= 0:
+            fields.append(i + 1)
+        start = end
+        if len(fields) < 6 or text[fields[2]:fields[3] - 1].strip() != "ED":
+            continue
+        field_end = text.find(sep, fields[5], end)
+        field_end = end if field_end < 0 else field_end
+        data_start = fields[5]
+        for _ in range(4):
+            data_start = text.find(component, data_start, field_end) + 1
+            if not data_start:
+                break
+        if not data_start or text.find(repetition, fields[5], data_start) >= 0:
+            continue
+        data_end = min((i for i in (text.find(c, data_start, field_end) for c in (component, repetition, subcomponent))
+                        if i >= 0), default=field_end)
+        data = text[data_start:data_end]
+        if not data.isascii() or escape in data:
+            continue
+        kept.append(text[at:data_start])
+        at, payloads[rank] = data_end, data.strip()
+    return ("".join(kept) + text[at:], payloads) if payloads else (text, payloads)
 
 
 class _Message:
     """Field access over python-hl7's tree: 1-based field, repetition, component, subcomponent; '' when absent;
-    HL7 escapes (\\F\\, \\S\\…) undone."""
+    HL7 escapes (\\F\\, \\S\\…) undone. `payloads`: the ED data set aside before parsing (`_set_aside`)."""
 
-    def __init__(self, message):
+    def __init__(self, message, payloads: dict[int, str] | None = None):
         self.message = message
+        self.payloads = payloads or {}
+
+    def ed_data(self, obx) -> str:
+        """OBX-5.5 of `obx`, set aside or in place."""
+        rank = next(i for i, s in enumerate(self.all("OBX")) if s is obx)
+        return self.payloads[rank] if rank in self.payloads else self.get(obx, 5, 1, 5)
 
     def all(self, name: str) -> list:
         return [s for s in self.message if str(s[0]) == name]
@@ -240,7 +291,7 @@ def _document_obx(m: _Message):
 def _ed_bytes(m: _Message, obx, limit: int) -> bytes:
     if m.get(obx, 5, 1, 4).lower() != "base64":
         raise Refused("OBX-5.4 must be Base64 (the CDA encoded in base64)", "OBX^1^5", "102")
-    data = m.get(obx, 5, 1, 5)
+    data = m.ed_data(obx)
     if len(data) * 3 // 4 > limit:
         raise Refused(f"the document is over rules.max_document_bytes {limit}", "OBX^1^5", "102")
     try:
