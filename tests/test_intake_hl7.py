@@ -373,6 +373,35 @@ def test_fuzzed_messages_are_read_or_refused_never_crash(segments, mutations, se
     assert ack.count("\r") == 2 and all(s[:3] in ("MSH", "MSA") for s in ack.split("\r") if s)
 
 
+_ED_COMPONENTS = st.lists(st.sampled_from(["", "text", "XML", "Base64", "a~b", "a&b", "é", "\\S\\"]), max_size=6)
+_ED_DATA = st.lists(st.sampled_from(["QUJD", "RA==", "\\F\\", "\\", "~", "&", "^", "|", " ", "é", "\r", "\n", "ED"]),
+                    max_size=6)
+
+
+@hsettings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(_SMALL[1:8]), max_size=3),
+       st.lists(st.tuples(_ED_COMPONENTS, _ED_DATA, st.sampled_from(["", "|||F", "~x"])), min_size=1, max_size=3))
+def test_ed_data_set_aside_reads_as_python_hl7_reads_it_in_place(others, ed_fields):
+    """The ED data cut out before parsing (the CPU of a multi-megabyte message) are what python-hl7 reads there."""
+    import hl7
+
+    obx = [f"OBX|{i}|ED|18748-4^CR^LN||" + "^".join(components + ["".join(data)]) + end
+           for i, (components, data, end) in enumerate(ed_fields, 1)]
+    text = "\r".join(["MSH|^~\\&|A|B|C|D|20240101||MDM^T02|1|P|2.6"] + [s.decode("utf-8", "replace") for s in others]
+                     + obx + ["OBX|9|CE|DESTDMP||Y"])
+    reduced, payloads = hl7msg._set_aside(text, hl7msg.Header())
+    lines = lambda t: "\r".join(s for s in re.split(r"\r\n|\r|\n", t) if s.strip())  # noqa: E731 - as read() does
+    try:
+        whole = hl7msg._Message(hl7.parse(lines(text)))
+    except Exception:  # noqa: BLE001 - not HL7 at all: read() refuses it before any of this
+        return
+    cut = hl7msg._Message(hl7.parse(lines(reduced)), payloads)
+    assert len(whole.all("OBX")) == len(cut.all("OBX"))
+    for mine, theirs in zip(cut.all("OBX"), whole.all("OBX")):
+        assert cut.ed_data(mine) == whole.get(theirs, 5, 1, 5)
+    assert [str(s) for s in cut.message if str(s[0]) != "OBX"] == [str(s) for s in whole.message if str(s[0]) != "OBX"]
+
+
 def test_ack_escapes_what_it_echoes():
     header = dataclasses.replace(hl7msg.Header(), sending_application="A|B^C", control_id="X\rMSA|AA|1")
     ack = hl7msg.ack(header, "AE", hl7msg.Refused("bad | field", "PID^1^3", "102")).decode()
