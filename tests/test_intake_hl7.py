@@ -151,6 +151,61 @@ def test_postgresql_store_compresses_cdas_with_lz4(pg_url):
     assert rows(pg_url, "SELECT pg_column_compression(content) FROM dmp_document") == [("lz4",)]
 
 
+def _queued_then_committed(writer, messages: list[bytes]) -> list:
+    """Each message written from its own thread while the writer is busy (its lock held), then let go: what each
+    write returned or raised, and how many transactions were committed meanwhile."""
+    import threading
+    import time
+
+    commits = []
+    sa.event.listen(writer.engine, "commit", lambda conn: commits.append(1))
+    intakes = [hl7msg.read(m, 20 * 1024 * 1024) for m in messages]
+    results: list = [None] * len(intakes)
+
+    def write(i):
+        try:
+            results[i] = writer.write(intakes[i])
+        except hl7msg.Refused as refused:
+            results[i] = refused
+
+    with writer._lock:
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(len(intakes))]
+        for t in threads:
+            t.start()
+        while len(writer._queue) < len(intakes):
+            time.sleep(0.01)  # each thread queued its intake, waiting for the lock
+    for t in threads:
+        t.join(30)
+    return results, len(commits)
+
+
+def test_intakes_waiting_for_a_commit_are_committed_together_once_each(store_url):
+    from connector.intake.writer import Writer
+
+    writer = Writer(store_url)
+    writer.create_tables()
+    results, commits = _queued_then_committed(writer, [example(MDM_INIT), example(ORU_INIT), example(ORU_INIT)])
+    assert commits == 1  # one transaction, one wait for the disk, for the three
+    assert sorted((r.document_id, r.duplicate) for r in results) == sorted([(MDM_ID, False), (ORU_ID, False),
+                                                                            (ORU_ID, True)])
+    assert sorted(rows(store_url, "SELECT document_id FROM dmp_document")) == sorted([(MDM_ID,), (ORU_ID,)])
+
+
+def test_a_refused_intake_among_others_committed_together_loses_none_of_them(store_url):
+    from connector.intake.writer import Writer
+
+    writer = Writer(store_url)
+    writer.create_tables()
+    writer.write(hl7msg.read(example(MDM_INIT), 20 * 1024 * 1024))
+    other = _with_cda(example(MDM_INIT), lambda cda: cda.replace(b"Radio de hanche", b"Radio du genou"))
+    results, _ = _queued_then_committed(writer, [example(ORU_INIT), other])
+    by_kind = {type(r).__name__: r for r in results}
+    assert by_kind["Written"].document_id == ORU_ID and not by_kind["Written"].duplicate
+    assert by_kind["Refused"].code == "205"
+    assert sorted(rows(store_url, "SELECT document_id, version FROM dmp_document")) == sorted([(MDM_ID, 1), (ORU_ID, 1)])
+    assert rows(store_url, f"SELECT title FROM dmp_document WHERE document_id = '{MDM_ID}'") == [("Radio de hanche",)]
+
+
 def test_destdmp_n_is_recorded_then_skipped_not_for_dmp(tmp_path, listener, store_url):
     """A document its sender marks not destined to the DMP is stored and skipped with its own reason (not
     DOCUMENT_NOT_VALIDATED: nothing is wrong with it), which status and the Prometheus labels show."""

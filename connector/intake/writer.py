@@ -77,16 +77,29 @@ class Written:
     duplicate: bool  # a resend: nothing was written
 
 
+class _Pending:
+    """An intake waiting for its commit, and what came of it."""
+
+    def __init__(self, intake: Intake):
+        self.intake, self.written, self.error, self.done = intake, None, None, False
+
+
 class Writer:
     """Commits intakes to the store. One writer thread at a time in this process (the CPU work, base64 and XML,
     is done before, in parallel); another process writing the same rows meanwhile makes a unique-key conflict,
-    retried."""
+    retried.
+
+    Group commit: the intakes that arrive while one is being committed are committed together next, in one
+    transaction: one fsync for all (a commit of a 1 MB CDA waits ~10 ms for the disk). Each caller returns only
+    once its own rows are committed. Should one of them fail there, each is committed alone, as if it came alone."""
 
     def __init__(self, url: str):
         self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
         if self.engine.dialect.name == "postgresql":
             sa.event.listen(self.engine, "connect", _lz4_toast)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by the thread committing
+        self._queue: list[_Pending] = []  # intakes waiting for the next commit
+        self._queue_lock = threading.Lock()
 
     def create_tables(self) -> None:
         for table in (contract.dmp_patient, contract.dmp_document, intake_document, intake_message, intake_figures,
@@ -100,18 +113,48 @@ class Writer:
     def write(self, intake: Intake) -> Written:
         """Commit `intake` (durable when this returns); raises Refused (AE: a contradiction with what was received
         before; AR: the store is unavailable, resend later)."""
+        pending = _Pending(intake)
+        with self._queue_lock:
+            self._queue.append(pending)
         with self._lock:
-            for attempt in range(3):
-                try:
-                    with self.engine.begin() as conn:
-                        return self._write(conn, intake)
-                except sa.exc.IntegrityError:
-                    if attempt == 2:
-                        raise Refused("the store refused the rows (a concurrent write): resend later",
-                                      "", "206", "AR") from None
-                except sa.exc.SQLAlchemyError as exc:
-                    log.warning("intake: store unavailable: %s", type(getattr(exc, "orig", exc)).__name__)
-                    raise Refused("the store is unavailable: resend later", "", "207", "AR") from None
+            if not pending.done:  # else a thread that held the lock meanwhile committed it with its own
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        if pending.error is not None:
+            raise pending.error
+        return pending.written
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        if len(batch) > 1:
+            try:
+                with self.engine.begin() as conn:
+                    written = [self._write(conn, p.intake) for p in batch]
+            except Exception:  # noqa: BLE001 - one of them failed: each alone below, says which and why
+                pass
+            else:
+                for p, w in zip(batch, written):
+                    p.written, p.done = w, True
+                return
+        for p in batch:
+            try:
+                p.written = self._write_alone(p.intake)
+            except Exception as exc:  # noqa: BLE001 - raised in its caller's thread
+                p.error = exc
+            p.done = True
+
+    def _write_alone(self, intake: Intake) -> Written:
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    return self._write(conn, intake)
+            except sa.exc.IntegrityError:
+                if attempt == 2:
+                    raise Refused("the store refused the rows (a concurrent write): resend later",
+                                  "", "206", "AR") from None
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("intake: store unavailable: %s", type(getattr(exc, "orig", exc)).__name__)
+                raise Refused("the store is unavailable: resend later", "", "207", "AR") from None
         raise AssertionError("unreachable")
 
     def _write(self, conn, intake: Intake) -> Written:
