@@ -110,6 +110,12 @@ def test_child_uuids_are_stable_and_distinct_per_role():
     assert is_urn_uuid(ids.child_uuid(parent, "typeCode"))
 
 
+@given(st.uuids(), st.text())
+def test_child_uuid_is_uuid5_of_its_parent(parent, role):
+    """The ids already sent to the DMP stay the same: child_uuid is uuid5(parent, role), whatever the role."""
+    assert ids.child_uuid(f"urn:uuid:{parent}", role) == f"urn:uuid:{uuid.uuid5(parent, role)}"
+
+
 @pytest.mark.parametrize("bad", [-1, True, "1", 1.0])
 def test_bad_versions_are_refused(bad):
     with pytest.raises(ValueError):

@@ -21,6 +21,7 @@ the XDS limit. Entry UUIDs are UUIDv5 in a namespace derived from the OID root.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -116,5 +117,15 @@ def ipp_authority(oid_root: str) -> str:
 
 def child_uuid(parent: str, role: str) -> str:
     """`urn:uuid:` id of a metadata object (Classification, ExternalIdentifier, Association)
-    owned by `parent` (an entry UUID) in the given `role`: stable across rebuilds."""
-    return _urn(uuid.uuid5(uuid.UUID(parent.removeprefix("urn:uuid:")), role))
+    owned by `parent` (an entry UUID) in the given `role`: stable across rebuilds. It is
+    `uuid.uuid5(UUID(parent), role)`, computed without building two UUID objects (~20 per document)."""
+    digest = bytearray(hashlib.sha1(_uuid_bytes(parent) + role.encode()).digest()[:16])
+    digest[6] = digest[6] & 0x0F | 0x50  # version 5
+    digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"urn:uuid:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@functools.lru_cache(maxsize=256)  # a submission's few owners, each asked for ~20 children
+def _uuid_bytes(urn: str) -> bytes:
+    return uuid.UUID(urn.removeprefix("urn:uuid:")).bytes
