@@ -92,6 +92,8 @@ def test_provide_and_register_sends_mtom_over_mutual_tls(server, test_pki, vihf)
     assert tls_version in ("TLSv1.2", "TLSv1.3")
     ct = headers["Content-Type"]
     assert ct.startswith("multipart/related;") and 'type="application/xop+xml"' in ct
+    # sent piece by piece (mtom.Body), still under its length, not chunked
+    assert headers["Content-Length"] == str(len(body)) and "Transfer-Encoding" not in headers
     assert 'start-info="application/soap+xml"' in ct and f'action="{soap.ITI41_ACTION}"' in ct
     env, parts = mtom.decode(ct, body)
     assert mtom.resolve_documents(env, parts) == docs  # byte-identical

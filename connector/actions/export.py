@@ -143,7 +143,7 @@ def _write(settings: Settings, sign, out: Path, batch: prepare.Batch, *, keys=No
     _, headers, body = iti41_message(url, prepared.request, prepared.attachments, prepared.vihf)
     head = f"POST {url} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     head += f"Content-Length: {len(body)}\r\n\r\n"
-    private.write_file(folder / "iti41-request.http", head.encode("ascii") + body)
+    private.write_file(folder / "iti41-request.http", head.encode("ascii") + bytes(body))
     return Exported(folder, keys)
 
 

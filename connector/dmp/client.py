@@ -42,7 +42,7 @@ class DmpClient:
     def __exit__(self, *exc):
         self.close()
 
-    def _post(self, url: str, headers: dict, body: bytes) -> outcome.Outcome:
+    def _post(self, url: str, headers: dict, body: bytes | mtom.Body) -> outcome.Outcome:
         """POST one SOAP message and classify the reply, or the failure (sent or not: see request_was_sent)."""
         try:
             reply = self.session.post(url, data=body, headers=headers, timeout=self.timeout)
@@ -111,9 +111,9 @@ def iti57_message(url: str, request: etree._Element, vihf: etree._Element) -> tu
 
 def iti41_message(
     url: str, request: etree._Element, attachments: dict[str, bytes], vihf: etree._Element
-) -> tuple[str, dict[str, str], bytes]:
-    """(MessageID, HTTP headers, body) of an ITI-41 request exactly as it is POSTed to `url`."""
+) -> tuple[str, dict[str, str], mtom.Body]:
+    """(MessageID, HTTP headers, body) of an ITI-41 request exactly as it is POSTed to `url` (`bytes(body)`)."""
     message_id = f"urn:uuid:{uuid.uuid4()}"
     env = soap.envelope(request, action=soap.ITI41_ACTION, to=url, security=[vihf], message_id=message_id)
-    content_type, body = mtom.encode(env, attachments, action=soap.ITI41_ACTION)
+    content_type, body = mtom.encode_body(env, attachments, action=soap.ITI41_ACTION)
     return message_id, {"Content-Type": content_type, "Accept": ACCEPT, "MIME-Version": "1.0"}, body

@@ -33,10 +33,35 @@ def cid_url(content_id: str) -> str:
     return "cid:" + quote(content_id, safe=_CID_SAFE)
 
 
+class Body:
+    """A multipart body as the list of its pieces: sent one after the other under its Content-Length (requests
+    takes an object with a length and an iterator as a stream), so the documents, megabytes each, are not copied
+    into one more buffer per attempt. `bytes(body)` joins them."""
+
+    def __init__(self, chunks: list[bytes]):
+        self._chunks = tuple(chunks)
+        self._length = sum(len(c) for c in self._chunks)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self):
+        return iter(self._chunks)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self._chunks)
+
+
 def encode(envelope: etree._Element, attachments: dict[str, bytes], *, action: str) -> tuple[str, bytes]:
     """(Content-Type header value, body) of `envelope` as MTOM; the xdsb:Document elements whose id
     is in `attachments` get an xop:Include and their bytes travel as application/octet-stream parts.
     The caller's envelope is not modified."""
+    content_type, body = encode_body(envelope, attachments, action=action)
+    return content_type, bytes(body)
+
+
+def encode_body(envelope: etree._Element, attachments: dict[str, bytes], *, action: str) -> tuple[str, Body]:
+    """`encode`, the body as a `Body` (its pieces, not joined)."""
     envelope = copy.deepcopy(envelope)
     token = uuid.uuid4().hex
     root_cid = f"root.{token}@dmp-connector"
@@ -78,7 +103,7 @@ def encode(envelope: etree._Element, attachments: dict[str, bytes], *, action: s
         f'multipart/related; boundary="{boundary}"; type="application/xop+xml"; start="<{root_cid}>"; '
         f'start-info="application/soap+xml"; action="{action}"'
     )
-    return content_type, b"".join(chunks)
+    return content_type, Body(chunks)
 
 
 def _content_type(value: str) -> Message:
