@@ -179,6 +179,18 @@ def _queued_then_committed(writer, messages: list[bytes]) -> list:
     return results, len(commits)
 
 
+def test_a_sqlite_store_is_put_in_wal_mode_with_durable_commits(store_url):
+    """One fsync per commit instead of the rollback journal's several (bench/intake.py), durable when it returns."""
+    from connector.intake.writer import Writer
+
+    writer = Writer(store_url)
+    writer.create_tables()
+    with writer.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    writer.engine.dispose()
+    assert rows(store_url, "PRAGMA journal_mode") == [("wal",)]  # the file's, for its other readers too
+
+
 def test_intakes_waiting_for_a_commit_are_committed_together_once_each(store_url):
     from connector.intake.writer import Writer
 

