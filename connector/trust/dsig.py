@@ -25,6 +25,7 @@ another shape (SigningCertificateV2, no Manifest); signxml verifies it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass
 
@@ -122,15 +123,14 @@ def sign_submission_set(
     signed_signature_props = E(signed_props, X("SignedSignatureProperties"))
     E(signed_signature_props, X("SigningTime")).text = _xml_time(signing_time)
     signing_certificate = E(signed_signature_props, X("SigningCertificate"))
-    for certificate in _certification_path(credential):  # the signer then its CAs, as the GIE's TD2.1
+    for cert_digest_b64, issuer, serial in _signing_certificates(credential, digest_uri):
         cert = E(signing_certificate, X("Cert"))
         cert_digest = E(cert, X("CertDigest"))
         E(cert_digest, _digest_tag(xades_namespace, "DigestMethod"), Algorithm=digest_uri)
-        E(cert_digest, _digest_tag(xades_namespace, "DigestValue")).text = b64(
-            certificate_digest(certificate, HASHES[digest_uri]()))
+        E(cert_digest, _digest_tag(xades_namespace, "DigestValue")).text = cert_digest_b64
         issuer_serial = E(cert, X("IssuerSerial"))
-        E(issuer_serial, ds("X509IssuerName")).text = certificate.issuer.rfc4514_string()
-        E(issuer_serial, ds("X509SerialNumber")).text = str(certificate.serial_number)
+        E(issuer_serial, ds("X509IssuerName")).text = issuer
+        E(issuer_serial, ds("X509SerialNumber")).text = serial
     E(E(signed_signature_props, X("SignaturePolicyIdentifier")), X("SignaturePolicyImplied"))
     E(signed_props, X("SignedDataObjectProperties"))  # empty, as in TD2.1
 
@@ -246,6 +246,14 @@ def _digest_tag(xades_namespace: str, tag: str) -> str:
     return f"{{{XADES_111}}}{tag}" if xades_namespace == XADES_111 else ds(tag)
 
 
+@functools.lru_cache(maxsize=8)  # the run's signing credential (compared by identity), per digest
+def _signing_certificates(credential: Credential, digest_uri: str) -> tuple[tuple[str, str, str], ...]:
+    """(digest, issuer name, serial number) of each certificate of the signer's certification path, as XAdES
+    SigningCertificate lists them: the same for every submission set the credential signs."""
+    return tuple((b64(certificate_digest(c, HASHES[digest_uri]())), c.issuer.rfc4514_string(), str(c.serial_number))
+                 for c in _certification_path(credential))  # the signer then its CAs, as the GIE's TD2.1
+
+
 def _certification_path(credential: Credential) -> list[x509.Certificate]:
     """The signer's certificate then, from the PKCS#12's chain, its issuer, that one's issuer… up to the root."""
     path = [credential.certificate]
@@ -257,8 +265,11 @@ def _certification_path(credential: Credential) -> list[x509.Certificate]:
     return path
 
 
+_WITH_ID = etree.XPath("//*[@Id=$id]")  # compiled once, not per call
+
+
 def _by_id(root: etree._Element, id_: str) -> etree._Element:
-    found = root.xpath("//*[@Id=$id]", id=id_)
+    found = _WITH_ID(root, id=id_)
     if len(found) != 1:
         raise SignatureError(f"expected one element with Id={id_}, found {len(found)}")
     return found[0]
