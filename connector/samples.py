@@ -155,6 +155,8 @@ DOCUMENTS = (
        "title over 255 characters"),
     _D("DOC-028", "IPP-013", "11488-4", "Compte rendu de consultation", "ACTIVITY_INVALID",
        "activity SA01 (a facility type, not in JDV_J59)", activity="SA01"),
+    _D("DOC-029", "IPP-002", "11488-4", "Compte rendu de consultation (pour MSSanté)", "NOT_FOR_DMP",
+       "its sender marked it not destined to the DMP (HL7 intake: DESTDMP = N)", status="NOT_FOR_DMP"),
 )
 
 
