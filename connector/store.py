@@ -366,9 +366,14 @@ class Store:
         """The document's bytes, from `content` or `content_path`, never more than `limit` bytes read; raises
         ContentRefused (see `open_content`), OSError if unreadable."""
         if document.content_path:
-            fd, _ = self.open_content(document, limit)
+            fd, size = self.open_content(document, limit)
             with os.fdopen(fd, "rb") as f:
-                data = f.read() if limit is None else f.read(limit + 1)
+                if limit is None:
+                    data = f.read()
+                else:  # read(limit + 1) would allocate limit + 1 bytes (20 MB) for every file, then shrink them
+                    data = f.read(min(size, limit) + 1)
+                    if len(data) > size:  # grown since fstat: on up to limit + 1, as one read(limit + 1) would
+                        data += f.read(limit + 1 - len(data))
             if limit is not None and len(data) > limit:  # grew since fstat
                 raise ContentRefused(CONTENT_INVALID, f"content is over rules.max_document_bytes {limit}")
             return data

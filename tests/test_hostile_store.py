@@ -125,6 +125,23 @@ def test_the_read_stops_at_the_limit_even_if_the_file_grows(tmp_path, monkeypatc
         store.content(document, len(PDF) + 10)
 
 
+def test_a_file_grown_within_the_limit_is_read_whole(tmp_path, monkeypatch):
+    """The read is sized by fstat, not by the limit; a file grown since (within the limit) is still read whole."""
+    settings, store = _store(tmp_path, [dict(document_id="GROWING", file=PDF)], limit=len(PDF) + 10)
+    document = next(c.document for c in store.candidates() if c.document.document_id == "GROWING")
+    path = tmp_path / "store" / document.content_path
+    real_open = store.open_content
+
+    def open_then_grow(doc, limit=None):
+        fd, size = real_open(doc, limit)
+        with open(path, "ab") as f:
+            f.write(b"12345")
+        return fd, size
+
+    monkeypatch.setattr(store, "open_content", open_then_grow)
+    assert store.content(document, len(PDF) + 10) == PDF + b"12345"
+
+
 def test_content_in_the_database_over_the_limit_is_refused_without_loading_it(tmp_path):
     # the limit is above the healthy document's PDF (a few kB: its font is embedded, as PDF/A wants)
     settings, store = _store(tmp_path, [dict(document_id="BIG-BLOB", content_path=None, content=b"%PDF-" + b"x" * 50000,
