@@ -2,7 +2,7 @@
 message and its memory over time.
 
     python bench/intake.py                                       # 3,000 MDM^T02 with 1 MB CDAs, 4 connections
-    python bench/intake.py --messages 100000 --cda-kb 100 --rotate-every 5000   # is memory flat?
+    python bench/intake.py --messages 100000 --cda-kb 50 --rotate-every 10000   # is memory flat?
     python bench/intake.py --store-url postgresql://127.0.0.1/test               # a scratch database there
 
 The listener runs as its own process (`dmp-connector intake hl7`) on a fresh store; K client connections send
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rotate-every", type=int, metavar="M",
                         help="every M messages, drop the CDAs already stored (rows stay): bounded disk on long runs")
     parser.add_argument("--sample-every", type=float, default=10.0, help="RSS sampling period (s)")
-    parser.add_argument("--profile", type=Path, help="py-spy the listener (by pid) into FILE (raw collapsed stacks)")
+    parser.add_argument("--profile", type=Path, help="py-spy the listener (by pid, threads holding the GIL) into FILE "
+                                                     "(raw collapsed stacks)")
     parser.add_argument("--keep", type=Path, help="work in DIR and keep it (default: a temporary folder, removed)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -345,7 +346,7 @@ def _profiler(out: Path, pid: int):
     import subprocess
 
     py_spy = Path(sys.executable).with_name("py-spy")  # pip install py-spy
-    return subprocess.Popen([str(py_spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "100",
+    return subprocess.Popen([str(py_spy), "record", "--pid", str(pid), "--gil", "--format", "raw", "--rate", "100",
                              "--output", str(out.resolve())], stdout=subprocess.DEVNULL)
 
 
