@@ -187,6 +187,7 @@ def test_a_sqlite_store_is_put_in_wal_mode_with_durable_commits(store_url):
     writer.create_tables()
     with writer.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA journal_size_limit").scalar() == 64 * 1024 * 1024
     writer.engine.dispose()
     assert rows(store_url, "PRAGMA journal_mode") == [("wal",)]  # the file's, for its other readers too
 
