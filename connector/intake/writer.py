@@ -177,9 +177,8 @@ class Writer:
                                   "new version needs a new id", "OBX^1^5", "205")
                 return Written(known.document_id, known.version, intake.action, True)
             written = self._add(conn, intake, now)
-        conn.execute(sa.insert(intake_message).values(sender=h.sender, control_id=h.control_id, digest=intake.digest,
-                                                      action=intake.action, unique_id=intake.unique_id,
-                                                      received_at=now))
+        conn.execute(sa.insert(intake_message), dict(sender=h.sender, control_id=h.control_id, digest=intake.digest,
+                                                     action=intake.action, unique_id=intake.unique_id, received_at=now))
         return written
 
     @staticmethod
@@ -210,10 +209,10 @@ class Writer:
         row = {k: v for k, v in intake.document.items() if k != "destined_to_dmp"}
         if not intake.document["destined_to_dmp"]:
             row["status"] = NOT_FOR_DMP
-        conn.execute(sa.insert(contract.dmp_document).values(
+        conn.execute(sa.insert(contract.dmp_document), dict(
             document_id=document_id, version=version, patient_id=intake.patient["patient_id"], content=intake.cda,
             updated_at=now, **row))
-        conn.execute(sa.insert(intake_document).values(
+        conn.execute(sa.insert(intake_document), dict(
             unique_id=intake.unique_id, document_id=document_id, version=version, set_id=intake.set_id,
             cda_sha256=intake.cda_digest, received_at=now))
         return Written(document_id, version, intake.action, False)
@@ -246,9 +245,9 @@ class Writer:
         key = p.c.patient_id == patient["patient_id"]
         values = {k: v for k, v in patient.items() if k != "patient_id"}
         if conn.execute(sa.select(p.c.patient_id).where(key)).first() is None:
-            conn.execute(sa.insert(p).values(patient_id=patient["patient_id"], opposed_to_feeding=False, **values))
+            conn.execute(sa.insert(p), dict(patient_id=patient["patient_id"], opposed_to_feeding=False, **values))
         else:
-            conn.execute(sa.update(p).where(key).values(**values))
+            conn.execute(sa.update(p).where(key), values)
 
 
 def _wal(dbapi_connection, _record) -> None:
