@@ -234,3 +234,18 @@ def test_ledgers_in_two_postgresql_schemas_do_not_lock_each_other_out(tmp_path, 
         with admin.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+def test_a_new_submission_is_returned_as_the_ledger_holds_it(ledger):
+    """journal_submission builds the record of a new submission from what it inserted instead of reading it
+    back: it must be exactly what `submission` reads (documents in key order, the note as stored, naive UTC)."""
+    run_id = ledger.start_run("run")
+    _pending(ledger, run_id, ("D2", 1), ("D1", 3), ("D1", 2))
+    docs = [SubmissionDoc("D2", 1, "1.5.1", "urn:uuid:b"), SubmissionDoc("D1", 3, "1.5.2", "urn:uuid:c", cda_version=4,
+                                                                       masking="MASQUE_PS"),
+            SubmissionDoc("D1", 2, "1.5.3", "urn:uuid:a")]
+    rec = ledger.journal_submission(submission_set_uid="1.5", entry_uuid="urn:uuid:s", patient_id="IPP-1",
+                                    finess_geo="0B0999998", submission_time=utcnow(), docs=docs, run_id=run_id,
+                                    note="n" * 1500, **J)
+    assert rec == ledger.submission(rec.id)
+    assert [d.version for d in rec.documents] == [2, 3, 1] and len(rec.note) == 1000

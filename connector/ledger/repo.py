@@ -365,16 +365,21 @@ class Ledger:
         same uid is the same submission: it is reused as recorded (ids and submission time), never regenerated.
         Returns None when another live instance holds it (or it is already settled)."""
         now = utcnow()
+        created = None  # a new row: its record is what was inserted (not read back: two queries per submission)
         try:
             with self.engine.begin() as conn:
                 row = conn.execute(_SUBMISSION_BY_UID, dict(uid=submission_set_uid)).first()
                 if row is None:
+                    note = note and note[:1000]
                     sub_id = conn.execute(_NEW_SUBMISSION, dict(
                         submission_set_uid=submission_set_uid, entry_uuid=entry_uuid, patient_id=patient_id,
                         finess_geo=finess_geo, state=SUBMITTING, submission_time=submission_time, created_at=now,
                         updated_at=now, attempts=0, run_id=run_id, lease_owner=owner,
-                        lease_until=now + lease, kind=kind, note=note and note[:1000])).inserted_primary_key[0]
+                        lease_until=now + lease, kind=kind, note=note)).inserted_primary_key[0]
                     conn.execute(_NEW_SUBMISSION_DOCUMENTS, [dict(submission_id=sub_id, **doc.__dict__) for doc in docs])
+                    created = SubmissionRecord(sub_id, submission_set_uid, entry_uuid, patient_id, finess_geo, SUBMITTING,
+                                               submission_time, 0, now,
+                                               tuple(sorted(docs, key=lambda d: (d.document_id, d.version))), kind, note)
                 else:
                     sub_id = row.id
                     # FAILED (or withdrawn) sets are sent again with their ids when their documents are eligible
@@ -385,7 +390,7 @@ class Ledger:
                                                        sub_id=sub_id, now=now, run_id=run_id) for doc in docs])
         except sa.exc.IntegrityError:
             return None  # another instance journaled the same submission set at the same moment: it is theirs
-        return self.submission(sub_id)
+        return created or self.submission(sub_id)
 
     @staticmethod
     def _claim(conn, sub_id: int, owner: str, lease: dt.timedelta, now: dt.datetime, run_id: int) -> bool:
