@@ -365,3 +365,23 @@ def test_a_built_cda_the_xsd_refuses_is_still_caught(tmp_path, monkeypatch):
     assert from_bytes and "typeId" in from_bytes[0]
     assert str(caught.value) == f"CDA_INVALID: {document.document_id}: {'; '.join(from_bytes[:3])}" + (
         f" (+{len(from_bytes) - 3} more)" if len(from_bytes) > 3 else "")
+
+
+@pytest.mark.parametrize("defect", ["no title", "bad language", "empty setId"])
+def test_the_built_tree_gets_the_verdict_of_its_bytes_schematron_included(structure, site, defect):
+    """A builder defect gives the same XSD and schematron errors whether the validation takes the built tree or
+    parses the bytes that tree is written as."""
+    document = make_document()
+    uid = ids.document_unique_id(structure.oid_root, document.document_id, document.version)
+    _, tree = cda.build_cda_tree(document, make_patient(), site, structure, PDF, unique_id=uid)
+    root = tree.getroot()
+    if defect == "no title":
+        root.remove(root.find("v3:title", NS))
+    elif defect == "bad language":
+        root.find("v3:languageCode", NS).set("code", "xx")
+    else:
+        root.find("v3:setId", NS).set("root", "")
+    before, _, after = etree.tostring(tree, method="c14n").rpartition(cda._BODY_MARK.encode())
+    xml = xmlsig.XML_DECLARATION + before + base64.b64encode(PDF) + after
+    from_bytes = validate.cda_errors(xml)
+    assert from_bytes and validate._start_cda_errors(xml, True, None, tree=tree)() == from_bytes
