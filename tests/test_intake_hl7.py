@@ -466,8 +466,15 @@ def test_ed_data_set_aside_reads_as_python_hl7_reads_it_in_place(others, ed_fiel
     cut = hl7msg._Message(hl7.parse(lines(reduced)), payloads)
     assert len(whole.all("OBX")) == len(cut.all("OBX"))
     for mine, theirs in zip(cut.all("OBX"), whole.all("OBX")):
-        assert cut.ed_data(mine) == whole.get(theirs, 5, 1, 5)
+        assert cut.ed_data(mine) == whole.get(theirs, 5, 1, 5).encode("utf-8")
     assert [str(s) for s in cut.message if str(s[0]) != "OBX"] == [str(s) for s in whole.message if str(s[0]) != "OBX"]
+
+
+@given(st.binary(max_size=40).map(lambda b: bytes(b"\x1c\ra"[x % 3] for x in b)), st.integers(0, 45))
+def test_the_end_of_a_block_is_found_as_a_two_byte_search_finds_it(data, start):
+    from connector.intake.mllp import END, _find_end
+
+    assert _find_end(bytearray(data), start) == data.find(END, start)
 
 
 def test_ack_escapes_what_it_echoes():

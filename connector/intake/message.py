@@ -172,12 +172,13 @@ def read(raw: bytes, max_document_bytes: int) -> Intake:
     document["status"] = "CANCELLED" if action == DELETION else "VALIDATED"
     digest = hashlib.sha256(body.encode("utf-8"))
     for _, data in sorted(payloads.items()):
-        digest.update(b"\x1c" + data.encode("ascii"))
+        digest.update(b"\x1c")
+        digest.update(data)
     digest = digest.hexdigest()
     return Intake(header, action, unique_id, parent_id, _set_id(root), cda, patient, document, digest, warnings)
 
 
-def _set_aside(text: str, header: Header) -> tuple[str, dict[int, str]]:
+def _set_aside(text: str, header: Header) -> tuple[str, dict[int, bytes]]:
     """`text` without the data of its ED fields (OBX-5.5), and those data by OBX rank (0: the first OBX).
 
     python-hl7 splits and copies the whole message at each level (segments, fields, repetitions, components), and
@@ -214,7 +215,7 @@ def _set_aside(text: str, header: Header) -> tuple[str, dict[int, str]]:
         if not data.isascii() or escape in data:
             continue
         kept.append(text[at:data_start])
-        at, payloads[rank] = data_end, data.strip()
+        at, payloads[rank] = data_end, data.strip().encode("ascii")
     return ("".join(kept) + text[at:], payloads) if payloads else (text, payloads)
 
 
@@ -222,14 +223,14 @@ class _Message:
     """Field access over python-hl7's tree: 1-based field, repetition, component, subcomponent; '' when absent;
     HL7 escapes (\\F\\, \\S\\…) undone. `payloads`: the ED data set aside before parsing (`_set_aside`)."""
 
-    def __init__(self, message, payloads: dict[int, str] | None = None):
+    def __init__(self, message, payloads: dict[int, bytes] | None = None):
         self.message = message
         self.payloads = payloads or {}
 
-    def ed_data(self, obx) -> str:
-        """OBX-5.5 of `obx`, set aside or in place."""
+    def ed_data(self, obx) -> bytes:
+        """OBX-5.5 of `obx`, set aside or in place (UTF-8: base64 is ASCII, anything else is refused after)."""
         rank = next(i for i, s in enumerate(self.all("OBX")) if s is obx)
-        return self.payloads[rank] if rank in self.payloads else self.get(obx, 5, 1, 5)
+        return self.payloads[rank] if rank in self.payloads else self.get(obx, 5, 1, 5).encode("utf-8")
 
     def all(self, name: str) -> list:
         return [s for s in self.message if str(s[0]) == name]
@@ -296,7 +297,7 @@ def _ed_bytes(m: _Message, obx, limit: int) -> bytes:
         raise Refused(f"the document is over rules.max_document_bytes {limit}", "OBX^1^5", "102")
     try:
         # Padding is often left out by senders and carries no data: it is added, anything else is refused.
-        return base64.b64decode(data + "=" * (-len(data) % 4), validate=True)
+        return base64.b64decode(data + b"=" * (-len(data) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise Refused("OBX-5.5 is not valid base64", "OBX^1^5", "102") from None
 

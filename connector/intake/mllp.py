@@ -145,7 +145,7 @@ class Listener:
                 log.warning("intake hl7: connection from %s closed: bytes outside an MLLP block (no <VT>)", peer)
                 return
             scanned = 1
-            while (end := buffer.find(END, scanned)) < 0:
+            while (end := _find_end(buffer, scanned)) < 0:
                 scanned = max(1, len(buffer) - 1)
                 if len(buffer) > s.max_message_bytes + 1:
                     await self._refuse_oversized(writer, bytes(buffer[1:4096]), peer)
@@ -156,7 +156,8 @@ class Listener:
                                 "stalled" if chunk is None else "closed by the sender")
                     return
                 buffer += chunk
-            block = bytes(buffer[1:end])
+            with memoryview(buffer) as view:
+                block = bytes(view[1:end])  # one copy (a slice of the bytearray, then bytes, made two)
             del buffer[:end + len(END)]
             if len(block) > s.max_message_bytes:
                 await self._refuse_oversized(writer, block[:4096], peer)
@@ -230,6 +231,18 @@ class Listener:
     def _next_id(self) -> str:
         self._control += 1
         return f"DMPC{time.strftime('%Y%m%d%H%M%S')}{self._control:06d}"
+
+
+def _find_end(buffer: bytearray, start: int) -> int:
+    """Where <FS><CR> starts in `buffer` from `start`, -1 if not (yet) there. <FS> is looked for alone: a one-byte
+    find is memchr (0.01 ms over a 1.4 MB message), a two-byte one walks it byte by byte (1 ms)."""
+    while (at := buffer.find(END[:1], start)) >= 0:
+        if buffer[at + 1:at + 2] == END[1:]:
+            return at
+        if at + 1 == len(buffer):
+            return -1  # <FS> last: its <CR> may come with the next bytes
+        start = at + 1
+    return -1
 
 
 async def _read(reader: asyncio.StreamReader, timeout: float) -> bytes | None:
