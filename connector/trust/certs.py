@@ -8,6 +8,7 @@ from the subject's OU (the test PKI puts it there; "1"+FINESS is accepted too) o
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import re
 import threading
@@ -45,7 +46,7 @@ class Credential:
     chain: tuple[x509.Certificate, ...]
     source: Path
 
-    @property
+    @functools.cached_property  # the VIHF Issuer of every request
     def subject_dn(self) -> str:
         """RFC 4514 string (most specific first: CN=…,OU=…,O=…,C=FR), as SAML X509SubjectName expects."""
         return self.certificate.subject.rfc4514_string()

@@ -129,9 +129,14 @@ def finish_signature(
     sig_value.text = b64(value)
     key_info = etree.Element(ds("KeyInfo"))
     x509_cert = etree.SubElement(etree.SubElement(key_info, ds("X509Data")), ds("X509Certificate"))
-    x509_cert.text = b64(certificate.public_bytes(serialization.Encoding.DER))
+    x509_cert.text = _certificate_b64(certificate)
     signed_info.addnext(sig_value)
     sig_value.addnext(key_info)
+
+
+@functools.lru_cache(maxsize=8)  # the run's signing certificates: two signatures per submission set
+def _certificate_b64(certificate: x509.Certificate) -> str:
+    return b64(certificate.public_bytes(serialization.Encoding.DER))
 
 
 def new_signed_info(signature: etree._Element, c14n_uri: str, digest_name: str) -> etree._Element:
