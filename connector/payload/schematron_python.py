@@ -4,10 +4,17 @@ It reads the very stylesheet `validate.stylesheet_path` generates for the connec
 the rules of elements the builder never writes already dropped, value sets already static variables) and runs it
 as the ISO skeleton's XSLT does: every element in document order gets the highest-priority rule whose context
 matches it, whose `let` variables and assertions are then evaluated in order; the location and message of each
-failed assertion are built as the skeleton builds them, so the error strings are the same. Contexts are matched
-by libxml2's XPath 1.0 when the pattern is XPath 1.0 (all but one here), everything else by `elementpath`
-(XPath 2.0 on lxml trees). `tests/test_schematron_python.py` proves the errors equal Saxon's on the complete
-schematron over a corpus of our CDAs, the ANS examples and broken variants.
+failed assertion are built as the skeleton builds them, so the error strings are the same.
+
+Three layers, fastest first, each giving what XPath 2.0 gives:
+- the rules become one XSLT 1.0 stylesheet run by libxslt (in C, ~1.5 ms a CDA): the contexts, and every test and
+  variable `schematron_xpath1` can translate to XPath 1.0 with the same meaning (nine tests in ten);
+- the tests left that compute on strings (the kit's timestamp check, code lists…) are compiled to Python functions
+  (`schematron_atomic`);
+- anything else, and any input those functions do not cover, is evaluated by `elementpath` (XPath 2.0 on lxml
+  trees), the interpreter's first form, as are the messages of failed assertions.
+`tests/test_schematron_python.py` proves the errors equal Saxon's on the complete schematron over a corpus of our
+CDAs, the ANS examples and broken variants.
 
 Only for CDAs whose HL7 elements all are ones the builder writes (`validate.GENERATED_ELEMENTS`): the rules
 dropped for the others cannot fire on them. Any other CDA (a pass-through CDA from the store using more of the
@@ -28,6 +35,8 @@ import elementpath
 import elementpath.xpath2._xpath2_functions as _xpath2_functions
 from elementpath import ElementNode, XPath2Parser, XPathContext
 from lxml import etree
+
+from connector.payload import schematron_atomic as atomic, schematron_xpath1 as xpath1
 
 _XSL = "{http://www.w3.org/1999/XSL/Transform}"
 _SVRL = "{http://purl.oclc.org/dsdl/svrl}"
@@ -101,6 +110,88 @@ class SchematronInterpreter:
         for expression, name in self._constants.items():
             self._context_vars[name] = self._parser.parse(expression).evaluate(
                 XPathContext(etree.ElementTree(etree.Element("x")), variables=dict(self._static)))
+        self._assertions = self.assertions
+        self._transform = self._compile_xslt1()
+
+    def _compile_xslt1(self) -> etree.XSLT:
+        """The rules as one XSLT 1.0 stylesheet for libxslt: each test XPath 1.0 can answer as XPath 2.0 does
+        (`schematron_xpath1`) is checked there and reported as `<f a="assertion" e="element"/>` when it fails; any
+        other as `<u …/>`, for `elementpath`, unless the part of a top-level `or` that could be translated
+        already holds (elementpath evaluates `or` from the left and stops there too). `e` is the element's position
+        in document order."""
+        constants = {name: frozenset(_string(v) for v in (value if isinstance(value, list) else [value]))
+                     for name, value in self._context_vars.items() if name.startswith("dmp-const-")}
+        if "dmp" in self._namespaces:
+            raise ValueError("the stylesheet declares the prefix dmp, which the XSLT 1.0 translation uses")
+        self._translated = 0
+        self._atomic: dict[int, object] = {}  # assertion number -> compiled function, for some untranslated ones
+        self._rule_of = {id(s): r for r in self.rules for s in r.steps}
+        xsl = etree.Element(f"{_XSL}stylesheet", version="1.0",
+                            nsmap={**self._namespaces, "xsl": _XSL[1:-1], "dmp": xpath1.EXTENSIONS})
+        start = etree.SubElement(xsl, f"{_XSL}template", match="/")
+        etree.SubElement(etree.SubElement(start, "r"), f"{_XSL}apply-templates", select="*", mode="m")
+        default = etree.SubElement(xsl, f"{_XSL}template", match="*", mode="m", priority="-10")
+        etree.SubElement(default, f"{_XSL}apply-templates", select="*", mode="m")
+        here = "{count(ancestor::*|preceding::*)}"
+        numbers = {id(a): n for n, a in enumerate(self._assertions)}
+        for rule in self.rules:
+            translator = xpath1.Translator(self._namespaces, constants)
+            compiler = atomic.Compiler(self._namespaces, constants)
+            match = rule.match_text if rule.match_xpath1 is not None else translator.translate(rule.match)[0]
+            template = etree.SubElement(xsl, f"{_XSL}template", match=match, priority=repr(rule.priority), mode="m")
+            for n, step in enumerate(rule.steps):
+                if isinstance(step, _Variable):
+                    try:
+                        compiler.declare(step.name, f"v{n}", step.select)
+                    except xpath1.Untranslatable:
+                        pass
+                    translator.variables.pop(step.name, None)
+                    translator.constants.pop(step.name, None)
+                    if step.select.symbol == "$" and step.select[0].value in translator.constants:
+                        translator.constants[step.name] = translator.constants[step.select[0].value]  # an alias
+                        continue
+                    try:
+                        text, kind = translator.translate(step.select)
+                    except xpath1.Untranslatable:
+                        continue
+                    literal = step.select.value if step.select.symbol == "(string)" else None
+                    translator.variables[step.name] = (f"$v{n}", kind, literal)
+                    etree.SubElement(template, f"{_XSL}variable", name=f"v{n}", select=text)
+                    continue
+                number = str(numbers[id(step)])
+                try:
+                    text = translator.translate(step.test)[0]
+                    self._translated += 1
+                    report = "f"
+                except xpath1.Untranslatable:
+                    text, report = self._translated_guard(translator, step.test), "u"
+                    try:
+                        self._atomic[int(number)] = compiler.compile(step.test)
+                    except xpath1.Untranslatable:
+                        pass
+                if text is None:
+                    etree.SubElement(template, report, a=number, e=here)
+                else:
+                    check = etree.SubElement(template, f"{_XSL}if", test=f"not({text})")
+                    etree.SubElement(check, report, a=number, e=here)
+            etree.SubElement(template, f"{_XSL}apply-templates", select="*", mode="m")
+        return etree.XSLT(xsl, extensions=xpath1.extensions(constants))
+
+    @staticmethod
+    def _translated_guard(translator, test) -> str | None:
+        """The longest leading run of a top-level `or`'s operands that can be translated, as XPath 1.0, or None."""
+        operands = []
+        while test.symbol == "or":
+            operands.insert(0, test[1])
+            test = test[0]
+        operands.insert(0, test)
+        texts = []
+        for operand in operands[:-1] if len(operands) > 1 else []:
+            try:
+                texts.append(translator.translate(operand)[0])
+            except xpath1.Untranslatable:
+                break
+        return " or ".join(texts) if texts else None
 
     @property
     def assertions(self) -> list[Assertion]:
@@ -165,39 +256,27 @@ class SchematronInterpreter:
 
     def failed(self, tree: etree._ElementTree) -> list[tuple[str, str, str]]:
         """(assertion id, location, message) of each failed assertion, in the order the XSLT reports them."""
-        # Saxon's implicit timezone is the machine's, at the time of the transform
-        offset = int(datetime.datetime.now().astimezone().utcoffset().total_seconds() // 60)
-        context = XPathContext(tree, namespaces=self._namespaces,
-                               timezone=f"{'-' if offset < 0 else '+'}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}")
-        nodes = {node.value: node for node in context.root.iter_descendants() if isinstance(node, ElementNode)}
-        fired: dict = {}  # lxml element -> rule
-        for rule in self.rules:
-            if rule.match_xpath1 is not None:
-                matched = rule.match_xpath1(tree)
-            else:
-                context.item, context.variables = context.root, dict(self._context_vars)
-                matched = [n.value for n in rule.match.select(context)]
-            for element in matched:
-                if not isinstance(element, etree._Element):
-                    raise ValueError(f"rule {rule.match_text} matched a {type(element).__name__}; only elements are supported")
-                best = fired.get(element)
-                if best is None or (rule.priority, rule.order) > (best.priority, best.order):
-                    fired[element] = rule
-        found = []
-        for element in tree.getroot().iter(etree.Element):
-            rule = fired.get(element)
-            if rule is None:
+        reports = self._transform(tree).getroot()
+        if not len(reports):
+            return []
+        elements = list(tree.getroot().iter(etree.Element))
+        xpath2, envs, found = None, {}, []
+        for report in reports:
+            number = int(report.get("a"))
+            element, assertion = elements[int(report.get("e"))], self._assertions[number]
+            if report.tag == "u" and number in self._atomic:
+                env = envs.get(element) or envs.setdefault(element, atomic.Env(element))
+                try:
+                    if atomic.effective_boolean_value(self._atomic[number](env)):
+                        continue
+                    report = None  # failed
+                except atomic.Fallback:
+                    pass
+            xpath2 = xpath2 or _XPath2(self, tree)
+            context, node = xpath2.at(element, assertion)
+            if report is not None and report.tag == "u" and assertion.test.boolean_value(assertion.test.evaluate(context)):
                 continue
-            node = nodes[element]
-            context.item, context.position, context.size, context.axis = node, 1, 1, None
-            context.variables = _LazyVariables(self._context_vars)
-            at_node = copy.copy(context)
-            for step in rule.steps:
-                context.item, context.position, context.size, context.axis = node, 1, 1, None
-                if isinstance(step, _Variable):
-                    dict.__setitem__(context.variables, step.name, _Deferred(step.select, at_node))
-                elif not step.test.boolean_value(step.test.evaluate(context)):
-                    found.append((step.id, _location(element), self._text(step, context, node)))
+            found.append((assertion.id, _location(element), self._text(assertion, context, node)))
         return found
 
     def _text(self, assertion: Assertion, context: XPathContext, node) -> str:
@@ -211,6 +290,32 @@ class SchematronInterpreter:
                 values = value if isinstance(value, list) else [] if value is None else [value]
                 out.append(" ".join(_string(v) for v in values))
         return " ".join("".join(out).split())
+
+
+class _XPath2:
+    """elementpath's view of one document, built when a report needs it: the context of a rule's element with its
+    `let` variables up to a given assertion."""
+
+    def __init__(self, interpreter: SchematronInterpreter, tree: etree._ElementTree):
+        self._interpreter = interpreter
+        # Saxon's implicit timezone is the machine's, at the time of the transform
+        offset = int(datetime.datetime.now().astimezone().utcoffset().total_seconds() // 60)
+        self._context = XPathContext(tree, namespaces=interpreter._namespaces,
+                                     timezone=f"{'-' if offset < 0 else '+'}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}")
+        self._nodes = {node.value: node for node in self._context.root.iter_descendants() if isinstance(node, ElementNode)}
+
+    def at(self, element: etree._Element, assertion: Assertion):
+        context, node = self._context, self._nodes[element]
+        context.item, context.position, context.size, context.axis = node, 1, 1, None
+        context.variables = _LazyVariables(self._interpreter._context_vars)
+        at_node = copy.copy(context)
+        for step in self._interpreter._rule_of[id(assertion)].steps:
+            if step is assertion:
+                break
+            if isinstance(step, _Variable):
+                dict.__setitem__(context.variables, step.name, _Deferred(step.select, at_node))
+        context.item, context.position, context.size, context.axis = node, 1, 1, None
+        return context, node
 
 
 class _Deferred:
