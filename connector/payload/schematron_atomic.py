@@ -10,11 +10,13 @@ caller evaluates the test with `elementpath`. `castable as` is `elementpath`'s o
 
 from __future__ import annotations
 
+import datetime
 import functools
 import operator as operator_module
 import re
 
 from elementpath import XPath2Parser, XPathContext
+from elementpath.datatypes import UntypedAtomic
 from elementpath.regex import translate_pattern
 from lxml import etree
 
@@ -111,6 +113,7 @@ class Compiler:
         self.variables: dict[str, str] = {}  # XPath name -> key of its value in Env.values
         self.literals: dict[str, str] = {}  # XPath name of a variable bound to a string literal -> the string
         self.paths = Translator(namespaces, {})
+        self._tokens: dict[str, object] = {}  # XPath name of a compiled variable -> its token
         self._compiled: dict[str, object] = {}
 
     def declare(self, name: str, key: str, token) -> None:
@@ -132,9 +135,39 @@ class Compiler:
 
         self.variables[name] = key
         self._compiled[key] = value
+        self._tokens[name] = token
+
+    def attributes_read(self, token) -> tuple[str, ...] | None:
+        """The attributes of the element an expression reads, when it reads nothing else (no path, no node, no
+        implicit timezone): its value is then a function of theirs alone. None otherwise."""
+        found: set[str] = set()
+
+        def walk(t, parent: str) -> bool:
+            if t.symbol == "$":
+                name = t[0].value if len(t) else t.value
+                return name in self.constants or (name in self._tokens and walk(self._tokens[name], ""))
+            if t.symbol == "@":
+                if t[0].symbol == "(name)":
+                    found.add(t[0].value)
+                    return True
+                if t[0].symbol == ":" and len(t[0]) == 2 and t[0][1].symbol == "(name)":
+                    found.add(f"{{{self.namespaces[t[0][0].value]}}}{t[0][1].value}")
+                    return True
+                return False
+            if t.symbol == "(name)":
+                return parent in ("$", ":")
+            if t.symbol == ":":
+                return parent == "castable"
+            if t.symbol not in _COMPILERS or t.symbol in ("[", ".", "dateTime", "date"):
+                return False
+            return all(walk(c, t.symbol) for c in t)
+
+        return tuple(sorted(found)) if walk(token, "") else None
 
     def compile(self, token):
         """A function Env -> tuple of items (str, int, bool, Node, element) for an elementpath token."""
+        if any(t.symbol in ("dateTime", "date") for t in token.iter()) and _context_free(token):  # constructors
+            return self._opaque(token)
         symbol = token.symbol
         if symbol in ("/", "//", "(name)", ":", "*") or (symbol == "[" and _is_path(token)):
             try:
@@ -315,6 +348,32 @@ class Compiler:
             return count
         raise Untranslatable(f"{name}()")
 
+    def _opaque(self, token):
+        """An expression over variables only that elementpath evaluates itself, given their values (a few tokens
+        instead of the whole chain of variables): e.g. xs:dateTime($low) le xs:dateTime($high)."""
+        names = {(t[0].value if len(t) else t.value) for t in token.iter("$")}
+        if any(n not in self.variables and n not in self.constants for n in names):
+            raise Untranslatable("a variable not compiled")
+        functions = {n: self._variable(t) for t in token.iter("$") for n in [t[0].value if len(t) else t.value]}
+
+        def opaque(env: Env):
+            variables = {}
+            for name, function in functions.items():
+                values = function(env)
+                if isinstance(values, frozenset):
+                    values = sorted(values)
+                elif any(isinstance(v, etree._Element) for v in values):
+                    raise Fallback
+                items = [UntypedAtomic(str(v)) if type(v) is Node else v for v in values]
+                variables[name] = items[0] if len(items) == 1 else items
+            result = token.evaluate(XPathContext(_CAST_ROOT, variables=variables, timezone=implicit_timezone()))
+            if isinstance(result, list):
+                if any(not isinstance(v, (str, int, bool)) for v in result):
+                    raise Fallback
+                return tuple(result)
+            return () if result is None else (result,)
+        return opaque
+
     @staticmethod
     def _substring(arguments):
         text, start, length = arguments[0], arguments[1], arguments[2] if len(arguments) == 3 else None
@@ -416,6 +475,25 @@ class Compiler:
 
 _FUNCTIONS = ("empty", "exists", "not", "starts-with", "ends-with", "contains", "string-length", "normalize-space",
               "concat", "substring", "string-join", "replace", "tokenize", "distinct-values", "count", "matches")
+
+
+_OPAQUE = {"$", ":", "(string)", "(integer)", "le", "lt", "ge", "gt", "eq", "ne", "=", "!=", "<", "<=", ">", ">=",
+           "and", "or", "not", "empty", "exists", "(", ",", "if", "castable", "dateTime", "date"}
+
+
+def _context_free(token, parent: str = "") -> bool:
+    """Whether an expression reads nothing but variables and literals (never the context: no path, no step)."""
+    if token.symbol == "(name)":
+        return parent in ("$", ":")
+    if token.symbol not in _OPAQUE or (token.symbol in ("dateTime", "date") and not len(token)):
+        return False
+    return all(_context_free(t, token.symbol) for t in token)
+
+
+def implicit_timezone() -> str:
+    """Saxon's implicit timezone: the machine's, now."""
+    offset = int(datetime.datetime.now().astimezone().utcoffset().total_seconds() // 60)
+    return f"{'-' if offset < 0 else '+'}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}"
 
 
 def _is_path(token) -> bool:

@@ -24,7 +24,6 @@ CDA model) goes to Saxon with the kit's whole schematron, as before.
 from __future__ import annotations
 
 import copy
-import datetime
 import functools
 import re
 import threading
@@ -58,6 +57,9 @@ _XPATH1_FUNCTIONS = {
 # over and over. The translation is a pure function of its arguments.
 if not hasattr(_xpath2_functions.translate_pattern, "cache_info"):
     _xpath2_functions.translate_pattern = functools.lru_cache(maxsize=256)(_xpath2_functions.translate_pattern)
+
+
+_MEMO_SIZE = 20_000  # answers of attribute-only tests kept (a few MB at most)
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class SchematronInterpreter:
         self._translated = 0
         self._atomic: dict[int, object] = {}  # assertion number -> compiled function, for some untranslated ones
         self._rule_of = {id(s): r for r in self.rules for s in r.steps}
+        self._memo: dict[tuple, bool] = {}
         xsl = etree.Element(f"{_XSL}stylesheet", version="1.0",
                             nsmap={**self._namespaces, "xsl": _XSL[1:-1], "dmp": xpath1.EXTENSIONS})
         start = etree.SubElement(xsl, f"{_XSL}template", match="/")
@@ -166,7 +169,7 @@ class SchematronInterpreter:
                 except xpath1.Untranslatable:
                     text, report = self._translated_guard(translator, step.test), "u"
                     try:
-                        self._atomic[int(number)] = compiler.compile(step.test)
+                        self._atomic[int(number)] = (compiler.compile(step.test), compiler.attributes_read(step.test))
                     except xpath1.Untranslatable:
                         pass
                 if text is None:
@@ -265,19 +268,37 @@ class SchematronInterpreter:
             number = int(report.get("a"))
             element, assertion = elements[int(report.get("e"))], self._assertions[number]
             if report.tag == "u" and number in self._atomic:
-                env = envs.get(element) or envs.setdefault(element, atomic.Env(element))
-                try:
-                    if atomic.effective_boolean_value(self._atomic[number](env)):
-                        continue
+                holds = self._atomic_test(number, element, envs)
+                if holds:
+                    continue
+                if holds is not None:
                     report = None  # failed
-                except atomic.Fallback:
-                    pass
             xpath2 = xpath2 or _XPath2(self, tree)
             context, node = xpath2.at(element, assertion)
             if report is not None and report.tag == "u" and assertion.test.boolean_value(assertion.test.evaluate(context)):
                 continue
             found.append((assertion.id, _location(element), self._text(assertion, context, node)))
         return found
+
+    def _atomic_test(self, number: int, element: etree._Element, envs: dict) -> bool | None:
+        """A compiled test's answer, None if its inputs are not covered. A test of the element's attributes alone
+        (the timestamp check of @value…) is a function of their values: memoised (the same dates recur)."""
+        function, attributes = self._atomic[number]
+        if attributes is not None:
+            key = (number, *(element.get(a) for a in attributes))
+            holds = self._memo.get(key)
+            if holds is not None:
+                return holds
+        env = envs.get(element) or envs.setdefault(element, atomic.Env(element))
+        try:
+            holds = atomic.effective_boolean_value(function(env))
+        except atomic.Fallback:
+            return None
+        if attributes is not None:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = holds
+        return holds
 
     def _text(self, assertion: Assertion, context: XPathContext, node) -> str:
         out = []
@@ -298,10 +319,7 @@ class _XPath2:
 
     def __init__(self, interpreter: SchematronInterpreter, tree: etree._ElementTree):
         self._interpreter = interpreter
-        # Saxon's implicit timezone is the machine's, at the time of the transform
-        offset = int(datetime.datetime.now().astimezone().utcoffset().total_seconds() // 60)
-        self._context = XPathContext(tree, namespaces=interpreter._namespaces,
-                                     timezone=f"{'-' if offset < 0 else '+'}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}")
+        self._context = XPathContext(tree, namespaces=interpreter._namespaces, timezone=atomic.implicit_timezone())
         self._nodes = {node.value: node for node in self._context.root.iter_descendants() if isinstance(node, ElementNode)}
 
     def at(self, element: etree._Element, assertion: Assertion):
