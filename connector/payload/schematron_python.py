@@ -59,21 +59,42 @@ if not hasattr(_xpath2_functions.translate_pattern, "cache_info"):
     _xpath2_functions.translate_pattern = functools.lru_cache(maxsize=256)(_xpath2_functions.translate_pattern)
 
 
+_SHARED_TEST_LENGTH = 300  # a translated test longer than this is compiled once, in a named template
 _MEMO_SIZE = 20_000  # answers of attribute-only tests kept (a few MB at most)
+
+
+class _XPath:
+    """An XPath 2.0 expression of the stylesheet, parsed by elementpath when needed: to build the XSLT 1.0 and the
+    compiled tests (then released), and for what only elementpath evaluates. Kept parsed, the ~4,000 of them held
+    ~14 MB."""
+
+    __slots__ = ("text", "_parser", "_token")
+
+    def __init__(self, parser: XPath2Parser, text: str):
+        self.text, self._parser, self._token = text, parser, None
+
+    @property
+    def token(self):
+        if self._token is None:
+            self._token = self._parser.parse(self.text)
+        return self._token
+
+    def release(self) -> None:
+        self._token = None
 
 
 @dataclass(frozen=True)
 class _Variable:
     name: str
-    select: object  # elementpath token
+    select: _XPath
 
 
 @dataclass(frozen=True)
 class Assertion:
     id: str  # "<rule priority>.<position in the rule>", stable for a given stylesheet
     test_text: str
-    test: object
-    message: tuple  # str pieces and elementpath tokens (xsl:value-of), in order
+    test: _XPath
+    message: tuple  # str pieces and _XPath (xsl:value-of), in order
 
 
 @dataclass(frozen=True)
@@ -82,7 +103,7 @@ class _Rule:
     order: int
     match_text: str
     match_xpath1: etree.XPath | None
-    match: object  # elementpath token, used when the pattern is not XPath 1.0
+    match: _XPath | None  # when the pattern is not XPath 1.0
     steps: tuple
 
 
@@ -117,10 +138,11 @@ class SchematronInterpreter:
 
     def _compile_xslt1(self) -> etree.XSLT:
         """The rules as one XSLT 1.0 stylesheet for libxslt: each test XPath 1.0 can answer as XPath 2.0 does
-        (`schematron_xpath1`) is checked there and reported as `<f a="assertion" e="element"/>` when it fails; any
-        other as `<u …/>`, for `elementpath`, unless the part of a top-level `or` that could be translated
-        already holds (elementpath evaluates `or` from the left and stops there too). `e` is the element's position
-        in document order."""
+        (`schematron_xpath1`) is checked there and reported as `<f a="{assertion}"/>` when it fails; any other as
+        `<u a="{assertion}"/>`, for the compiled tests or `elementpath`, unless the part of a top-level `or` that
+        could be translated already holds (elementpath evaluates `or` from the left and stops there too). Each
+        element, in document order, first writes `<e/>`: a report is about the element of the last `<e/>` before it.
+        (libxslt spends ~4 KB on each XPath it compiles: the reports hold none.)"""
         constants = {name: frozenset(_string(v) for v in (value if isinstance(value, list) else [value]))
                      for name, value in self._context_vars.items() if name.startswith("dmp-const-")}
         if "dmp" in self._namespaces:
@@ -134,50 +156,68 @@ class SchematronInterpreter:
         start = etree.SubElement(xsl, f"{_XSL}template", match="/")
         etree.SubElement(etree.SubElement(start, "r"), f"{_XSL}apply-templates", select="*", mode="m")
         default = etree.SubElement(xsl, f"{_XSL}template", match="*", mode="m", priority="-10")
+        etree.SubElement(default, "e")
         etree.SubElement(default, f"{_XSL}apply-templates", select="*", mode="m")
-        here = "{count(ancestor::*|preceding::*)}"
+        shared: dict[str, str] = {}  # test -> named template
         numbers = {id(a): n for n, a in enumerate(self._assertions)}
         for rule in self.rules:
             translator = xpath1.Translator(self._namespaces, constants)
             compiler = atomic.Compiler(self._namespaces, constants)
-            match = rule.match_text if rule.match_xpath1 is not None else translator.translate(rule.match)[0]
+            match = rule.match_text if rule.match_xpath1 is not None else translator.translate(rule.match.token)[0]
             template = etree.SubElement(xsl, f"{_XSL}template", match=match, priority=repr(rule.priority), mode="m")
+            etree.SubElement(template, "e")
             for n, step in enumerate(rule.steps):
                 if isinstance(step, _Variable):
                     try:
-                        compiler.declare(step.name, f"v{n}", step.select)
+                        compiler.declare(step.name, f"v{n}", step.select.token)
                     except xpath1.Untranslatable:
                         pass
                     translator.variables.pop(step.name, None)
                     translator.constants.pop(step.name, None)
-                    if step.select.symbol == "$" and step.select[0].value in translator.constants:
-                        translator.constants[step.name] = translator.constants[step.select[0].value]  # an alias
+                    select = step.select.token
+                    if select.symbol == "$" and select[0].value in translator.constants:
+                        translator.constants[step.name] = translator.constants[select[0].value]  # an alias
                         continue
                     try:
-                        text, kind = translator.translate(step.select)
+                        text, kind = translator.translate(select)
                     except xpath1.Untranslatable:
                         continue
-                    literal = step.select.value if step.select.symbol == "(string)" else None
+                    literal = select.value if select.symbol == "(string)" else None
                     translator.variables[step.name] = (f"$v{n}", kind, literal)
                     etree.SubElement(template, f"{_XSL}variable", name=f"v{n}", select=text)
                     continue
                 number = str(numbers[id(step)])
                 try:
-                    text = translator.translate(step.test)[0]
+                    test = step.test.token
+                    text = translator.translate(test)[0]
                     self._translated += 1
                     report = "f"
                 except xpath1.Untranslatable:
-                    text, report = self._translated_guard(translator, step.test), "u"
+                    text, report = self._translated_guard(translator, test), "u"
                     try:
-                        self._atomic[int(number)] = (compiler.compile(step.test), compiler.attributes_read(step.test))
+                        self._atomic[int(number)] = (compiler.compile(test), compiler.attributes_read(test))
                     except xpath1.Untranslatable:
                         pass
-                if text is None:
-                    etree.SubElement(template, report, a=number, e=here)
-                else:
-                    check = etree.SubElement(template, f"{_XSL}if", test=f"not({text})")
-                    etree.SubElement(check, report, a=number, e=here)
+                parent = template
+                if text is not None and len(text) > _SHARED_TEST_LENGTH and "$" not in text:
+                    # a long test repeated in many rules (dtr1-1-ANY…) is compiled once, in a named template
+                    if text not in shared:
+                        shared[text] = f"t{len(shared)}"
+                        named = etree.SubElement(xsl, f"{_XSL}template", name=shared[text])
+                        etree.SubElement(named, f"{_XSL}if", test=f"not({text})").text = "1"
+                    etree.SubElement(etree.SubElement(template, f"{_XSL}variable", name=f"s{n}"),
+                                     f"{_XSL}call-template", name=shared[text])
+                    text = f"string($s{n})"
+                elif text is not None:
+                    text = f"not({text})"
+                if text is not None:
+                    parent = etree.SubElement(template, f"{_XSL}if", test=text)
+                etree.SubElement(parent, report, a=number)
             etree.SubElement(template, f"{_XSL}apply-templates", select="*", mode="m")
+            for step in rule.steps:
+                (step.select if isinstance(step, _Variable) else step.test).release()
+            if rule.match is not None:
+                rule.match.release()
         return etree.XSLT(xsl, extensions=xpath1.extensions(constants))
 
     @staticmethod
@@ -204,7 +244,7 @@ class SchematronInterpreter:
         def constant(found: re.Match) -> str:
             name = self._constants.setdefault(found.group(0), f"dmp-const-{len(self._constants)}")
             return "$" + name
-        return self._parser.parse(_atomized(_VALUE_SET_PATH.sub(constant, text)))
+        return _XPath(self._parser, _atomized(_VALUE_SET_PATH.sub(constant, text)))
 
     def _rule(self, template: etree._Element, order: int) -> _Rule:
         match = template.get("match")
@@ -244,7 +284,7 @@ class SchematronInterpreter:
         add_text(text.text)
         for child in text:
             if child.tag == f"{_XSL}value-of":
-                pieces.append(self._parser.parse(_atomized(child.get("select"))))
+                pieces.append(_XPath(self._parser, _atomized(child.get("select"))))
             elif child.tag == f"{_XSL}text":
                 pieces.append(child.text or "")
             elif isinstance(child.tag, str):  # a literal result element (svrl:emph…): its text
@@ -260,22 +300,25 @@ class SchematronInterpreter:
     def failed(self, tree: etree._ElementTree) -> list[tuple[str, str, str]]:
         """(assertion id, location, message) of each failed assertion, in the order the XSLT reports them."""
         reports = self._transform(tree).getroot()
-        if not len(reports):
-            return []
-        elements = list(tree.getroot().iter(etree.Element))
-        xpath2, envs, found = None, {}, []
+        elements = tree.getroot().iter(etree.Element)
+        xpath2, envs, found, element = None, {}, [], None
         for report in reports:
+            kind = report.tag
+            if kind == "e":
+                element = next(elements)
+                continue
             number = int(report.get("a"))
-            element, assertion = elements[int(report.get("e"))], self._assertions[number]
-            if report.tag == "u" and number in self._atomic:
+            assertion = self._assertions[number]
+            if kind == "u" and number in self._atomic:
                 holds = self._atomic_test(number, element, envs)
                 if holds:
                     continue
                 if holds is not None:
-                    report = None  # failed
+                    kind = "f"
             xpath2 = xpath2 or _XPath2(self, tree)
             context, node = xpath2.at(element, assertion)
-            if report is not None and report.tag == "u" and assertion.test.boolean_value(assertion.test.evaluate(context)):
+            test = assertion.test.token
+            if kind == "u" and test.boolean_value(test.evaluate(context)):
                 continue
             found.append((assertion.id, _location(element), self._text(assertion, context, node)))
         return found
@@ -307,7 +350,7 @@ class SchematronInterpreter:
                 out.append(piece)
             else:
                 context.item, context.position, context.size, context.axis = node, 1, 1, None
-                value = piece.evaluate(context)
+                value = piece.token.evaluate(context)
                 values = value if isinstance(value, list) else [] if value is None else [value]
                 out.append(" ".join(_string(v) for v in values))
         return " ".join("".join(out).split())
@@ -331,7 +374,7 @@ class _XPath2:
             if step is assertion:
                 break
             if isinstance(step, _Variable):
-                dict.__setitem__(context.variables, step.name, _Deferred(step.select, at_node))
+                dict.__setitem__(context.variables, step.name, _Deferred(step.select.token, at_node))
         context.item, context.position, context.size, context.axis = node, 1, 1, None
         return context, node
 
