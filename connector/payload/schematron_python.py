@@ -138,11 +138,11 @@ class SchematronInterpreter:
 
     def _compile_xslt1(self) -> etree.XSLT:
         """The rules as one XSLT 1.0 stylesheet for libxslt: each test XPath 1.0 can answer as XPath 2.0 does
-        (`schematron_xpath1`) is checked there and reported as `<f a="{assertion}"/>` when it fails; any other as
-        `<u a="{assertion}"/>`, for the compiled tests or `elementpath`, unless the part of a top-level `or` that
-        could be translated already holds (elementpath evaluates `or` from the left and stops there too). Each
-        element, in document order, first writes `<e/>`: a report is about the element of the last `<e/>` before it.
-        (libxslt spends ~4 KB on each XPath it compiles: the reports hold none.)"""
+        (`schematron_xpath1`) is checked there and reported as "f12 " (assertion 12 failed) when it fails; any other
+        as "u12 ", for the compiled tests or `elementpath`, unless the part of a top-level `or` that could be
+        translated already holds (elementpath evaluates `or` from the left and stops there too). Each element, in
+        document order, writes one `<e>` holding its reports, built by one concat() per rule: libxslt spends ~4 KB
+        on each XPath it compiles, and one per test took 8 MB."""
         constants = {name: frozenset(_string(v) for v in (value if isinstance(value, list) else [value]))
                      for name, value in self._context_vars.items() if name.startswith("dmp-const-")}
         if "dmp" in self._namespaces:
@@ -165,7 +165,7 @@ class SchematronInterpreter:
             compiler = atomic.Compiler(self._namespaces, constants)
             match = rule.match_text if rule.match_xpath1 is not None else translator.translate(rule.match.token)[0]
             template = etree.SubElement(xsl, f"{_XSL}template", match=match, priority=repr(rule.priority), mode="m")
-            etree.SubElement(template, "e")
+            reports = []  # XPath 1.0 strings, each "f12 " (failed) or "u12 " (to evaluate) or ""
             for n, step in enumerate(rule.steps):
                 if isinstance(step, _Variable):
                     try:
@@ -198,8 +198,10 @@ class SchematronInterpreter:
                         self._atomic[int(number)] = (compiler.compile(test), compiler.attributes_read(test))
                     except xpath1.Untranslatable:
                         pass
-                parent = template
-                if text is not None and len(text) > _SHARED_TEST_LENGTH and "$" not in text:
+                literal = f"'{report}{number} '"
+                if text is None:
+                    reports.append(literal)
+                elif len(text) > _SHARED_TEST_LENGTH and "$" not in text:
                     # a long test repeated in many rules (dtr1-1-ANY…) is compiled once, in a named template
                     if text not in shared:
                         shared[text] = f"t{len(shared)}"
@@ -207,12 +209,12 @@ class SchematronInterpreter:
                         etree.SubElement(named, f"{_XSL}if", test=f"not({text})").text = "1"
                     etree.SubElement(etree.SubElement(template, f"{_XSL}variable", name=f"s{n}"),
                                      f"{_XSL}call-template", name=shared[text])
-                    text = f"string($s{n})"
-                elif text is not None:
-                    text = f"not({text})"
-                if text is not None:
-                    parent = etree.SubElement(template, f"{_XSL}if", test=text)
-                etree.SubElement(parent, report, a=number)
+                    reports.append(f"substring({literal}, 1, {len(literal)} * string-length($s{n}))")
+                else:
+                    reports.append(f"substring({literal}, 1, {len(literal)} * number(not({text})))")
+            marker = etree.SubElement(template, "e")
+            if reports:
+                etree.SubElement(marker, f"{_XSL}value-of", select=f"concat('', {', '.join(reports)})")
             etree.SubElement(template, f"{_XSL}apply-templates", select="*", mode="m")
             for step in rule.steps:
                 (step.select if isinstance(step, _Variable) else step.test).release()
@@ -299,15 +301,12 @@ class SchematronInterpreter:
 
     def failed(self, tree: etree._ElementTree) -> list[tuple[str, str, str]]:
         """(assertion id, location, message) of each failed assertion, in the order the XSLT reports them."""
-        reports = self._transform(tree).getroot()
         elements = tree.getroot().iter(etree.Element)
-        xpath2, envs, found, element = None, {}, [], None
-        for report in reports:
-            kind = report.tag
-            if kind == "e":
-                element = next(elements)
-                continue
-            number = int(report.get("a"))
+        reports = [(element, report) for element, marker in zip(elements, self._transform(tree).getroot())
+                   if marker.text for report in marker.text.split()]
+        xpath2, envs, found = None, {}, []
+        for element, report in reports:
+            kind, number = report[0], int(report[1:])
             assertion = self._assertions[number]
             if kind == "u" and number in self._atomic:
                 holds = self._atomic_test(number, element, envs)
