@@ -181,7 +181,7 @@ def create_store(directory: Path, n: int, *, seed: int = 7, pool: int = 500, jou
 
 
 def write_config(directory: Path, base_url: str, max_in_flight: int, schematron: str = "every",
-                 engine: str = "saxon") -> Path:
+                 engine: str = "python") -> Path:
     """The demo's configuration (store in ./store, PKI in ./pki, state in ./state) with the pool size, the
     validation.schematron mode and validation.engine."""
     text = config_text(base_url).replace('environment = "test"\n', f'environment = "test"\nmax_in_flight = {max_in_flight}\n')

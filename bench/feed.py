@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="sandbox skips its schematron check (default: --fast)")
     parser.add_argument("--schematron", choices=("every", "sample", "off"), default="every",
                         help="the connector's validation.schematron (default: every, the configuration's default)")
-    parser.add_argument("--engine", choices=("saxon", "python"), default="saxon",
-                        help="the connector's validation.engine (default: saxon, the configuration's default)")
+    parser.add_argument("--engine", choices=("saxon", "python"), default="python",
+                        help="the connector's validation.engine (default: python, the configuration's default)")
     parser.add_argument("--pdf-pool", type=int, default=500, help="distinct PDF files the documents point at")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--store-journal", choices=("delete", "wal"), default="delete",
