@@ -324,10 +324,11 @@ class SchematronInterpreter:
 
     def _atomic_test(self, number: int, element: etree._Element, envs: dict) -> bool | None:
         """A compiled test's answer, None if its inputs are not covered. A test of the element's attributes alone
-        (the timestamp check of @value…) is a function of their values: memoised (the same dates recur)."""
-        function, attributes = self._atomic[number]
-        if attributes is not None:
-            key = (number, *(element.get(a) for a in attributes))
+        (the timestamp check of @value…) is a function of their values: memoised by its signature and their values
+        (a document's date is its author's and its legal authenticator's; a patient's birth date recurs)."""
+        function, read = self._atomic[number]
+        if read is not None:
+            key = (read[0], *(element.get(a) for a in read[1]))
             holds = self._memo.get(key)
             if holds is not None:
                 return holds
@@ -336,7 +337,7 @@ class SchematronInterpreter:
             holds = atomic.effective_boolean_value(function(env))
         except atomic.Fallback:
             return None
-        if attributes is not None:
+        if read is not None:
             if len(self._memo) >= _MEMO_SIZE:
                 self._memo.clear()
             self._memo[key] = holds
