@@ -1,5 +1,5 @@
-"""The benchmark still runs (bench/): a tiny feed, dry-run and status run, and its synthetic data is what it
-claims to be. No timing is asserted: figures belong in the README, not in CI."""
+"""The benchmark still runs (bench/): a tiny feed, dry-run and status run, the schematron engines on three CDAs, and
+its synthetic data is what it claims to be. No timing is asserted: figures belong in the README, not in CI."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import feed, floor, intake  # noqa: E402
+from bench import feed, floor, intake, schematron  # noqa: E402
 from bench.common import PDF_MAX, PDF_MIN, pdf_size, store_rows, synthetic_pdf, fictitious_nir  # noqa: E402
 from connector import ins  # noqa: E402
 
@@ -48,6 +48,11 @@ def test_floor_is_positive():
     costs = floor.main(["--connector-cpu-ms", "10", "--quick"])
     assert costs["floor"] > 0 and all(v > 0 for v in costs.values())
     assert costs["floor with conformance"] > costs["floor"]  # base64, CDA hashes, XSD and TLS come on top
+
+
+def test_schematron_bench_times_each_engine():
+    figures = schematron.main(["--documents", "3", "--engines", "python,saxon", "--rounds", "1"])
+    assert set(figures) == {"python", "saxon"} and all(v > 0 for v in figures.values())
 
 
 @pytest.fixture(scope="module")
