@@ -198,12 +198,19 @@ class Store:
         finally:
             engine.dispose()
 
-    def release_contents(self) -> None:
-        """Drop the CDAs of the rows written so far (their rows stay): the disk stays bounded on long runs."""
+    def release_contents(self, rows_per_transaction: int = 500) -> None:
+        """Drop the CDAs of the rows written so far (their rows stay): the disk stays bounded on long runs. A few
+        hundred rows per transaction: one UPDATE of 10,000 held SQLite's lock past the listener's 5 s busy timeout
+        (its commit then answered AR, as it should to a store locked that long)."""
         engine = sa.create_engine(self.url)
         try:
-            with engine.begin() as conn:
-                conn.exec_driver_sql("UPDATE dmp_document SET content = NULL WHERE content IS NOT NULL")
+            while True:
+                with engine.begin() as conn:
+                    done = conn.exec_driver_sql(
+                        "UPDATE dmp_document SET content = NULL WHERE (document_id, version) IN (SELECT document_id, "
+                        f"version FROM dmp_document WHERE content IS NOT NULL LIMIT {rows_per_transaction})").rowcount
+                if done < rows_per_transaction:
+                    return
         finally:
             engine.dispose()
 
