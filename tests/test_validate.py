@@ -200,6 +200,15 @@ def test_cda_errors_refuses_bad_xml_and_doctype(xml):
     assert len(errors) == 1 and ("DOCTYPE" in errors[0] or "well-formed" in errors[0])
 
 
+def test_a_cda_whose_body_is_over_10_mb_is_read(example):
+    """The base64 of a PDF of ~8 MB and more (`rules.max_document_bytes` allows 20 MiB) is one text node over
+    libxml2's default 10 MB cap: it was refused as "not well-formed"."""
+    body = b"<!--" + b"x" * (11 * 1024 * 1024) + b"-->"
+    big = example.replace(b"</ClinicalDocument>", body + b"</ClinicalDocument>")
+    assert validate.parse_untrusted(big).getroot().tag == "{urn:hl7-org:v3}ClinicalDocument"
+    assert validate.cda_errors(big, schematron=False) == []
+
+
 def test_generated_stylesheet_is_cached_with_the_j07_value_set():
     path = validate.stylesheet_path()
     assert validate.stylesheet_path() == path

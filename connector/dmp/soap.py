@@ -76,7 +76,7 @@ def to_bytes(env: etree._Element) -> bytes:
 
 def parse_xml(data: bytes) -> etree._Element:
     """Parse foreign XML safely: no entity expansion, no network, no DTD loading."""
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True)
     try:
         return etree.fromstring(data, parser)
     except etree.XMLSyntaxError as exc:

@@ -487,7 +487,7 @@ def _cda_identity(content: bytes) -> tuple[str | None, str | None]:
     delivered twice under two uniqueIds. Both sit in the CDA header, so the parse stops once they are
     read instead of building the whole document (its base64 body is most of the bytes); well-formedness
     of the whole document is the signature check's business (its digest covers the whole canonical form)."""
-    parser = etree.XMLPullParser(("start",), resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+    parser = etree.XMLPullParser(("start",), resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True)
     root, found = None, {}
     try:
         for offset in range(0, len(content), _CDA_CHUNK):

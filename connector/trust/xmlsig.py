@@ -31,7 +31,7 @@ SIGNATURE_URIS = {"sha1": DS_NS + "rsa-sha1", "sha256": "http://www.w3.org/2001/
 HASHES = {DIGEST_URIS["sha1"]: hashes.SHA1, DIGEST_URIS["sha256"]: hashes.SHA256}
 
 # Foreign XML: no entities, no network, no DTD loading.
-SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=True)
 
 
 class SignatureError(Exception):
