@@ -92,6 +92,15 @@ _WRITE_BACK_UPDATE = sa.update(dmp_feed_status).where(
 _WRITE_BACK_INSERT = sa.insert(dmp_feed_status)
 
 
+def read_capped(f, size: int, limit: int) -> bytes:
+    """At most `limit` + 1 bytes of an open file whose fstat said `size` (more means over the limit). One
+    read(limit + 1) would allocate limit + 1 bytes (20 MB) for every file, then shrink them."""
+    data = f.read(min(size, limit) + 1)
+    if len(data) > size:  # grown since fstat: on up to limit + 1
+        data += f.read(limit + 1 - len(data))
+    return data
+
+
 @dataclass(frozen=True)
 class Patient:
     patient_id: str
@@ -368,12 +377,7 @@ class Store:
         if document.content_path:
             fd, size = self.open_content(document, limit)
             with os.fdopen(fd, "rb") as f:
-                if limit is None:
-                    data = f.read()
-                else:  # read(limit + 1) would allocate limit + 1 bytes (20 MB) for every file, then shrink them
-                    data = f.read(min(size, limit) + 1)
-                    if len(data) > size:  # grown since fstat: on up to limit + 1, as one read(limit + 1) would
-                        data += f.read(limit + 1 - len(data))
+                data = f.read() if limit is None else read_capped(f, size, limit)
             if limit is not None and len(data) > limit:  # grew since fstat
                 raise ContentRefused(CONTENT_INVALID, f"content is over rules.max_document_bytes {limit}")
             return data

@@ -181,7 +181,7 @@ class Folder:
             if st.st_size > limit:
                 raise Rejected("TOO_LARGE", f"{shown} is over intake.folder.max_file_bytes ({limit})")
             try:
-                data = fh.read(limit + 1)
+                data = contract.read_capped(fh, st.st_size, limit)
             except OSError as exc:
                 raise Rejected("UNREADABLE", f"{shown} cannot be read: {exc.strerror}") from None
         if len(data) > limit:  # grew meanwhile
