@@ -26,6 +26,7 @@ from connector.intake import figures
 from connector.intake.folder import Folder
 from connector.intake.writer import Writer
 from connector.samples import minimal_pdf
+from delivery_harness import ledger_rows as rows
 from delivery_harness import NO_PKI, SITE_MAIN, connector, connector_env, folder_sidecar, write_config
 from hl7_client import MDM_INIT, corrected_cda, example_cda
 
@@ -49,15 +50,6 @@ def drop(tmp_path):
     folder.prepare()
     yield path, folder, url
     writer.engine.dispose()
-
-
-def rows(url: str, sql: str) -> list:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(sa.text(sql))]
-    finally:
-        engine.dispose()
 
 
 def listing(path) -> dict:

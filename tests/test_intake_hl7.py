@@ -17,6 +17,7 @@ from connector.config import IntakeHl7Settings
 from connector.intake import message as hl7msg
 from hl7_client import (MDM_DEL, MDM_INIT, MDM_INIT_PLACEHOLDER, MDM_RPLC, ORU_DEL, ORU_INIT, ORU_RPLC, Client,
                         RunningListener, cda_of, err, example, frame, msa, qualified, send, with_cda)
+from delivery_harness import ledger_rows as rows
 from delivery_harness import (NO_PKI, PLACEHOLDER_URL, connector, connector_env, ledger_states, make_folder, run_cli,
                               write_config)
 
@@ -33,15 +34,6 @@ def listener(store_url):
     running = RunningListener(INTAKE, store_url)
     yield running
     running.stop()
-
-
-def rows(url: str, sql: str) -> list:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(sa.text(sql))]
-    finally:
-        engine.dispose()
 
 
 DOCS = "SELECT document_id, version, status, mime_type, finess_geo, type_code, author_rpps, invisible_to_patient, " \
