@@ -327,10 +327,12 @@ def test_find_submission_set_for_another_patient_is_an_error(server, test_pki, v
                                       SS_UID, INS_CX, vihf)
 
 
-def test_a_run_imports_zeep_only_to_look_something_up():
-    """zeep (ITI-18 only: a resend, a duplicate, a replacement) is not loaded by every run: 3 MB and 0.15 s."""
+@pytest.mark.parametrize("module", ["zeep", "signxml"])
+def test_a_run_does_not_load_what_it_may_not_need(module):
+    """zeep (ITI-18 only: a resend, a duplicate, a replacement; 3 MB and 0.15 s) and signxml (verifying a
+    signature: the sandbox and the tests; 5.7 MB) are not loaded by every run."""
     import subprocess
     import sys
 
-    code = "import sys, connector.cli, connector.actions.run; print('zeep' in sys.modules)"
+    code = f"import sys, connector.cli, connector.actions.run; print({module!r} in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

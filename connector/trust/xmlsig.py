@@ -13,9 +13,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from lxml import etree
-from signxml import SignatureConfiguration, XMLVerifier
-from signxml.algorithms import DigestAlgorithm, SignatureMethod
-from signxml.exceptions import InvalidCertificate, InvalidDigest, InvalidInput, InvalidSignature
 
 from connector.trust.certs import ChainError, verify_chain
 
@@ -179,6 +176,11 @@ def verify_signed_info(
 
     Returns signxml's VerifyResult list: use their `signed_xml`, never the unverified input.
     """
+    # imported here: only the sandbox and the tests verify, and a run need not load signxml (5.7 MB)
+    from signxml import SignatureConfiguration, XMLVerifier
+    from signxml.algorithms import DigestAlgorithm, SignatureMethod
+    from signxml.exceptions import InvalidCertificate, InvalidDigest, InvalidInput, InvalidSignature
+
     sig_methods = {SignatureMethod.RSA_SHA256} | ({SignatureMethod.RSA_SHA1} if allow_sha1 else set())
     digests = {DigestAlgorithm.SHA256} | ({DigestAlgorithm.SHA1} if allow_sha1 else set())
     config = SignatureConfiguration(
