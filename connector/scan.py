@@ -168,6 +168,9 @@ def _in_the_dmp(base: dict, doc: Document, state: DocState, latest: Document, in
         detail = f"version {latest.version} is CANCELLED in the store: withdrawn from the DMP"
         return Decision(**base, reason=None, detail=detail, action=WITHDRAW, replaces=state)
     if doc.version < latest.version:
+        if latest.status == rules.NOT_FOR_DMP:  # never sent, so it replaces nothing: this version stays
+            return Decision(**base, reason=Reason.ALREADY_FED,
+                            detail=f"fed earlier; version {latest.version} is not destined to the DMP, this one stays")
         return Decision(**base, reason=Reason.ALREADY_FED, detail=f"fed earlier; version {latest.version} replaces it")
     sent = rules.as_sent(doc, in_dmp.first_fed_at, settings, now)
     fed_masking = state.masking if state.masking is not None else rules.masking(doc)  # fed before migration 0007

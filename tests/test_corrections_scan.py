@@ -78,6 +78,15 @@ def test_a_new_version_of_a_fed_document_replaces_the_approved_one(tmp_path, sto
 
 
 
+def test_a_new_version_not_destined_to_the_dmp_leaves_the_fed_one_and_says_so(tmp_path, store_of):
+    store = store_of(make_document(), make_document(version=2, status=rules.NOT_FOR_DMP))
+    found = decisions(tmp_path, store, {("DOC0001", 1): fed(1)})
+    assert found[("DOC0001", 2)].reason == Reason.NOT_FOR_DMP
+    v1 = found[("DOC0001", 1)]
+    assert v1.reason == Reason.ALREADY_FED and v1.action is None
+    assert "replaces" not in v1.detail and "not destined to the DMP" in v1.detail
+
+
 def test_a_new_version_still_goes_through_the_rules(tmp_path, store_of):
     store = store_of(make_document(), make_document(version=2, author_rpps=None))
     assert decisions(tmp_path, store, {("DOC0001", 1): fed(1)})[("DOC0001", 2)].reason == Reason.METADATA_MISSING
