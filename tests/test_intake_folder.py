@@ -23,7 +23,7 @@ from connector.cli import main
 from connector.config import IntakeFolderSettings
 from connector.ledger.repo import open_ledger
 from connector.intake import figures
-from connector.intake.folder import Folder
+from connector.intake.folder import DOCUMENT_KEYS, Folder
 from connector.intake.writer import Writer
 from connector.samples import minimal_pdf
 from delivery_harness import ledger_rows as rows
@@ -88,6 +88,22 @@ def test_a_cda_and_a_pdf_with_sidecars_are_committed_then_moved_to_done(drop):
     assert outcomes(folder) == []  # nothing left
     folder.recorder.flush()
     assert figures.collect(url)["folder"]["total"]["accepted"] == 2
+
+
+def test_a_pdf_whose_sidecar_names_a_known_patient_by_id_alone_is_taken(drop):
+    """A second document of a patient the store knows: its sidecar gives the patient's id, none of its traits
+    (it was an empty UPDATE, a syntax error read as "store unavailable": the file stayed, retried forever)."""
+    path, folder, url = drop
+    (path / "a.json").write_text(json.dumps(PDF_SIDECAR))
+    (path / "a.pdf").write_bytes(minimal_pdf(["Document fictif"]))
+    assert outcomes(folder) == [("a.pdf", "accepted")]
+    document_only = {k: v for k, v in PDF_SIDECAR.items() if k in DOCUMENT_KEYS or k == "patient_id"}
+    (path / "b.json").write_text(json.dumps(dict(document_only, document_id="PDF-2")))
+    (path / "b.pdf").write_bytes(minimal_pdf(["Document fictif"]))
+    assert outcomes(folder) == [("b.pdf", "accepted")]
+    assert rows(url, "SELECT document_id, patient_id FROM dmp_document ORDER BY document_id") == [
+        ("PDF-1", "IPP-1"), ("PDF-2", "IPP-1")]
+    assert rows(url, "SELECT ins_matricule, birth_family_name FROM dmp_patient") == [(PDF_INS, "TESTEUR")]
 
 
 def test_partial_files_are_left_until_complete_then_taken_once(drop):

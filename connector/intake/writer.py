@@ -246,7 +246,7 @@ class Writer:
         values = {k: v for k, v in patient.items() if k != "patient_id"}
         if conn.execute(sa.select(p.c.patient_id).where(key)).first() is None:
             conn.execute(sa.insert(p), dict(patient_id=patient["patient_id"], opposed_to_feeding=False, **values))
-        else:
+        elif values:  # a sidecar may name a known patient by its id alone
             conn.execute(sa.update(p).where(key), values)
 
 
