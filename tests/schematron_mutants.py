@@ -583,9 +583,9 @@ def why_unfired(rule, assertion, has_context: bool, lets: dict[str, str]) -> tup
     if not has_context:
         outside = _outside(_hl7_names(rule.match_text))
         if outside:
-            return ("its rule's context needs an HL7 element outside GENERATED_ELEMENTS (named in a predicate, which "
-                    "the pruning does not read): a CDA holding one is checked by Saxon with the whole kit, never "
-                    "in-process", ", ".join("hl7:" + n for n in outside))
+            return ("its rule's context names an HL7 element outside GENERATED_ELEMENTS in a predicate the pruning "
+                    "does not read as requiring it: the generator could not make that context of our elements",
+                    ", ".join("hl7:" + n for n in outside))
         return "its rule's context could not be made of our elements by the generator", ""
     outside = _outside(_hl7_names(_with_lets(assertion.test_text, lets)))
     if outside:
@@ -669,7 +669,8 @@ def pruning_report() -> str:
              "asserts of role warning or info and the successful reports: they never make an error (the connector "
              f"reports failed asserts of role error, fatal or none only, under either engine); {kept} asserts remain.", "",
              "`validate._drop_rules_outside` then removes, for the connector's own CDAs, each rule whose every "
-             "context alternative names an HL7 element outside GENERATED_ELEMENTS: such a rule matches no element of a "
+             "context alternative needs an HL7 element outside GENERATED_ELEMENTS (named along its path, or in a predicate "
+             "that tests such an element exists, as `[hl7:streetAddressLine]`): such a rule matches no element of a "
              "CDA all of whose HL7 elements are in GENERATED_ELEMENTS, and any other CDA is sent to Saxon with the "
              "whole kit (`validate._schematron_for`). Rules dropped, by the first element outside they need:", "",
              "| needs (first outside GENERATED_ELEMENTS) | rules | their error asserts |", "|---|---|---|"]

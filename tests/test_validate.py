@@ -143,7 +143,12 @@ def test_required_names_of_rule_patterns():
     ns = {"hl7": validate.HL7_NS, "cda": validate.HL7_NS, "sdtc": "urn:hl7-org:sdtc", "xsi": "http://www.w3.org/2001/XMLSchema-instance"}
     names = validate._required_names
     assert names("//hl7:ClinicalDocument[hl7:typeId[@root = '2.1']]/hl7:recordTarget[not(@nullFlavor)]", ns) == [
-        {"ClinicalDocument", "recordTarget"}]
+        {"ClinicalDocument", "typeId", "recordTarget"}]
+    # a predicate testing that elements exist needs them; one negating or combining them does not
+    assert names("hl7:author/hl7:addr[hl7:streetAddressLine]", ns) == [{"author", "addr", "streetAddressLine"}]
+    assert names("hl7:addr[hl7:a/hl7:b[@x = '1']][hl7:c[not(hl7:d)]] | hl7:e", ns) == [{"addr", "a", "b", "c"}, {"e"}]
+    for predicate in ("not(hl7:streetAddressLine)", "hl7:a or hl7:b", "count(hl7:a) = 0", "not(hl7:a[hl7:b])"):
+        assert names(f"hl7:addr[{predicate}]", ns) == [{"addr"}], predicate
     assert names("hl7:addr[matches(., '[a|b]/x')] | cda:telecom", ns) == [{"addr"}, {"telecom"}]
     assert names("//hl7:ClinicalDocument/*[not(self::hl7:id)]", ns) == [{"ClinicalDocument"}]
     assert names("hl7:code/@code | hl7:value/attribute::xsi:type", ns) == [{"code"}, {"value"}]
@@ -153,11 +158,14 @@ def test_required_names_of_rule_patterns():
 
 
 def test_rules_needing_an_element_we_never_write_are_dropped():
-    """Only the connector's variant drops rules, and only those whose path names an element it never writes."""
+    """Only the connector's variant drops rules, and only those whose context needs an element it never writes:
+    named along its path or in a predicate requiring it (`addr[hl7:streetAddressLine]`)."""
     ours, whole = (etree.parse(str(validate.stylesheet_path(e))) for e in (validate.GENERATED_ELEMENTS, None))
     kept = {t.get("match") for t in ours.iter(f"{validate._XSL}template")}
     dropped = [t for t in whole.iter(f"{validate._XSL}template") if t.get("match") not in kept]
     assert any("/hl7:informationRecipient[" in t.get("match") and t.get("match").endswith("/hl7:templateId") for t in dropped)
+    assert any(t.get("match").endswith("/hl7:addr[hl7:streetAddressLine]") for t in dropped)
+    assert any(t.get("match").endswith("/hl7:addr[not(hl7:streetAddressLine)]") for t in ours.iter(f"{validate._XSL}template"))
     for template in dropped:
         alternatives = validate._required_names(template.get("match"), template.nsmap)
         assert all(not names <= validate.GENERATED_ELEMENTS for names in alternatives), template.get("match")

@@ -43,7 +43,7 @@ from lxml import etree
 from connector.payload.errors import CDA_INVALID, PayloadError
 from connector.resources import ans_kit, schemas_dir
 
-_RECIPE_VERSION = "6"  # bump when the generation below changes, to invalidate cached stylesheets
+_RECIPE_VERSION = "7"  # bump when the generation below changes, to invalidate cached stylesheets
 _SCH = "{http://purl.oclc.org/dsdl/schematron}"
 _SVRL = "{http://purl.oclc.org/dsdl/svrl}"
 _SVS = "{urn:ihe:iti:svs:2008}"
@@ -455,21 +455,57 @@ def _drop_rules_outside(xsl: etree._Element, elements: frozenset[str]) -> None:
 
 def _required_names(pattern: str, nsmap: dict) -> list[set[str]] | None:
     """For each alternative of a rule's context, the HL7 elements a node it matches needs in its document:
-    every element named along its path (predicates aside) is a node the path goes through.
-    None if an alternative holds a function call or parentheses, whose effect is not read here."""
+    every element named along its path is a node the path goes through, and so is every element named in
+    a predicate that only tests that a relative path of elements exists (`[hl7:streetAddressLine]`, not
+    `[not(hl7:streetAddressLine)]`). None if an alternative holds a function call or parentheses outside
+    its predicates, whose effect is not read here."""
     pattern = re.sub(r"'[^']*'|\"[^\"]*\"", "''", pattern)  # literals may hold brackets or bars
-    while True:
-        stripped = re.sub(r"\[[^\[\]]*\]", "", pattern)  # predicates, innermost first
-        if stripped == pattern:
-            break
-        pattern = stripped
     alternatives = []
-    for alternative in pattern.split("|"):
-        if "(" in alternative:
+    for alternative in _outside_brackets(pattern, "|"):
+        names = _path_names(alternative, nsmap)
+        if names is None:
             return None
-        steps = re.finditer(r"(@|attribute::)?\b([A-Za-z][\w.-]*):([A-Za-z][\w.-]*)", alternative)
-        alternatives.append({s.group(3) for s in steps if not s.group(1) and nsmap.get(s.group(2)) == HL7_NS})
+        alternatives.append(names)
     return alternatives
+
+
+_ELEMENT_PATH = re.compile(r"\s*[A-Za-z][\w.-]*:[A-Za-z][\w.-]*(\s*/\s*[A-Za-z][\w.-]*:[A-Za-z][\w.-]*)*\s*")
+
+
+def _path_names(path: str, nsmap: dict) -> set[str] | None:
+    """The HL7 elements a node `path` selects needs (see `_required_names`), None if it cannot tell."""
+    predicates: list[str] = []
+    outside = "".join(_outside_brackets(path, None, predicates))
+    if "(" in outside:
+        return None
+    steps = re.finditer(r"(@|attribute::)?\b([A-Za-z][\w.-]*):([A-Za-z][\w.-]*)", outside)
+    names = {s.group(3) for s in steps if not s.group(1) and nsmap.get(s.group(2)) == HL7_NS}
+    for predicate in predicates:  # an existence test of element steps: true only if they all exist
+        if _ELEMENT_PATH.fullmatch("".join(_outside_brackets(predicate, None, []))):
+            names |= _path_names(predicate, nsmap) or set()
+    return names
+
+
+def _outside_brackets(text: str, separator: str | None, predicates: list[str] | None = None) -> list[str]:
+    """`text` split at each `separator` outside brackets and parentheses, or (separator None) the parts of
+    `text` outside its top-level predicates, whose contents are appended to `predicates`."""
+    parts, depth, current = [], 0, []
+    for char in text:
+        if depth == 0 and char == separator:
+            parts.append("".join(current))
+            current = []
+            continue
+        if char == "[" and depth == 0 and separator is None:
+            parts.append("".join(current))
+            current = []
+        depth += (char in "[(") - (char in ")]")
+        if char == "]" and depth == 0 and separator is None:
+            predicates.append("".join(current)[1:])
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts
 
 
 def _remove(element: etree._Element) -> None:
