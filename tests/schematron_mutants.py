@@ -7,7 +7,8 @@ kit, so the rules it would need never run in-process). For each assertion of the
 test (and the rule's `let` variables): every attribute it names removed or set to values of the wrong form (and to the
 literals it compares with), every element path it names removed, doubled, inserted, nulled or emptied, the context
 element doubled (sibling-distinctness checks), emptied, nulled, given text or an xsi:type. Each mutation has a stable
-key: the search (`python tests/schematron_mutants.py`, a few minutes) runs the mutations through the interpreter, keeps
+key: the search (`python tests/schematron_mutants.py`, a few minutes) runs the mutations (first the few written by hand
+in `EXPLICIT` for the assertions no derived one fires) through the interpreter, keeps
 a small set of them that fires every assertion any of them fires (greedy set cover), groups them several to a CDA where
 they do not mask each other, and writes their keys to `schematron_mutants.txt`; the test rebuilds just those
 (`selected`) and runs each through both engines. The same run writes `schematron_unfired.md`: the assertions no mutation
