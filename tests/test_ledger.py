@@ -249,3 +249,16 @@ def test_a_new_submission_is_returned_as_the_ledger_holds_it(ledger):
                                     note="n" * 1500, **J)
     assert rec == ledger.submission(rec.id)
     assert [d.version for d in rec.documents] == [2, 3, 1] and len(rec.note) == 1000
+
+
+def test_a_feeding_run_migrates_its_sqlite_ledger_in_a_child_process(tmp_path):
+    """Alembic costs 12 MB resident for good: a run creating its ledger (`migrate_apart`) leaves it to a child."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from connector.ledger import repo, migrate; "
+            "ledger = repo.open_ledger(sys.argv[1], migrate_apart=True); "
+            "print(migrate.current(ledger.engine) == migrate.head(), 'alembic' in sys.modules)")
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    out = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]

@@ -25,7 +25,7 @@ def open_store(settings: Settings) -> Store:
 def open_settings_ledger(settings: Settings, *, create: bool = False) -> Ledger:
     """The configured ledger. Only what feeds (`run`, `daemon`) creates it: any other command finding none says
     where it looked (a root shell without the service's configuration must not read a new empty ledger)."""
-    ledger = open_ledger(settings.ledger.url, create=create)
+    ledger = open_ledger(settings.ledger.url, create=create, migrate_apart=create)
     log.debug("ledger %s (instance %s)", describe_url(ledger.engine), settings.ledger.instance)
     return ledger
 

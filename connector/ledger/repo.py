@@ -163,13 +163,15 @@ class LedgerMissing(LedgerError):
     """No ledger where the configuration says it is (a command that reads it never creates an empty one)."""
 
 
-def open_ledger(url: str, *, auto_migrate: bool | None = None, create: bool = True) -> "Ledger":
+def open_ledger(url: str, *, auto_migrate: bool | None = None, create: bool = True,
+                migrate_apart: bool = False) -> "Ledger":
     """Connect; SQLite ledgers are created and migrated automatically, PostgreSQL ones need `db upgrade`.
     Whatever makes the ledger unusable, now or later in the command, is a LedgerError of one line.
     `create=False` (every command but `run`, `daemon` and `db upgrade`): a missing ledger is an error naming
-    where it was looked for, never a new empty one reporting zeros."""
+    where it was looked for, never a new empty one reporting zeros. `migrate_apart` (a feeding run): a SQLite
+    file is migrated by a child process (`migrate.upgrade_apart`), so the run does not keep Alembic loaded."""
     is_sqlite = url.startswith("sqlite")
-    new_file = None
+    new_file = path = None
     if is_sqlite and "///" in url and not url.endswith(":memory:"):
         path = Path(url.split("///", 1)[1])
         if not create and not path.exists():
@@ -190,7 +192,10 @@ def open_ledger(url: str, *, auto_migrate: bool | None = None, create: bool = Tr
                                 "(ledger.url), or no `dmp-connector db upgrade` / run yet")
         if current != migrate.head():
             if auto_migrate if auto_migrate is not None else is_sqlite:
-                migrate.upgrade(engine)
+                if migrate_apart and is_sqlite and path is not None:
+                    migrate.upgrade_apart(url)
+                else:
+                    migrate.upgrade(engine)
             else:
                 raise LedgerError(
                     f"ledger schema is at {current or 'nothing'}, expected {migrate.head()}: run `dmp-connector db upgrade`"
