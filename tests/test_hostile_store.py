@@ -105,8 +105,9 @@ def test_a_fifo_or_a_huge_sparse_file_is_refused_without_reading_it(tmp_path):
     assert got[("SPARSE", 1)] == ("CONTENT_INVALID", f"content is {300 * 2**20} bytes, over rules.max_document_bytes {20 * 2**20}")
 
 
-def test_the_read_stops_at_the_limit_even_if_the_file_grows(tmp_path, monkeypatch):
-    """fstat said small, the file grew since: at most limit + 1 bytes are read, then it is refused."""
+def _growing(tmp_path, monkeypatch, growth: bytes):
+    """A store document whose file grows by `growth` once opened (after fstat), read with a limit of its
+    size + 10: (the store, the document, that limit)."""
     settings, store = _store(tmp_path, [dict(document_id="GROWING", file=PDF)], limit=len(PDF) + 10)
     document = next(c.document for c in store.candidates() if c.document.document_id == "GROWING")
     path = tmp_path / "store" / document.content_path
@@ -115,31 +116,26 @@ def test_the_read_stops_at_the_limit_even_if_the_file_grows(tmp_path, monkeypatc
     def open_then_grow(doc, limit=None):
         fd, size = real_open(doc, limit)
         with open(path, "ab") as f:
-            f.write(b"\0" * 10_000)
+            f.write(growth)
         return fd, size
 
     monkeypatch.setattr(store, "open_content", open_then_grow)
+    return store, document, len(PDF) + 10
+
+
+def test_the_read_stops_at_the_limit_even_if_the_file_grows(tmp_path, monkeypatch):
+    """fstat said small, the file grew since: at most limit + 1 bytes are read, then it is refused."""
+    store, document, limit = _growing(tmp_path, monkeypatch, b"\0" * 10_000)
     from connector.store import ContentRefused
 
     with pytest.raises(ContentRefused, match="over rules.max_document_bytes"):
-        store.content(document, len(PDF) + 10)
+        store.content(document, limit)
 
 
 def test_a_file_grown_within_the_limit_is_read_whole(tmp_path, monkeypatch):
     """The read is sized by fstat, not by the limit; a file grown since (within the limit) is still read whole."""
-    settings, store = _store(tmp_path, [dict(document_id="GROWING", file=PDF)], limit=len(PDF) + 10)
-    document = next(c.document for c in store.candidates() if c.document.document_id == "GROWING")
-    path = tmp_path / "store" / document.content_path
-    real_open = store.open_content
-
-    def open_then_grow(doc, limit=None):
-        fd, size = real_open(doc, limit)
-        with open(path, "ab") as f:
-            f.write(b"12345")
-        return fd, size
-
-    monkeypatch.setattr(store, "open_content", open_then_grow)
-    assert store.content(document, len(PDF) + 10) == PDF + b"12345"
+    store, document, limit = _growing(tmp_path, monkeypatch, b"12345")
+    assert store.content(document, limit) == PDF + b"12345"
 
 
 def test_content_in_the_database_over_the_limit_is_refused_without_loading_it(tmp_path):
